@@ -1,0 +1,37 @@
+# Quick start: `make demo` and `make test`. Both create .venv in the repo root on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.dualrs_installed
+SOURCES := $(shell find csrc dualrs_fast kernels -type f -not -path '*/__pycache__/*' 2>/dev/null)
+# torch is pinned to the CPU build that lies on these machines' disk (a plain `torch` pulls CUDA wheels).
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test bench venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+
+# Reinstall (incremental CMake build) whenever a source file changes.
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(SOURCES)
+	$(PIP) install -q --no-build-isolation -Cbuild-dir=build/cmake ".[test]"
+	touch $@
+
+venv: $(STAMP)
+
+# -P: never import the bare source tree (it lacks the compiled extension and kernels/).
+demo: $(STAMP)
+	$(PY) -P -m dualrs_fast demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/pytest -q bench --benchmark-disable-gc
+
+clean:
+	rm -rf build $(VENV)
