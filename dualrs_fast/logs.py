@@ -1,0 +1,77 @@
+"""Certification logs in Cohen et al.'s tab-separated format and certified accuracy from them.
+
+Columns: idx label predict radius correct time (time: seconds, float). Extra columns (e.g.
+Dual RS's sigma, radius_estimator, radius_classifier) may follow and are kept when reading.
+"""
+import csv
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+
+
+def format_row(idx: int, label: int, predict: int, radius: float, time: float, **extra) -> str:
+    # radius printed with 9 significant digits: a float32 radius round-trips exactly, so the
+    # log never states a larger radius than the certificate.
+    cells = [str(int(idx)), str(int(label)), str(int(predict)), f"{float(radius):.9g}",
+             str(int(int(predict) == int(label))), f"{float(time):.6f}"]
+    cells += [f"{v:.9g}" if isinstance(v, float) else str(v) for v in extra.values()]
+    return "\t".join(cells)
+
+
+def header(extra_columns: Sequence[str] = ()) -> str:
+    return "\t".join(COLUMNS + tuple(extra_columns))
+
+
+class LogWriter:
+    """Writes one row per certified input, flushed at once so a killed run loses nothing."""
+
+    def __init__(self, path, extra_columns: Sequence[str] = ()):
+        self.extra_columns = tuple(extra_columns)
+        self._file = open(path, "w")
+        self._file.write(header(self.extra_columns) + "\n")
+        self._file.flush()
+
+    def write(self, idx, label, predict, radius, time, **extra):
+        if set(extra) != set(self.extra_columns):
+            raise ValueError(f"expected extra columns {self.extra_columns}, got {tuple(extra)}")
+        ordered = {k: extra[k] for k in self.extra_columns}
+        self._file.write(format_row(idx, label, predict, radius, time, **ordered) + "\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_log(path) -> dict:
+    """-> {column: np.ndarray}; checks the Cohen columns are present."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows or tuple(rows[0][:len(COLUMNS)]) != COLUMNS:
+        raise ValueError(f"{path} is not a certification log: its header must start with "
+                         f"{' '.join(COLUMNS)}")
+    names, body = rows[0], rows[1:]
+    table = {}
+    for k, name in enumerate(names):
+        values = [r[k] for r in body]
+        kind = int if name in ("idx", "label", "predict", "correct") else float
+        table[name] = np.array([kind(v) for v in values])
+    return table
+
+
+def certified_accuracy(log: Union[str, dict], radii: Iterable[float]) -> np.ndarray:
+    """Fraction of inputs that are correctly classified with certified radius >= r, per r
+    (Cohen et al.'s approximate certified test accuracy)."""
+    table = read_log(log) if not isinstance(log, dict) else log
+    correct = table["correct"].astype(bool)
+    radius = table["radius"]
+    if correct.size == 0:
+        raise ValueError("the log has no rows")
+    return np.array([float(np.mean(correct & (radius >= r))) for r in radii])

@@ -1,0 +1,113 @@
+"""Standard randomized smoothing (Cohen et al. 2019): CERTIFY and PREDICT on packed batches.
+
+certify: n0 selection samples pick the top class c; n fresh estimation samples count its
+votes n_c; p_lower = one-sided Clopper-Pearson bound at level alpha; abstain if p_lower < 0.5,
+else radius = sigma * Phi^-1(p_lower). Both sample sets of all inputs go through one pass.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .bounds import binomial_test_abstains, certified_radius, clopper_pearson_lower
+from .noise import Stream
+from .sampling import Draw, count_votes
+from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int, check_seed,
+                         check_sigma)
+
+ABSTAIN = -1
+
+
+@dataclass
+class CertifyResult:
+    prediction: torch.Tensor  # (B,) int64, ABSTAIN where abstained
+    radius: torch.Tensor      # (B,) float32, rounded down; 0 where abstained
+    count: torch.Tensor       # (B,) int64 votes for the selected class among the n estimation samples
+    n: int
+    alpha: float
+    sigma: torch.Tensor       # (B,) noise level used for each input
+    p_lower: torch.Tensor     # (B,) float64 Clopper-Pearson lower bound of the top-class probability
+
+    def __len__(self):
+        return self.prediction.shape[0]
+
+
+def float32_rounded_down(values: np.ndarray) -> torch.Tensor:
+    """float64 -> float32 never rounding up: a radius must not grow in the conversion."""
+    f32 = values.astype(np.float32)
+    up = f32.astype(np.float64) > values
+    f32[up] = np.nextafter(f32[up], np.float32(-np.inf))
+    return torch.from_numpy(f32)
+
+
+def _sigma_per_input(sigma, batch: int) -> torch.Tensor:
+    return torch.full((batch,), check_sigma(sigma), dtype=torch.float64)
+
+
+def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, alpha: float,
+                   sigma: torch.Tensor) -> CertifyResult:
+    """CERTIFY's decision from vote counts (B, K) of the selection and estimation samples."""
+    top = selection.argmax(1)
+    count = estimation.gather(1, top.unsqueeze(1)).squeeze(1).cpu()
+    radius, abstain = certified_radius(count.numpy(), n, alpha, sigma.double().cpu().numpy())
+    abstain = torch.from_numpy(np.asarray(abstain, dtype=bool).reshape(-1))
+    p_lower = np.asarray(clopper_pearson_lower(count.numpy(), n, alpha), dtype=np.float64)
+    return CertifyResult(prediction=torch.where(abstain, ABSTAIN, top.cpu()),
+                         radius=float32_rounded_down(np.asarray(radius, np.float64).reshape(-1)),
+                         count=count, n=n, alpha=alpha, sigma=sigma.float().cpu(),
+                         p_lower=torch.from_numpy(p_lower.reshape(-1)))
+
+
+def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+            batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None, num_classes=None,
+            channels_last=None, compile: bool = False, noise_backend: str = "auto",
+            progress: bool = False) -> CertifyResult:
+    """Certify the smoothed classifier g(x) = argmax_c P(model(x + N(0, sigma^2 I)) = c).
+
+    x: one input (C,H,W) or a batch (B,C,H,W) in the model's input (pixel) scale; sigma is in
+    that scale. With probability >= 1 - alpha (per input) the returned radius is a lower
+    bound on g's l2 robustness radius at x. ``model`` may also be a DualSmoothing.
+    """
+    if hasattr(model, "certify") and hasattr(model, "sigmas"):  # a DualSmoothing
+        return model.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                             ids=ids, progress=progress)
+    xb, _ = as_input_batch(x)
+    sig = _sigma_per_input(sigma, xb.shape[0])
+    n0, n = check_positive_int("n0", n0), check_positive_int("n", n)
+    alpha = check_alpha(alpha)
+    counts = count_votes(model, xb, sig, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)],
+                         seed=check_seed(seed), ids=check_ids(ids, xb.shape[0]),
+                         batch_size=check_positive_int("batch_size", batch_size),
+                         num_classes=num_classes, channels_last=channels_last, compile=compile,
+                         noise_backend=noise_backend, progress=progress, desc="certify")
+    return certify_counts(counts[0], counts[1], n, alpha, sig)
+
+
+def predict_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
+    """PREDICT's decision from vote counts (B, K): top class unless the binomial test of
+    its votes against the runner-up's fails at level alpha."""
+    top2 = counts.topk(2, dim=1)
+    n_a, n_b = top2.values[:, 0].cpu().numpy(), top2.values[:, 1].cpu().numpy()
+    abstain = torch.from_numpy(np.asarray(binomial_test_abstains(n_a, n_b, alpha), dtype=bool))
+    return torch.where(abstain.reshape(-1), ABSTAIN, top2.indices[:, 0].cpu())
+
+
+def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+            seed: Optional[int] = 0, *, ids=None, num_classes=None, channels_last=None,
+            compile: bool = False, noise_backend: str = "auto", progress: bool = False
+            ) -> torch.Tensor:
+    """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
+    (returns ABSTAIN when unsure). -> LongTensor (B,)."""
+    if hasattr(model, "predict") and hasattr(model, "sigmas"):  # a DualSmoothing
+        return model.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
+                             progress=progress)
+    xb, _ = as_input_batch(x)
+    sig = _sigma_per_input(sigma, xb.shape[0])
+    n, alpha = check_positive_int("n", n), check_alpha(alpha)
+    counts = count_votes(model, xb, sig, [Draw(Stream.PREDICT, n)], seed=check_seed(seed),
+                         ids=check_ids(ids, xb.shape[0]),
+                         batch_size=check_positive_int("batch_size", batch_size),
+                         num_classes=num_classes, channels_last=channels_last, compile=compile,
+                         noise_backend=noise_backend, progress=progress, desc="predict")
+    return predict_counts(counts[0], alpha)

@@ -1,0 +1,13 @@
+"""Custom kernels of dualrs_fast, one file per op, each beside a plain PyTorch reference.
+
+The noise specification (shared by every backend, see ``philox_torch.py``): the Gaussian
+noise of element ``e`` of sample ``j`` of input ``id`` in stream ``s`` under ``seed`` is
+
+    r0, r1, r2, r3 = Philox4x32-10(counter=(e // 4, j, id, s), key=(seed & 0xffffffff, seed >> 32))
+    u_k = (float32(r_k) + 0.5) * 2**-32                 # in (0, 1], never 0
+    (z0, z1) = BoxMuller(u0, u1), (z2, z3) = BoxMuller(u2, u3)  # float32
+    noise = z[e % 4]
+
+so noise is a pure function of (seed, id, stream, j, e): results never depend on batch
+size, on how inputs are packed into a batch, or on the device.
+"""

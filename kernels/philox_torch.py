@@ -1,0 +1,79 @@
+"""Plain-PyTorch reference of the counter-based Gaussian noise (the specification).
+
+Slow (int64 arithmetic emulating uint32), used by tests and as the fallback on devices
+without a fused kernel. Every other backend must reproduce it up to float rounding.
+"""
+import math
+
+import torch
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+MASK32 = 0xFFFFFFFF
+TWO_POW_M32 = 2.0**-32
+TWO_PI = 2.0 * math.pi
+
+
+def _mulhilo32(a: int, b: torch.Tensor):
+    """(hi, lo) 32-bit halves of the 64-bit product a*b, for uint32 values held in int64.
+
+    Split into 16-bit limbs so no partial product overflows int64."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    mid = a_hi * b_lo + a_lo * b_hi  # < 2**33
+    lo_full = a_lo * b_lo + ((mid & 0xFFFF) << 16)  # < 2**33
+    hi = a_hi * b_hi + (mid >> 16) + (lo_full >> 32)
+    return hi & MASK32, lo_full & MASK32
+
+
+def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS):
+    """Philox4x32 (Salmon et al. 2011) on int64 tensors holding uint32 values."""
+    for r in range(rounds):
+        if r > 0:
+            k0 = (k0 + PHILOX_W0) & MASK32
+            k1 = (k1 + PHILOX_W1) & MASK32
+        hi0, lo0 = _mulhilo32(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def uint32_to_unit_float(r: torch.Tensor) -> torch.Tensor:
+    """uint32 -> float32 in (0, 1]; 0 is excluded so log() is finite."""
+    return (r.to(torch.float32) + 0.5) * TWO_POW_M32
+
+
+def split_seed(seed: int):
+    return seed & MASK32, (seed >> 32) & MASK32
+
+
+def gaussian_noise(seed: int, ids, streams, js, dim: int, device=None) -> torch.Tensor:
+    """Noise rows for samples (ids[r], streams[r], js[r]) -> float32 tensor (R, dim)."""
+    ids, streams, js = (torch.as_tensor(t, dtype=torch.int64, device=device).reshape(-1, 1)
+                        for t in (ids, streams, js))
+    blocks = torch.arange((dim + 3) // 4, dtype=torch.int64, device=ids.device).reshape(1, -1)
+    shape = torch.broadcast_shapes(blocks.shape, ids.shape)
+    c0 = blocks.expand(shape)
+    k0, k1 = split_seed(seed)
+    r = philox4x32(c0, js.expand(shape), ids.expand(shape), streams.expand(shape), k0, k1)
+    u = [uint32_to_unit_float(v) for v in r]
+    rad01 = torch.sqrt(-2.0 * torch.log(u[0]))
+    rad23 = torch.sqrt(-2.0 * torch.log(u[2]))
+    th01 = TWO_PI * u[1]
+    th23 = TWO_PI * u[3]
+    z = torch.stack([rad01 * torch.cos(th01), rad01 * torch.sin(th01),
+                     rad23 * torch.cos(th23), rad23 * torch.sin(th23)], dim=-1)
+    return z.reshape(z.shape[0], -1)[:, :dim].contiguous()
+
+
+def noisy_rows(x: torch.Tensor, sigma: torch.Tensor, ids, seed: int, row_input, row_stream,
+               row_j) -> torch.Tensor:
+    """Reference of the fused op: out[r] = x[row_input[r]] + sigma[row_input[r]] * noise."""
+    flat = x.reshape(x.shape[0], -1)
+    row_input = torch.as_tensor(row_input, dtype=torch.int64, device=x.device)
+    noise = gaussian_noise(seed, ids[row_input], row_stream, row_j, flat.shape[1], device=x.device)
+    out = flat[row_input] + sigma.to(flat.dtype)[row_input].unsqueeze(1) * noise.to(flat.dtype)
+    return out.reshape((-1,) + tuple(x.shape[1:]))

@@ -1,0 +1,31 @@
+"""Analytic test cases: classifiers whose smoothed robustness radius is known exactly."""
+import torch
+
+
+class LinearBinary(torch.nn.Module):
+    """f(x) = 1[w.x + b > 0]. Its Gaussian smoothing has a closed form: P(f(x+e)=1) =
+    Phi((w.x+b) / (sigma |w|)), so the smoothed classifier's exact l2 robustness radius at x
+    is the distance |w.x+b| / |w| to the hyperplane."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.reshape(-1).clone(), requires_grad=False)
+        self.b = float(b)
+
+    def forward(self, x):
+        z = x.reshape(x.shape[0], -1) @ self.w.to(x.dtype) + self.b
+        return torch.stack([-z, z], dim=1)
+
+    def signed_distance(self, x):
+        return (x.reshape(x.shape[0], -1).double() @ self.w.double() + self.b) / self.w.double().norm()
+
+
+def inputs_at_distances(model: LinearBinary, distances, shape, seed=0):
+    """Inputs whose signed distance to the model's hyperplane is exactly `distances`."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand((len(distances),) + tuple(shape), generator=g, dtype=torch.float64)
+    w = model.w.double()
+    unit = w / w.norm()
+    d0 = model.signed_distance(base)
+    flat = base.reshape(len(distances), -1) + (torch.as_tensor(distances, dtype=torch.float64) - d0)[:, None] * unit
+    return flat.reshape(base.shape).float()
