@@ -1,0 +1,365 @@
+"""Small classifiers, a checkpoint format and the committed default weights.
+
+All models take inputs in *pixel space* ``[0, 1]`` of shape ``(N, C, H, W)``
+and normalise internally (``(x - mean) / std`` as the first layer), as in
+Cohen et al.: randomized-smoothing noise is added in pixel space and the
+classifier sees ``normalise(x + sigma * eps)``. They return logits ``(N, K)``.
+
+Checkpoints are plain ``torch.save`` dictionaries loadable with
+``weights_only=True``::
+
+    {"arch": "small_cnn", "kwargs": {...constructor kwargs...},
+     "state_dict": {...}, "meta": {...}}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "Normalize",
+    "TinyMLP",
+    "SmallCNN",
+    "ResNet20",
+    "MODEL_REGISTRY",
+    "build_model",
+    "save_checkpoint",
+    "load_checkpoint",
+    "WEIGHTS_DIR",
+    "default_weights_path",
+    "available_default_sigmas",
+    "load_default_classifier",
+]
+
+#: Per-channel statistics of MNIST in [0, 1] pixel space (the usual constants).
+MNIST_MEAN: tuple[float, ...] = (0.1307,)
+MNIST_STD: tuple[float, ...] = (0.3081,)
+
+#: Directory of the committed weights (installed with the package).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_DEFAULT_ARCH = "small_cnn"
+_CHECKPOINT_KEYS = ("arch", "kwargs", "state_dict", "meta")
+
+
+def _channel_stats(values: float | Sequence[float], channels: int, name: str) -> list[float]:
+    if isinstance(values, (int, float)):
+        values = [float(values)] * channels
+    values = [float(v) for v in values]
+    if len(values) == 1 and channels > 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ValueError(f"{name} has {len(values)} entries but the model has {channels} input channels")
+    return values
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; the statistics are (persistent) buffers."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class TinyMLP(nn.Module):
+    """Normalise -> flatten -> Linear(in, hidden) -> ReLU -> Linear(hidden, K)."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        hidden: int = 256,
+        mean: float | Sequence[float] = MNIST_MEAN,
+        std: float | Sequence[float] = MNIST_STD,
+    ):
+        super().__init__()
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+        mean = _channel_stats(mean, in_shape[0], "mean")
+        std = _channel_stats(std, in_shape[0], "std")
+        self.config = dict(in_shape=list(in_shape), num_classes=int(num_classes), hidden=int(hidden),
+                           mean=mean, std=std)
+        self.in_shape = in_shape
+        self.normalize = Normalize(mean, std)
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(math.prod(in_shape), hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"TinyMLP expects inputs (N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
+        return self.net(self.normalize(x))
+
+
+class SmallCNN(nn.Module):
+    """conv(C->16, 3) - ReLU - maxpool2 - conv(16->32, 3) - ReLU - maxpool2 - FC(32*s*s -> 128) - ReLU - FC(128 -> K).
+
+    ``input_size`` is the (square) image side; the default 28 gives ``s = 7``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        input_size: int = 28,
+        hidden: int = 128,
+        mean: float | Sequence[float] = MNIST_MEAN,
+        std: float | Sequence[float] = MNIST_STD,
+    ):
+        super().__init__()
+        mean = _channel_stats(mean, in_channels, "mean")
+        std = _channel_stats(std, in_channels, "std")
+        self.config = dict(in_channels=int(in_channels), num_classes=int(num_classes),
+                           input_size=int(input_size), hidden=int(hidden), mean=mean, std=std)
+        self.input_size = int(input_size)
+        side = self.input_size // 2 // 2
+        if side < 1:
+            raise ValueError(f"input_size must be >= 4, got {input_size}")
+        self.normalize = Normalize(mean, std)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            raise ValueError(
+                f"SmallCNN(input_size={self.input_size}) expects (N, C, {self.input_size}, {self.input_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        if stride != 1 or in_planes != planes:
+            # 1x1 projection shortcut ("option B").
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR-style ResNet-20: conv3x3(16) + 3 stages x 3 basic blocks (16/32/64 channels,
+    strides 1/2/2) + global average pooling + FC. Works for any input size >= 4."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        mean: float | Sequence[float] = MNIST_MEAN,
+        std: float | Sequence[float] = MNIST_STD,
+    ):
+        super().__init__()
+        mean = _channel_stats(mean, in_channels, "mean")
+        std = _channel_stats(std, in_channels, "std")
+        self.config = dict(in_channels=int(in_channels), num_classes=int(num_classes), mean=mean, std=std)
+        self.normalize = Normalize(mean, std)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        in_planes = 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for b in range(3):
+                blocks.append(_BasicBlock(in_planes, planes, stride if b == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(self.stem(self.normalize(x)))
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "tiny_mlp": TinyMLP,
+    "small_cnn": SmallCNN,
+    "resnet20": ResNet20,
+}
+
+
+def _check_arch(name: str) -> type[nn.Module]:
+    try:
+        return MODEL_REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown architecture {name!r}; valid names: {', '.join(sorted(MODEL_REGISTRY))}"
+        ) from None
+
+
+def build_model(name: str, **kw: Any) -> nn.Module:
+    """Instantiate a registered architecture: ``"tiny_mlp"``, ``"small_cnn"`` or ``"resnet20"``."""
+    return _check_arch(name)(**kw)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Convert ``value`` to built-in types that ``torch.load(weights_only=True)`` accepts
+    (e.g. ``torch.__version__`` is a ``str`` subclass the safe unpickler rejects)."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Mapping):
+        return {_plain(k, where): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(f"{where}: cannot store {type(value).__name__} in a checkpoint; use plain Python values")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, arch: str, meta: Mapping[str, Any] | None = None,
+                    kwargs: Mapping[str, Any] | None = None) -> Path:
+    """Save ``{"arch", "kwargs", "state_dict", "meta"}`` to ``path``.
+
+    ``kwargs`` defaults to the constructor arguments the model recorded in
+    ``model.config``; ``meta`` should hold plain Python values (numbers,
+    strings, lists, dicts) so the file loads with ``weights_only=True``.
+    """
+    cls = _check_arch(arch)
+    if not isinstance(model, cls):
+        raise TypeError(f"arch={arch!r} expects a {cls.__name__}, got {type(model).__name__}")
+    if kwargs is None:
+        kwargs = getattr(model, "config", None)
+        if kwargs is None:
+            raise ValueError("model has no .config; pass kwargs= explicitly")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"arch": arch, "kwargs": _plain(dict(kwargs), "kwargs"), "state_dict": state,
+               "meta": _plain(dict(meta or {}), "meta")}
+    torch.save(payload, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns ``(model.eval(), meta)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable dualrs_fast checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _CHECKPOINT_KEYS):
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: expected a dict with keys {list(_CHECKPOINT_KEYS)}, found {found}")
+    arch = ckpt["arch"]
+    try:
+        cls = _check_arch(arch)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    try:
+        model = cls(**ckpt["kwargs"])
+    except TypeError as exc:
+        raise ValueError(f"{path}: kwargs {ckpt['kwargs']} do not fit {cls.__name__}: {exc}") from exc
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: state_dict does not match {arch} with kwargs {ckpt['kwargs']}:\n{exc}") from exc
+    return model.to(map_location).eval(), dict(ckpt["meta"])
+
+
+# --------------------------------------------------------------------------- committed weights
+
+_WEIGHTS_RE = re.compile(r"^(?P<arch>[a-z0-9_]+)_sigma(?P<sigma>\d+(?:\.\d+)?)\.pt$")
+
+
+def default_weights_path(sigma: float, arch: str = _DEFAULT_ARCH) -> Path:
+    """File name of the committed weights for ``sigma`` (whether or not it exists)."""
+    return WEIGHTS_DIR / f"{arch}_sigma{float(sigma):.2f}.pt"
+
+
+def available_default_sigmas(arch: str = _DEFAULT_ARCH) -> list[float]:
+    """Noise levels for which committed weights of ``arch`` exist, sorted."""
+    out = []
+    if WEIGHTS_DIR.is_dir():
+        for p in WEIGHTS_DIR.iterdir():
+            m = _WEIGHTS_RE.match(p.name)
+            if m and m.group("arch") == arch:
+                out.append(float(m.group("sigma")))
+    return sorted(out)
+
+
+def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
+                            map_location: str | torch.device = "cpu") -> nn.Module:
+    """The committed classifier trained with Gaussian noise augmentation at ``sigma``.
+
+    These are SmallCNNs trained on the default MNIST-5k split (see
+    ``scripts/train_default.py``); the model is returned in eval mode and its
+    training metadata is attached as ``model.meta``.
+    """
+    available = available_default_sigmas(arch)
+    match = [s for s in available if math.isclose(s, float(sigma), rel_tol=0.0, abs_tol=1e-6)]
+    if not match:
+        raise ValueError(
+            f"no committed {arch} weights for sigma={sigma}; available sigmas: "
+            f"{', '.join(f'{s:g}' for s in available) or 'none'} (in {WEIGHTS_DIR})"
+        )
+    model, meta = load_checkpoint(default_weights_path(match[0], arch), map_location=map_location)
+    model.meta = meta
+    return model
