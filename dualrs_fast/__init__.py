@@ -5,7 +5,9 @@
     r.prediction, r.radius, r.count
 """
 from .bounds import BACKEND as BOUNDS_BACKEND
+from .dual import DualCertifyResult, DualSmoothing
 from .smoothing import ABSTAIN, CertifyResult, certify, predict
 
 __version__ = "0.1.0"
-__all__ = ["ABSTAIN", "CertifyResult", "certify", "predict", "BOUNDS_BACKEND", "__version__"]
+__all__ = ["ABSTAIN", "BOUNDS_BACKEND", "CertifyResult", "DualCertifyResult", "DualSmoothing",
+           "certify", "predict", "__version__"]

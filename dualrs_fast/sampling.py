@@ -48,10 +48,12 @@ def _compiled(model):
 def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                 ids: torch.Tensor, batch_size: int, num_classes=None, channels_last=None,
                 compile: bool = False, noise_backend: str = "auto", progress: bool = False,
-                desc: str = "sampling") -> torch.Tensor:
+                pass_sigma: bool = False, desc: str = "sampling") -> torch.Tensor:
     """Votes of ``model`` on x[i] + sigma[i] * noise -> int64 counts (len(draws), B, K).
 
     x: (B, ...) validated batch; sigma: (B,) per-input noise levels; ids: (B,) noise keys.
+    pass_sigma: call ``model(noisy, sigma_rows)`` (noise-conditioned models, denoisers) with
+    each row's noise level, a float32 tensor (rows,).
     """
     check_model_is_deterministic(model)
     batch = x.shape[0]
@@ -79,6 +81,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     rows_per_batch = min(batch_size, total) if not compile else batch_size
     buf = torch.zeros(rows_per_batch, dim, dtype=x_flat.dtype, device=gen_device)
     forward = _compiled(model) if compile else model
+    sigma_dev = sigma.to(device=device, dtype=torch.float32)
 
     counts = None
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -99,7 +102,14 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                 noisy = noisy.view(-1, h, w, c).permute(0, 3, 1, 2)
             else:
                 noisy = noisy.view((-1,) + tuple(x.shape[1:]))
-            logits = forward(noisy.to(device, non_blocking=True))
+            noisy = noisy.to(device, non_blocking=True)
+            if pass_sigma:
+                sigma_rows = sigma_dev[row_input.to(device)]
+                if noisy.shape[0] > m:  # compile padding
+                    sigma_rows = torch.cat([sigma_rows, sigma_rows[-1:].expand(noisy.shape[0] - m)])
+                logits = forward(noisy, sigma_rows)
+            else:
+                logits = forward(noisy)
             num_classes = check_logits(logits, noisy.shape[0], num_classes)
             logits = logits[:m]
             finite &= torch.isfinite(logits).all()  # checked once at the end: no sync per batch

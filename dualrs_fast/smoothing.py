@@ -69,7 +69,8 @@ def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float 
     that scale. With probability >= 1 - alpha (per input) the returned radius is a lower
     bound on g's l2 robustness radius at x. ``model`` may also be a DualSmoothing.
     """
-    if hasattr(model, "certify") and hasattr(model, "sigmas"):  # a DualSmoothing
+    from .dual import DualSmoothing
+    if isinstance(model, DualSmoothing):
         return model.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                              ids=ids, progress=progress)
     xb, _ = as_input_batch(x)
@@ -99,7 +100,8 @@ def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_
             ) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
     (returns ABSTAIN when unsure). -> LongTensor (B,)."""
-    if hasattr(model, "predict") and hasattr(model, "sigmas"):  # a DualSmoothing
+    from .dual import DualSmoothing
+    if isinstance(model, DualSmoothing):
         return model.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
                              progress=progress)
     xb, _ = as_input_batch(x)

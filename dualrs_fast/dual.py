@@ -1,0 +1,200 @@
+"""Dual Randomized Smoothing (Sun, Mao, Vechev): a smoothed variance estimator picks the
+noise level s(x) per input and certifies a radius R_ve within which s(x) is constant; the
+classifier smoothed at s(x) certifies R_cls; Theorem 4.1 gives radius min(R_ve, R_cls).
+The two certifications fail with probabilities alpha_ve + alpha_cls = alpha (Bonferroni).
+
+If the estimator abstains on an input, that input is not certified: prediction ABSTAIN,
+radius 0, sigma NaN, and its classifier is not run.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Union
+
+import torch
+
+from .noise import Stream
+from .sampling import Draw, count_votes, model_device
+from .smoothing import ABSTAIN, CertifyResult, certify_counts, predict_counts
+from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int, check_seed,
+                         check_sigma)
+
+
+@dataclass
+class DualCertifyResult(CertifyResult):
+    radius_estimator: torch.Tensor = None   # (B,) R_ve, 0 where the estimator abstained
+    radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where abstained or not run
+    level: torch.Tensor = None              # (B,) index into sigmas chosen by the estimator, -1 if it abstained
+    count_estimator: torch.Tensor = None    # (B,) estimator votes for the chosen level
+    n_estimator: int = 0
+
+
+def check_sigmas(sigmas) -> tuple:
+    sigmas = tuple(sigmas) if sigmas is not None else ()
+    if not sigmas:
+        raise ValueError("sigmas must list at least one noise level")
+    sigmas = tuple(check_sigma(s, "each of sigmas") for s in sigmas)
+    if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must be strictly increasing, got {sigmas}")
+    return sigmas
+
+
+class _Route(torch.nn.Module):
+    """One classifier route, called as route(x_noisy, sigma_rows): optional denoiser, then
+    an expert (plain model) or a noise-conditioned model."""
+
+    def __init__(self, classifier, conditioned: bool, denoiser=None):
+        super().__init__()
+        self.classifier, self.conditioned, self.denoiser = classifier, conditioned, denoiser
+
+    def forward(self, x, sigma_rows):
+        if self.denoiser is not None:
+            x = self.denoiser(x, sigma_rows)
+        return self.classifier(x, sigma_rows) if self.conditioned else self.classifier(x)
+
+
+class DualSmoothing:
+    """Dual RS over the noise levels ``sigmas`` (pixel scale).
+
+    estimator: model (N, ...) -> (N, len(sigmas)) logits over the noise levels, smoothed at
+        ``estimator_sigma``.
+    classifier: a noise-conditioned model called as ``classifier(x_noisy, sigma)`` (sigma a
+        float32 tensor (N,)), or a dict {sigma: expert model} with one plain model per level.
+    denoiser: optional ``denoiser(x_noisy, sigma) -> x`` applied before the classifier; with
+        a denoiser, a single (non-dict) classifier is an off-the-shelf model ``classifier(x)``.
+    estimator_alpha_fraction: share of alpha spent on the estimator (default: half).
+    """
+
+    def __init__(self, estimator: Callable, classifier: Union[Callable, Dict[float, Callable]],
+                 sigmas: Sequence[float] = (0.25, 0.5, 1.0), estimator_sigma: float = 0.25,
+                 denoiser: Optional[Callable] = None, estimator_alpha_fraction: float = 0.5):
+        self.sigmas = check_sigmas(sigmas)
+        self.estimator_sigma = check_sigma(estimator_sigma, "estimator_sigma")
+        if not 0.0 < float(estimator_alpha_fraction) < 1.0:
+            raise ValueError("estimator_alpha_fraction must be in (0, 1), got "
+                             f"{estimator_alpha_fraction}")
+        self.estimator_alpha_fraction = float(estimator_alpha_fraction)
+        if not callable(estimator):
+            raise TypeError("estimator must be a model (callable)")
+        self.estimator, self.denoiser = estimator, denoiser
+        self.routes = self._build_routes(classifier, denoiser)
+
+    def _build_routes(self, classifier, denoiser):
+        if isinstance(classifier, dict):
+            experts = {float(k): v for k, v in classifier.items()}
+            missing = [s for s in self.sigmas if s not in experts]
+            extra = sorted(set(experts) - set(self.sigmas))
+            if missing or extra:
+                raise ValueError(f"classifier experts must match sigmas {self.sigmas}: missing "
+                                 f"{missing}, unexpected {extra}")
+            return [_Route(experts[s], conditioned=False, denoiser=denoiser) for s in self.sigmas]
+        if not callable(classifier):
+            raise TypeError("classifier must be a model or a dict {sigma: model}")
+        route = _Route(classifier, conditioned=denoiser is None, denoiser=denoiser)
+        return [route] * len(self.sigmas)
+
+    def alphas(self, alpha: float):
+        """(alpha_estimator, alpha_classifier), summing to alpha."""
+        alpha_ve = alpha * self.estimator_alpha_fraction
+        return alpha_ve, alpha - alpha_ve
+
+    def _check_estimator_width(self, x: torch.Tensor):
+        with torch.inference_mode():
+            out = self.estimator(x[:1].to(model_device(self.estimator, x.device)))
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != len(self.sigmas):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"estimator must return (N, len(sigmas)={len(self.sigmas)}) logits, "
+                             f"got {shape}")
+
+    def _classifier_counts(self, xb, level, draws, seed, ids, batch_size, progress):
+        """Counts (len(draws), B, K) of each input's route at its sigma; routes sharing one
+        model are packed into one pass."""
+        counts = None
+        groups = {}
+        for k in level.unique().tolist():
+            groups.setdefault(id(self.routes[k]), []).append(k)
+        for ks in groups.values():
+            members = torch.nonzero(torch.isin(level, torch.tensor(ks))).reshape(-1)
+            sigma = torch.tensor(self.sigmas, dtype=torch.float64)[level[members]]
+            c = count_votes(self.routes[ks[0]], xb[members], sigma, draws, seed=seed,
+                            ids=ids[members], batch_size=batch_size, pass_sigma=True,
+                            progress=progress, desc="classifier")
+            if counts is None:
+                counts = torch.zeros((len(draws), xb.shape[0], c.shape[2]), dtype=torch.int64,
+                                     device=c.device)
+            elif c.shape[2] != counts.shape[2]:
+                raise ValueError("all classifier experts must return the same number of classes")
+            counts[:, members.to(c.device)] = c
+        return counts
+
+    def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+                batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
+                n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
+                progress: bool = False) -> DualCertifyResult:
+        """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
+        samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x)."""
+        xb, _ = as_input_batch(x)
+        batch = xb.shape[0]
+        n0, n = check_positive_int("n0", n0), check_positive_int("n", n)
+        n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
+        n_ve = check_positive_int("n_estimator", n if n_estimator is None else n_estimator)
+        alpha_ve, alpha_cls = self.alphas(check_alpha(alpha))
+        seed, ids = check_seed(seed), check_ids(ids, batch)
+        batch_size = check_positive_int("batch_size", batch_size)
+        self._check_estimator_width(xb)
+
+        sigma_ve = torch.full((batch,), self.estimator_sigma, dtype=torch.float64)
+        ve_counts = count_votes(self.estimator, xb, sigma_ve,
+                                [Draw(Stream.ESTIMATOR_SELECT, n0_ve),
+                                 Draw(Stream.ESTIMATOR_ESTIMATE, n_ve)],
+                                seed=seed, ids=ids, batch_size=batch_size,
+                                num_classes=len(self.sigmas), progress=progress, desc="estimator")
+        ve = certify_counts(ve_counts[0], ve_counts[1], n_ve, alpha_ve, sigma_ve)
+        routed = torch.nonzero(ve.prediction != ABSTAIN).reshape(-1)
+
+        sigma = torch.full((batch,), math.nan, dtype=torch.float32)
+        prediction = torch.full((batch,), ABSTAIN, dtype=torch.int64)
+        radius_cls = torch.zeros(batch, dtype=torch.float32)
+        count = torch.zeros(batch, dtype=torch.int64)
+        p_lower = torch.zeros(batch, dtype=torch.float64)
+        if routed.numel():
+            level = ve.prediction[routed]
+            cls_counts = self._classifier_counts(
+                xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
+                ids[routed], batch_size, progress)
+            sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
+            cls = certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls, sigma_routed)
+            sigma[routed] = sigma_routed.float()
+            prediction[routed] = cls.prediction
+            radius_cls[routed] = cls.radius
+            count[routed] = cls.count
+            p_lower[routed] = cls.p_lower
+        return DualCertifyResult(
+            prediction=prediction, radius=torch.minimum(ve.radius, radius_cls), count=count, n=n,
+            alpha=alpha_ve + alpha_cls, sigma=sigma, p_lower=p_lower,
+            radius_estimator=ve.radius, radius_classifier=radius_cls, level=ve.prediction,
+            count_estimator=ve.count, n_estimator=n_ve)
+
+    def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+                seed: Optional[int] = 0, *, ids=None, progress: bool = False) -> torch.Tensor:
+        """PREDICT for Dual RS: the estimator's level (binomial test at alpha_ve), then the
+        classifier at that level (alpha_cls); ABSTAIN if either abstains."""
+        xb, _ = as_input_batch(x)
+        batch = xb.shape[0]
+        n = check_positive_int("n", n)
+        alpha_ve, alpha_cls = self.alphas(check_alpha(alpha))
+        seed, ids = check_seed(seed), check_ids(ids, batch)
+        batch_size = check_positive_int("batch_size", batch_size)
+        self._check_estimator_width(xb)
+        sigma_ve = torch.full((batch,), self.estimator_sigma, dtype=torch.float64)
+        ve_counts = count_votes(self.estimator, xb, sigma_ve, [Draw(Stream.ESTIMATOR_PREDICT, n)],
+                                seed=seed, ids=ids, batch_size=batch_size,
+                                num_classes=len(self.sigmas), progress=progress, desc="estimator")
+        level = predict_counts(ve_counts[0], alpha_ve)
+        prediction = torch.full((batch,), ABSTAIN, dtype=torch.int64)
+        routed = torch.nonzero(level != ABSTAIN).reshape(-1)
+        if routed.numel():
+            counts = self._classifier_counts(xb[routed], level[routed], [Draw(Stream.PREDICT, n)],
+                                             seed, ids[routed], batch_size, progress)
+            prediction[routed] = predict_counts(counts[0], alpha_cls)
+        return prediction
+
