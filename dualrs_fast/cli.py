@@ -1,27 +1,489 @@
-"""The `dualrs` command line (also `python -m dualrs_fast`)."""
+"""dualrs: certify, predict, plot and train randomized-smoothing classifiers.
+
+  dualrs certify --sigma 0.25 --n 10000 --max 100 --out runs/s025.tsv
+  dualrs certify --dual --estimator est.pt --out runs/dual.tsv
+  dualrs predict --model model.pt --out runs/pred.tsv
+  dualrs plot runs/*.tsv --out certified_accuracy.png
+  dualrs train --arch small_cnn --sigma 0.25 --out model.pt
+  dualrs demo
+
+Images are in [0, 1]; sigma is the noise's standard deviation in that pixel scale (the noise
+is added before the model's own normalisation, as in Cohen et al. 2019). Run
+`dualrs COMMAND --help` for each command's options. Also runs as `python -m dualrs_fast`.
+"""
+from __future__ import annotations
+
 import argparse
+import json
+import math
+import os
 import sys
+
+SIGMA_HELP = ("noise standard deviation in pixel units: images are in [0, 1] and the Gaussian "
+              "noise is added before the model's normalisation, so 0.25 is a quarter of the "
+              "pixel range")
+ALPHA_HELP = ("failure probability of each certificate: with probability at least 1 - alpha "
+              "over the sampling noise, a reported radius is a true lower bound of the smoothed "
+              "classifier's l2 robustness radius at that input (default 0.001)")
+SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 10}}'")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", nargs="+", metavar="PATH",
+                   help="a checkpoint saved by `dualrs train` (models.save_checkpoint), a plain "
+                        "state_dict (give --arch) or a TorchScript file; with --dual, one expert "
+                        "per --sigmas level. Default: the embedded small CNN trained at --sigma")
+    g.add_argument("--arch", help="architecture of a state_dict: tiny_mlp, small_cnn, resnet20")
+    g.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
+                   help="constructor arguments for --arch, e.g. '{\"in_channels\": 3}' "
+                        "(num_classes is read from the state_dict)")
+    g.add_argument("--sigma", type=_positive_float,
+                   help=SIGMA_HELP + ". Default: the sigma recorded in the checkpoint, or 0.25 "
+                        "for the embedded model (embedded: 0.25, 0.5, 1.0)")
+    d = p.add_argument_group("Dual RS")
+    d.add_argument("--dual", action="store_true",
+                   help="Dual randomized smoothing: a smoothed estimator picks each input's sigma "
+                        "among --sigmas, the expert for that sigma classifies; radius = min of "
+                        "both certificates (alpha is split between them)")
+    d.add_argument("--sigmas", type=_positive_float, nargs="+", metavar="S",
+                   help="increasing noise levels (pixel units) the estimator chooses from "
+                        "(default 0.25 0.5 1.0)")
+    d.add_argument("--estimator", metavar="PATH",
+                   help="the variance estimator: a model with one logit per --sigmas level "
+                        "(same formats as --model). Without --model, the experts are the "
+                        "embedded classifiers")
+    d.add_argument("--estimator-arch", help="architecture of an estimator state_dict")
+    d.add_argument("--estimator-sigma", type=_positive_float, default=0.25,
+                   help="noise level the estimator is smoothed with (default 0.25)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist5k",
+                   help="mnist5k (the 1000 held-out test images of the embedded MNIST subset; "
+                        "default), mnist5k-train, or a .pt/.npz file with x (N, ...) in [0, 1] "
+                        "and integer labels y (N,)")
+    g.add_argument("--any-range", action="store_true",
+                   help="accept dataset values outside [0, 1] (sigma is then in your scale)")
+    g.add_argument("--skip", type=int, default=1,
+                   help="use every SKIP-th input (as in Cohen et al.'s certify.py; default 1)")
+    g.add_argument("--max", "--max-index", dest="max", type=int, metavar="M",
+                   help="only inputs with index below M (under torchrun spell it --max-index: "
+                        "torchrun's parser takes --max for its --max-restarts)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="LOG",
+                   help=f"the {what} log (tab-separated, one row per input, flushed per row). "
+                        "Rerunning the same command resumes it; a log written with other "
+                        "arguments is refused. Default: print rows to stdout (no resume)")
+    g.add_argument("--overwrite", action="store_true", help="start LOG afresh")
+    g.add_argument("--seed", type=int, default=0,
+                   help="noise seed; each input's noise is keyed by (seed, its dataset index), "
+                        "so rows do not depend on --batch, --chunk or --procs (default 0)")
+    g.add_argument("--batch", type=int, default=1000,
+                   help="noisy samples per forward pass (memory; default 1000)")
+    g.add_argument("--chunk", type=int, default=16,
+                   help="inputs certified per call, packed into shared batches (default 16); "
+                        "the time column is the call's time divided evenly among its inputs")
+    g.add_argument("--device", default=None,
+                   help="cpu or cuda (default: cuda if available); under torchrun each rank "
+                        "uses cuda:LOCAL_RANK")
+    g.add_argument("--procs", type=int, default=1,
+                   help="local processes (gloo) sharing the inputs; for several machines use "
+                        "torchrun, which this command detects (default 1)")
+    g.add_argument("--threads", type=int, help="torch threads per process")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dualrs", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="dualrs", description=__doc__, formatter_class=_Formatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = commands.add_parser(
+        "certify", formatter_class=_Formatter, help="CERTIFY each input; Cohen-format log",
+        description="Certify the smoothed classifier on a dataset (Cohen et al.'s CERTIFY).\n"
+                    "One row per input: idx label predict radius correct time (predict -1 =\n"
+                    "abstain; time in seconds), plus sigma radius_estimator radius_classifier\n"
+                    "with --dual.\n\n"
+                    "Several processes: --procs N on one machine, or\n"
+                    "  torchrun --nproc_per_node=N $(which dualrs) certify ... --out LOG\n"
+                    "(rank r certifies indices r::N, rank 0 merges one log ordered by idx;\n"
+                    "torchrun's own parser takes --n and --max: write --samples and\n"
+                    "--max-index instead).")
+    _add_model_options(c)
+    _add_data_options(c)
+    s = c.add_argument_group("sampling")
+    s.add_argument("--n0", type=int, default=100, help="selection samples per input (default 100)")
+    s.add_argument("--n", "--samples", dest="n", type=int, default=100_000,
+                   help="estimation samples per input (default 100000; under torchrun spell "
+                        "it --samples)")
+    s.add_argument("--alpha", type=float, default=0.001, help=ALPHA_HELP)
+    s.add_argument("--n0-estimator", type=int, help="Dual RS estimator's selection samples "
+                                                    "(default --n0)")
+    s.add_argument("--n-estimator", type=int, help="Dual RS estimator's estimation samples "
+                                                   "(default --n)")
+    _add_run_options(c, "certification")
+
+    p = commands.add_parser(
+        "predict", formatter_class=_Formatter, help="PREDICT each input; Cohen-format log",
+        description="Evaluate the smoothed classifier (Cohen et al.'s PREDICT) on a dataset: "
+                    "one row per input: idx label predict correct time (predict -1 = abstain).")
+    _add_model_options(p)
+    _add_data_options(p)
+    s = p.add_argument_group("sampling")
+    s.add_argument("--n", "--samples", dest="n", type=int, default=100_000,
+                   help="samples per input (default 100000; --samples under torchrun)")
+    s.add_argument("--alpha", type=float, default=0.001,
+                   help="probability of returning a wrong class instead of abstaining, per "
+                        "input (default 0.001)")
+    _add_run_options(p, "prediction")
+
+    pl = commands.add_parser(
+        "plot", formatter_class=_Formatter, help="certified accuracy vs radius (PNG)",
+        description="Plot certified accuracy (fraction of inputs classified correctly with "
+                    "certified radius >= r) against r for one or more certification logs, and "
+                    "print it at a few radii.")
+    pl.add_argument("logs", nargs="+", metavar="LOG")
+    pl.add_argument("--out", default="certified_accuracy.png", help="PNG file")
+    pl.add_argument("--labels", nargs="+", help="legend entries (default: sigma from each "
+                                                "log's recorded arguments, else its file name)")
+    pl.add_argument("--max-radius", type=_positive_float, help="right end of the radius axis")
+    pl.add_argument("--title")
+    pl.add_argument("--radii", default="0,0.25,0.5,0.75,1,1.5,2",
+                    help="radii of the printed table (comma-separated)")
+
+    t = commands.add_parser(
+        "train", formatter_class=_Formatter, help="train a classifier with Gaussian noise",
+        description="Train a base classifier with Gaussian noise augmentation (Cohen et al.) "
+                    "and save a checkpoint that `dualrs certify --model` reads (it records "
+                    "sigma).")
+    t.add_argument("--arch", default="small_cnn", help="tiny_mlp, small_cnn (default), resnet20")
+    t.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
+                   help="constructor arguments (num_classes and input shape are taken from "
+                        "the data unless given)")
+    t.add_argument("--sigma", type=float, default=0.25, help=SIGMA_HELP + " (default 0.25)")
+    t.add_argument("--dataset", default="mnist5k-train",
+                   help="mnist5k-train (default: 4000 images), mnist5k or a .pt/.npz file")
+    t.add_argument("--max", type=int, metavar="M", help="train on the first M inputs only")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and noise")
+    t.add_argument("--out", required=True, help="checkpoint file to write")
+    t.add_argument("--quiet", action="store_true")
+
     demo = commands.add_parser("demo", help="certify a few embedded MNIST test images")
     demo.add_argument("--num", type=int, default=10, help="number of test images (default 10)")
     demo.add_argument("--sigma", type=float, default=0.25,
-                      help="noise std in pixel units (images in [0,1]); embedded: 0.25, 0.5, 1.0")
+                      help=SIGMA_HELP + "; embedded: 0.25, 0.5, 1.0 (default 0.25)")
     demo.add_argument("--n", type=int, default=10_000, help="estimation samples per input")
-    demo.add_argument("--alpha", type=float, default=0.001,
-                      help="failure probability of each certificate")
+    demo.add_argument("--alpha", type=float, default=0.001, help=ALPHA_HELP)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+# --------------------------------------------------------------------------- certify / predict
+
+
+def _device(args) -> str:
+    import torch
+    if args.device:
+        return args.device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def _default_dual():
+    from . import models
+    loader = getattr(models, "load_default_dual", None)
+    if loader is None:
+        raise ValueError("this version ships no default Dual RS estimator: pass --estimator PATH "
+                         "(the experts default to the embedded classifiers at --sigmas)")
+    return loader()
+
+
+def build_smoother(args, dataset):
+    """-> (model or DualSmoothing, config entries identifying it, human description)."""
+    from . import models
+    from .dual import DualSmoothing, check_sigmas
+    from .loading import check_model_on, fingerprint, load_model
+
+    device = _device(args)
+    classes = int(dataset.y.max()) + 1
+    if not args.dual:
+        if args.estimator or args.sigmas or getattr(args, "n_estimator", None) \
+                or getattr(args, "n0_estimator", None):
+            raise ValueError("--estimator, --sigmas, --n-estimator and --n0-estimator need --dual")
+        if args.model:
+            if len(args.model) != 1:
+                raise ValueError("give one --model (several models are experts for --dual)")
+            model = load_model(args.model[0], args.arch, args.arch_kwargs, device)
+            sigma = args.sigma or getattr(model, "meta", {}).get("sigma")
+            if sigma is None:
+                raise ValueError("pass --sigma: the noise level to smooth the model with, in "
+                                 "pixel units (its checkpoint does not record one)")
+            if not sigma > 0:
+                raise ValueError(f"the checkpoint records sigma={sigma}; pass --sigma > 0")
+            where = args.model[0]
+        else:
+            sigma = args.sigma or 0.25
+            model = models.load_default_classifier(sigma, map_location=device)
+            where = f"embedded small_cnn (sigma {sigma:g})"
+        check_model_on(model, dataset.x, None, min_outputs=classes)
+        return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
+
+    if args.estimator is None and args.model:
+        raise ValueError("--dual with --model needs --estimator")
+    if args.estimator is None:
+        dual = _default_dual()
+        if args.sigmas and tuple(args.sigmas) != tuple(dual.sigmas):
+            raise ValueError(f"the default Dual RS model uses sigmas {dual.sigmas}")
+        where = "embedded Dual RS"
+    else:
+        sigmas = check_sigmas(args.sigmas or (0.25, 0.5, 1.0))
+        if args.model:
+            if len(args.model) != len(sigmas):
+                raise ValueError(f"--dual needs one --model per --sigmas level ({len(sigmas)}), "
+                                 f"got {len(args.model)}")
+            experts = [load_model(p, args.arch, args.arch_kwargs, device) for p in args.model]
+        else:
+            experts = [models.load_default_classifier(s, map_location=device) for s in sigmas]
+        estimator = load_model(args.estimator, args.estimator_arch, {}, device,
+                               arch_option="--estimator-arch")
+        dual = DualSmoothing(estimator, dict(zip(sigmas, experts)), sigmas=sigmas,
+                             estimator_sigma=args.estimator_sigma)
+        where = f"estimator {args.estimator}, experts " + (
+            " ".join(args.model) if args.model else "embedded")
+    check_model_on(dual.estimator, dataset.x, len(dual.sigmas), what="estimator")
+    for s, route in zip(dual.sigmas, dual.routes):
+        if not route.conditioned and route.denoiser is None:
+            check_model_on(route.classifier, dataset.x, None, f"expert for sigma {s:g}", classes)
+    parts = [dual.estimator] + [r for r in dict.fromkeys(dual.routes)]
+    entries = {"sigmas": [float(s) for s in dual.sigmas],
+               "estimator_sigma": float(dual.estimator_sigma),
+               "estimator_alpha_fraction": dual.estimator_alpha_fraction,
+               "model_sha256": fingerprint(*parts)}
+    return dual, entries, where
+
+
+def _task(args, kind: str):
+    import torch
+    from . import __version__, runner
+    from .loading import load_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset, check_range=not args.any_range)
+    indices = runner.select_indices(len(dataset), args.skip, args.max)
+    smoother, entries, where = build_smoother(args, dataset)
+    config = {"format": 1, "command": kind, "method": "dual" if args.dual else "standard",
+              "dataset_sha256": dataset.fingerprint(), "skip": args.skip, "max": args.max,
+              "seed": args.seed, "n": args.n, "alpha": args.alpha, **entries}
+    info = {"dataset": dataset.name, "model": where, "dualrs_fast": __version__,
+            "torch": torch.__version__}
+    common = dict(n=args.n, alpha=args.alpha, batch_size=args.batch, seed=args.seed,
+                  config=config, info=info, sigma=entries.get("sigma"))
+    if kind == "predict":
+        return runner.predict_task(smoother, dataset, indices, **common), where
+    n0_ve = args.n0_estimator if args.dual else None
+    n_ve = args.n_estimator if args.dual else None
+    config.update(n0=args.n0, n0_estimator=n0_ve, n_estimator=n_ve)
+    return runner.certify_task(smoother, dataset, indices, n0=args.n0, n0_estimator=n0_ve,
+                               n_estimator=n_ve, **common), where
+
+
+def _summary(kind: str, task, rows: dict, args, where: str) -> None:
+    import numpy as np
+    cells = [r.split("\t") for r in rows.values()]
+    if not cells:
+        print("no inputs selected")
+        return
+    target = f" -> {args.out}" if args.out else ""
+    resumed = f"; {task.resumed} were in the log already" if task.resumed else ""
+    print(f"{kind}: {len(cells)} inputs{target} ({where}{resumed})")
+    if kind == "predict":
+        pred = np.array([int(c[2]) for c in cells])
+        correct = np.array([int(c[3]) for c in cells])
+        print(f"accuracy {correct.mean():.3f}, abstained {np.mean(pred == -1):.3f}")
+        return
+    from .logs import certified_accuracy
+    table = {"correct": np.array([int(c[4]) for c in cells]),
+             "radius": np.array([float(c[3]) for c in cells])}
+    acc = certified_accuracy(table, SUMMARY_RADII)
+    print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}"
+                                             for r, a in zip(SUMMARY_RADII, acc)))
+
+
+def _check_run_args(args) -> None:
+    for name in ("n", "batch", "chunk", "procs", "skip") + (("n0",) if hasattr(args, "n0") else ()):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max is not None and args.max < 1:
+        raise ValueError(f"--max must be >= 1, got {args.max}")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha (failure probability) must be in (0, 1), got {args.alpha}")
+    if args.procs > 1 and not args.out:
+        raise ValueError("--procs needs --out (each process writes its rows to a shard file)")
+
+
+def run_smoothing(args) -> int:
+    """certify / predict in this process (a rank of a multi-process run, or the only one)."""
+    import torch.distributed as dist
+    from . import runner
+    joined = not dist.is_initialized() and runner.init_from_env(_device(args))
+    if args.procs > 1 and not dist.is_initialized():
+        import torch.multiprocessing as mp
+        try:
+            runner.spawn(args.procs, _rank_main, (args,), threads=args.threads)
+        except mp.ProcessExitedException:
+            return 2  # the failing rank printed why
+        return 0
+    try:
+        task, where = _task(args, args.command)
+        rank, _ = runner.rank_and_world()
+        rows = runner.run(task, args.out, chunk=args.chunk, progress=not args.quiet and rank == 0,
+                          overwrite=args.overwrite)
+        if rank == 0 and not args.quiet:
+            _summary(args.command, task, rows, args, where)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+    return 0
+
+
+def _rank_main(args) -> None:
+    """Entry point of a process started by --procs."""
+    code = _guarded(run_smoothing, args)
+    if code:
+        sys.exit(code)
+
+
+# --------------------------------------------------------------------------- plot / train
+
+
+def run_plot(args) -> int:
+    from .plotting import accuracy_table, parse_radii, plot_certified_accuracy
+    radii = parse_radii(args.radii)
+    if args.labels and len(args.labels) != len(args.logs):
+        raise ValueError(f"{len(args.labels)} --labels for {len(args.logs)} logs")
+    print(accuracy_table(args.logs, radii, args.labels))
+    out = plot_certified_accuracy(args.logs, args.out, args.labels, args.max_radius, args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _train_kwargs(arch: str, x, classes: int, given: dict) -> dict:
+    """Constructor arguments fitted to the data unless given."""
+    kw = {"num_classes": classes}
+    if arch == "tiny_mlp":
+        kw["in_shape"] = list(x.shape[1:])
+    elif x.dim() == 4:
+        kw["in_channels"] = int(x.shape[1])
+        if arch == "small_cnn":
+            kw["input_size"] = int(x.shape[-1])
+    kw.update(given)
+    return kw
+
+
+def run_train(args) -> int:
+    import time
+    import torch
+    from .loading import load_dataset
+    from .models import build_model, save_checkpoint
+    from .training import evaluate_accuracy, train_classifier
+
+    if args.sigma < 0:
+        raise ValueError(f"--sigma must be >= 0, got {args.sigma}")
+    data = load_dataset(args.dataset)
+    x, y = (data.x, data.y) if args.max is None else (data.x[:args.max], data.y[:args.max])
+    torch.manual_seed(args.seed)
+    kwargs = _train_kwargs(args.arch, x, int(data.y.max()) + 1, args.arch_kwargs)
+    try:
+        model = build_model(args.arch, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"--arch-kwargs {kwargs} do not fit {args.arch}: {exc}") from None
+    start = time.perf_counter()
+    train_classifier(model, x, y, args.sigma, epochs=args.epochs, batch_size=args.batch,
+                     lr=args.lr, seed=args.seed, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    meta = {"sigma": args.sigma, "arch": args.arch, "epochs": args.epochs,
+            "batch_size": args.batch, "lr": args.lr, "seed": args.seed, "dataset": data.name,
+            "n_train": int(x.shape[0]), "train_time_s": round(seconds, 1)}
+    line = f"trained {args.arch} at sigma={args.sigma:g} on {x.shape[0]} inputs in {seconds:.1f} s"
+    if data.name == "mnist5k-train":
+        test = load_dataset("mnist5k")
+        meta["test_clean_acc"] = evaluate_accuracy(model, test.x, test.y)
+        meta["test_noisy_acc"] = evaluate_accuracy(model, test.x, test.y, args.sigma, repeats=3)
+        line += (f"; held-out accuracy {meta['test_clean_acc']:.3f} clean, "
+                 f"{meta['test_noisy_acc']:.3f} under noise")
+    save_checkpoint(args.out, model, args.arch, meta=meta, kwargs=kwargs)
+    if not args.quiet:
+        print(line)
+        print(f"saved {args.out}")
+    return 0
+
+
+def _dispatch(args) -> int:
     if args.command == "demo":
         from .demo import run_demo
         run_demo(num_inputs=args.num, sigma=args.sigma, n=args.n, alpha=args.alpha)
-    return 0
+        return 0
+    if args.command in ("certify", "predict"):
+        _check_run_args(args)
+        return run_smoothing(args)
+    if args.command == "plot":
+        return run_plot(args)
+    return run_train(args)
+
+
+def _guarded(fn, args) -> int:
+    """Expected failures (bad files, conflicting logs, bad arguments) end with a one-line
+    message and exit code 2, not a traceback (DUALRS_DEBUG=1 shows it)."""
+    from .loading import LoadError
+    from .runner import RelayedError, RunError
+    try:
+        return fn(args)
+    except RelayedError:
+        import time
+        time.sleep(1.0)  # the failing rank prints the reason; let it before we all exit
+        return 2
+    except (LoadError, RunError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("DUALRS_DEBUG"):
+            raise
+        print(f"dualrs {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dualrs {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def main(argv=None) -> int:
+    return _guarded(_dispatch, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

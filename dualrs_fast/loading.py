@@ -1,0 +1,231 @@
+"""Loading models and datasets for the command line, with errors that say what to do.
+
+Models: a checkpoint saved by ``models.save_checkpoint``, a plain ``state_dict`` plus an
+architecture name, or a TorchScript file. Nothing is unpickled beyond tensors and plain
+containers (``weights_only=True``): a checkpoint file must not be able to run code.
+
+Datasets: the embedded MNIST-5k split, or a ``.pt`` / ``.npz`` file holding images ``x``
+``(N, ...)`` in [0, 1] and integer labels ``y`` ``(N,)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import models
+
+_CHECKPOINT_KEYS = ("arch", "kwargs", "state_dict", "meta")
+DATASETS = ("mnist5k", "mnist5k-train")
+
+
+class LoadError(ValueError):
+    """A model or dataset could not be loaded; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _is_torchscript(path: Path) -> bool:
+    # TorchScript archives carry compiled code next to the data; torch.save archives do not.
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name
+                   for name in archive.namelist())
+
+
+def _strip_prefix(state: dict, prefix: str) -> dict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _classes_from_state_dict(state: dict) -> Optional[int]:
+    """Output width of the last linear layer (the registered architectures end with one)."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+def _from_state_dict(path: Path, state: dict, arch: Optional[str], arch_kwargs: dict,
+                     arch_option: str):
+    if arch is None:
+        raise LoadError(f"{path} holds a plain state_dict: name its architecture with {arch_option} "
+                        f"({', '.join(sorted(models.MODEL_REGISTRY))})")
+    state = _strip_prefix(state, "module.")  # saved from DataParallel / DDP
+    kwargs = dict(arch_kwargs)
+    if "num_classes" not in kwargs and _classes_from_state_dict(state) is not None:
+        kwargs["num_classes"] = _classes_from_state_dict(state)
+    try:
+        model = models.build_model(arch, **kwargs)
+    except TypeError as exc:
+        raise LoadError(f"--arch-kwargs {kwargs} do not fit {arch}: {exc}") from None
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise LoadError(f"{path}: the state_dict does not match {arch} with arguments {kwargs} "
+                        f"(pass the constructor arguments as --arch-kwargs JSON):\n{exc}") from None
+    return model
+
+
+def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = None,
+               device="cpu", arch_option: str = "--arch") -> torch.nn.Module:
+    """A model in eval mode from a project checkpoint, a state_dict (needs ``arch``) or a
+    TorchScript file. ``arch_option`` names the flag that sets ``arch`` in messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError(f"model file not found: {path}")
+    if _is_torchscript(path):
+        try:
+            with warnings.catch_warnings():  # deprecated in recent torch, still widely used
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location=device).eval()
+        except Exception as exc:  # noqa: BLE001 - report any TorchScript failure the same way
+            raise LoadError(f"{path}: not a loadable TorchScript file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(
+            f"{path}: cannot be read as tensors ({str(exc).splitlines()[0]}). Save models as "
+            "torch.save(model.state_dict(), path), models.save_checkpoint(...) or "
+            "torch.jit.save(torch.jit.script(model), path); whole pickled modules are not "
+            "loaded because unpickling can run arbitrary code") from None
+    if isinstance(obj, dict) and all(k in obj for k in _CHECKPOINT_KEYS):
+        if arch is not None and arch != obj["arch"]:
+            raise LoadError(f"{path} is a {obj['arch']} checkpoint but {arch_option} {arch} was given")
+        try:
+            model, meta = models.load_checkpoint(path, map_location=device)
+        except (ValueError, FileNotFoundError) as exc:
+            raise LoadError(str(exc)) from None
+        model.meta = meta  # e.g. the training sigma, as load_default_classifier does
+        return model
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # e.g. {"epoch", "arch", "state_dict", "optimizer"} training snapshots
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _from_state_dict(path, obj, arch, arch_kwargs or {}, arch_option).to(device).eval()
+    found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise LoadError(f"{path}: expected a dualrs_fast checkpoint, a state_dict or TorchScript; "
+                    f"found {found}")
+
+
+def check_model_on(model, x: torch.Tensor, num_outputs: Optional[int], what: str = "model",
+                   min_outputs: Optional[int] = None) -> int:
+    """Run ``model`` on one input and check it returns (1, K) logits with K == num_outputs
+    (or K >= min_outputs). -> K."""
+    device = next((p.device for p in getattr(model, "parameters", lambda: [])()), x.device)
+    try:
+        with torch.inference_mode():
+            out = model(x[:1].to(device))
+    except Exception as exc:  # noqa: BLE001 - shape errors come in many exception types
+        raise LoadError(f"the {what} fails on an input of shape {tuple(x.shape[1:])}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LoadError(f"the {what} must return (N, K) logits, got {shape} for one input")
+    k = int(out.shape[1])
+    if num_outputs is not None and k != num_outputs:
+        raise LoadError(f"the {what} returns {k} logits, expected {num_outputs}")
+    if min_outputs is not None and k < min_outputs:
+        raise LoadError(f"the {what} returns {k} classes but the labels go up to "
+                        f"{min_outputs - 1}: wrong model for this dataset?")
+    return k
+
+
+def fingerprint(*modules) -> str:
+    """sha256 of the modules' weights: identifies a model independently of its file name."""
+    h = hashlib.sha256()
+    for module in modules:
+        state = module.state_dict() if hasattr(module, "state_dict") else {}
+        for name, t in state.items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class Dataset:
+    name: str
+    x: torch.Tensor  # (N, ...) float32 in the model's input (pixel) scale
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self):
+        return int(self.y.shape[0])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.x, self.y):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+
+def _tensor(value, name: str, path: Path) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise LoadError(f"{path}: {name} must be an array, got {type(value).__name__}")
+    return value
+
+
+def _read_dataset_file(path: Path):
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise LoadError(f"{path}: an .npz dataset needs arrays 'x' and 'y', "
+                                f"found {sorted(f.files)}")
+            return f["x"], f["y"]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"{path}: not a readable dataset file ({str(exc).splitlines()[0]})") from None
+    if isinstance(obj, dict) and "x" in obj and "y" in obj:
+        return obj["x"], obj["y"]
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return obj
+    raise LoadError(f"{path}: a .pt dataset must be {{'x': images, 'y': labels}} or (x, y)")
+
+
+def load_dataset(spec: str = "mnist5k", check_range: bool = True) -> Dataset:
+    """``mnist5k`` (the 1000 held-out test images of the embedded split), ``mnist5k-train``,
+    or a path to a .pt / .npz file with ``x`` (N, ...) in [0, 1] and ``y`` (N,)."""
+    from . import data
+    if spec in DATASETS:
+        x_train, y_train, x_test, y_test = data.load_default_split()
+        if spec == "mnist5k":
+            return Dataset(spec, x_test, y_test)
+        return Dataset(spec, x_train, y_train)
+    path = Path(spec)
+    if not path.is_file():
+        raise LoadError(f"dataset {spec!r} is neither a known name ({', '.join(DATASETS)}) "
+                        "nor an existing .pt / .npz file")
+    x, y = (_tensor(v, k, path) for k, v in zip("xy", _read_dataset_file(path)))
+    if not x.dtype.is_floating_point:
+        raise LoadError(f"{path}: x must hold float pixels in [0, 1], got {x.dtype} "
+                        "(divide 0..255 images by 255)")
+    if y.dtype.is_floating_point or y.dim() != 1 or y.shape[0] != x.shape[0] or x.dim() < 2:
+        raise LoadError(f"{path}: need x (N, ...) and integer labels y (N,), got "
+                        f"x {tuple(x.shape)}, y {tuple(y.shape)} {y.dtype}")
+    if len(y) == 0:
+        raise LoadError(f"{path}: the dataset is empty")
+    if not torch.isfinite(x).all():
+        raise LoadError(f"{path}: x contains NaN or inf")
+    if check_range and (x.min() < 0 or x.max() > 1):
+        raise LoadError(f"{path}: pixels span [{float(x.min()):g}, {float(x.max()):g}] but sigma "
+                        "is defined on [0, 1] images (normalisation belongs inside the model); "
+                        "rescale, or pass --any-range if your model's input scale is different")
+    if (y < 0).any():
+        raise LoadError(f"{path}: labels must be >= 0")
+    return Dataset(str(path), x.float().contiguous(), y.long().contiguous())

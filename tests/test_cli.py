@@ -1,0 +1,230 @@
+"""The `dualrs` command line: certify / predict / plot / train, model loading and its errors,
+and a real kill -9 in the middle of a run followed by a resume."""
+import os
+import signal
+import warnings
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualrs_fast import cli
+from dualrs_fast.models import TinyMLP, save_checkpoint
+
+QUICK = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--quiet"]
+
+
+def dualrs(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(path):
+    """Log rows without the time column."""
+    lines = Path(path).read_text().splitlines()
+    time_col = lines[0].split("\t").index("time")
+    return [[c for k, c in enumerate(line.split("\t")) if k != time_col] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A 12-input 8x8 dataset with 4 classes and a TinyMLP checkpoint recording sigma 0.5."""
+    root = tmp_path_factory.mktemp("toy")
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.rand(12, 1, 8, 8, generator=g),
+                "y": torch.randint(0, 4, (12,), generator=g)}, root / "toy.pt")
+    torch.manual_seed(0)
+    model = TinyMLP(in_shape=(1, 8, 8), num_classes=4, hidden=16, mean=0.5, std=0.5).eval()
+    save_checkpoint(root / "mlp.pt", model, "tiny_mlp", meta={"sigma": 0.5})
+    torch.save(model.state_dict(), root / "mlp_state.pt")
+    with warnings.catch_warnings():  # TorchScript is deprecated in recent torch, still common
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, torch.rand(2, 1, 8, 8)), root / "mlp_script.pt")
+    return root
+
+
+def test_help_explains_sigma_scale_and_alpha(capsys):
+    for command in ("certify", "predict"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "images are in [0, 1]" in text and "before the model's normalisation" in text
+        assert "probability" in text and "alpha" in text
+    for command in ("plot", "train", "demo"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+    assert "failure probability of each certificate" in " ".join(cli.ALPHA_HELP.split())
+
+
+def test_certify_embedded_default(tmp_path, capsys):
+    log = tmp_path / "s.tsv"
+    code, out, _ = dualrs(capsys, "certify", "--sigma", "0.5", "--max", 3, *QUICK, "--out", log)
+    assert code == 0 and out == ""
+    table = rows(log)
+    assert table[0] == ["idx", "label", "predict", "radius", "correct"]
+    assert [r[0] for r in table[1:]] == ["0", "1", "2"]
+    from dualrs_fast.data import load_default_split
+    assert [int(r[1]) for r in table[1:]] == load_default_split()[3][:3].tolist()
+    # the same command again: the log is complete, nothing changes; the summary is printed
+    code, out, _ = dualrs(capsys, "certify", "--sigma", "0.5", "--max", 3, *QUICK[:-1],
+                          "--out", log)
+    assert code == 0 and "certified accuracy: r=0:" in out and rows(log) == table
+
+
+def test_checkpoint_state_dict_and_torchscript_give_the_same_rows(toy, tmp_path, capsys):
+    common = ["certify", "--dataset", toy / "toy.pt", *QUICK, "--sigma", "0.5"]
+    dualrs(capsys, *common, "--model", toy / "mlp.pt", "--out", tmp_path / "a.tsv")
+    dualrs(capsys, *common, "--model", toy / "mlp_state.pt", "--arch", "tiny_mlp",
+           "--arch-kwargs", '{"in_shape": [1, 8, 8], "hidden": 16, "mean": 0.5, "std": 0.5}',
+           "--out", tmp_path / "b.tsv")
+    dualrs(capsys, *common, "--model", toy / "mlp_script.pt", "--out", tmp_path / "c.tsv")
+    assert len(rows(tmp_path / "a.tsv")) == 13
+    assert rows(tmp_path / "a.tsv") == rows(tmp_path / "b.tsv") == rows(tmp_path / "c.tsv")
+    # --sigma defaults to the sigma the checkpoint records (0.5): same run, so it resumes
+    code, _, err = dualrs(capsys, *common[:-2], "--model", toy / "mlp.pt", "--out", tmp_path / "a.tsv")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "model file not found"),
+    ("state_dict_without_arch", "name its architecture with --arch"),
+    ("wrong_shapes", "does not match small_cnn"),
+    ("wrong_classes", "returns 2 classes but the labels go up to 3"),
+    ("pickled_module", "whole pickled modules are not loaded"),
+    ("no_sigma", "pass --sigma"),
+    ("pixels_0_255", "rescale"),
+    ("dual_without_estimator", "needs --estimator"),
+    ("estimator_width", "the estimator returns 4 logits, expected 2"),
+])
+def test_clear_errors(case, message, toy, tmp_path, capsys):
+    data = ["--dataset", toy / "toy.pt"]
+    model = ["--model", toy / "mlp.pt"]
+    if case == "missing":
+        argv = [*data, "--model", tmp_path / "nope.pt"]
+    elif case == "state_dict_without_arch":
+        argv = [*data, "--model", toy / "mlp_state.pt", "--sigma", 0.5]
+    elif case == "wrong_shapes":
+        argv = [*data, "--model", toy / "mlp_state.pt", "--arch", "small_cnn", "--sigma", 0.5]
+    elif case == "wrong_classes":
+        save_checkpoint(tmp_path / "m2.pt", TinyMLP((1, 8, 8), num_classes=2, hidden=4), "tiny_mlp")
+        argv = [*data, "--model", tmp_path / "m2.pt", "--sigma", 0.5]
+    elif case == "pickled_module":
+        torch.save(TinyMLP((1, 8, 8), num_classes=4, hidden=4), tmp_path / "whole.pt")
+        argv = [*data, "--model", tmp_path / "whole.pt", "--sigma", 0.5]
+    elif case == "no_sigma":
+        save_checkpoint(tmp_path / "m.pt", TinyMLP((1, 8, 8), num_classes=4, hidden=4), "tiny_mlp")
+        argv = [*data, "--model", tmp_path / "m.pt"]
+    elif case == "pixels_0_255":
+        torch.save({"x": torch.rand(3, 1, 8, 8) * 255, "y": torch.zeros(3, dtype=torch.long)},
+                   tmp_path / "raw.pt")
+        argv = ["--dataset", tmp_path / "raw.pt", *model]
+    elif case == "dual_without_estimator":
+        argv = [*data, "--dual", "--sigmas", 0.25, 0.5, "--model", toy / "mlp.pt", toy / "mlp.pt"]
+    else:
+        argv = [*data, "--dual", "--sigmas", 0.25, 0.5, "--estimator", toy / "mlp.pt",
+                "--model", toy / "mlp.pt", toy / "mlp.pt"]
+    code, out, err = dualrs(capsys, "certify", *argv, *QUICK)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert err.startswith("dualrs certify: error:")
+
+
+def test_dual_certify_and_predict(toy, tmp_path, capsys):
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "est.pt", TinyMLP((1, 8, 8), num_classes=2, hidden=8), "tiny_mlp")
+    save_checkpoint(tmp_path / "e2.pt", TinyMLP((1, 8, 8), num_classes=4, hidden=8), "tiny_mlp")
+    dual = ["--dataset", toy / "toy.pt", "--dual", "--sigmas", 0.25, 0.5, "--estimator",
+            tmp_path / "est.pt", "--model", toy / "mlp.pt", tmp_path / "e2.pt"]
+    code, _, err = dualrs(capsys, "certify", *dual, *QUICK, "--out", tmp_path / "d.tsv")
+    assert code == 0, err
+    table = rows(tmp_path / "d.tsv")
+    assert table[0][5:] == ["sigma", "radius_estimator", "radius_classifier"]
+    for r in table[1:]:
+        assert r[5] in ("nan", "0.25", "0.5")
+        assert float(r[3]) == min(float(r[6]), float(r[7])) or r[2] == "-1"
+    code, out, err = dualrs(capsys, "predict", *dual, "--n", 200, "--alpha", 0.01,
+                            "--out", tmp_path / "p.tsv")
+    assert code == 0, err
+    assert rows(tmp_path / "p.tsv")[0] == ["idx", "label", "predict", "correct"]
+    assert "predict: 12 inputs" in out and "accuracy" in out
+
+
+def test_dual_with_embedded_experts_and_stdout_log(tmp_path, capsys):
+    from dualrs_fast.models import SmallCNN
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "est.pt", SmallCNN(num_classes=3), "small_cnn")
+    code, out, err = dualrs(capsys, "certify", "--dual", "--estimator", tmp_path / "est.pt",
+                            "--max", 2, "--n0", 10, "--n", 100, "--quiet")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split("\t")[-3:] == ["sigma", "radius_estimator", "radius_classifier"]
+    assert len(lines) == 3
+
+
+def test_plot_and_table(toy, tmp_path, capsys):
+    for sigma in (0.25, 0.5):
+        dualrs(capsys, "certify", "--dataset", toy / "toy.pt", "--model", toy / "mlp.pt",
+               "--sigma", sigma, *QUICK, "--out", tmp_path / f"s{sigma}.tsv")
+    png = tmp_path / "fig" / "acc.png"
+    code, out, err = dualrs(capsys, "plot", tmp_path / "s0.25.tsv", tmp_path / "s0.5.tsv",
+                            "--out", png, "--radii", "0,0.5")
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "σ = 0.25" in out and "σ = 0.5" in out and "r=0.5" in out
+    code, _, err = dualrs(capsys, "plot", tmp_path / "missing.tsv")
+    assert code == 2 and "log not found" in err
+
+
+def test_train_then_certify_with_the_recorded_sigma(tmp_path, capsys):
+    ckpt = tmp_path / "m.pt"
+    code, out, err = dualrs(capsys, "train", "--arch", "tiny_mlp", "--sigma", 0.5, "--epochs", 1,
+                            "--max", 300, "--out", ckpt)
+    assert code == 0, err
+    assert "held-out accuracy" in out and ckpt.is_file()
+    code, _, err = dualrs(capsys, "certify", "--model", ckpt, "--max", 2, *QUICK,
+                          "--out", tmp_path / "log.tsv")
+    assert code == 0, err
+    import json
+    assert json.loads((tmp_path / "log.tsv.args.json").read_text())["config"]["sigma"] == 0.5
+
+
+def test_kill_9_mid_run_then_resume(toy, tmp_path, capsys):
+    """A real SIGKILL while rows are being written; the restarted run completes the log with
+    exactly the rows of an uninterrupted run."""
+    g = torch.Generator().manual_seed(1)
+    torch.save({"x": torch.rand(40, 1, 8, 8, generator=g),
+                "y": torch.randint(0, 4, (40,), generator=g)}, tmp_path / "data.pt")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "wide.pt", TinyMLP((1, 8, 8), num_classes=4, hidden=1024),
+                    "tiny_mlp", meta={"sigma": 0.5})
+    argv = ["certify", "--dataset", tmp_path / "data.pt", "--model", tmp_path / "wide.pt",
+            "--n0", 20, "--n", 3000, "--chunk", 1, "--quiet"]
+    log = tmp_path / "killed.tsv"
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "dualrs_fast", *map(str, argv),
+                             "--out", str(log)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = log.read_text().count("\n") - 1
+    assert 3 <= written < 40, "the run was not killed mid-way"
+    code, _, err = dualrs(capsys, *argv, "--out", log)
+    assert code == 0, err
+    dualrs(capsys, *argv, "--out", tmp_path / "full.tsv")
+    assert rows(log) == rows(tmp_path / "full.tsv") and len(rows(log)) == 41
+    assert not Path(str(log) + ".lock").exists()
+
+
+def test_console_script():
+    script = Path(sys.executable).with_name("dualrs")
+    if not script.exists():
+        pytest.skip("dualrs console script not installed beside this interpreter")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    assert "certify" in out.stdout and "plot" in out.stdout
