@@ -1,38 +1,276 @@
-"""Shared timing helpers of the benchmarks."""
+"""Shared helpers of the benchmarks: sizes, the batches certify() feeds a model, a plain
+Cohen-style certification loop, machine description and the RESULTS.md writer."""
 import os
+import platform
+import subprocess
 import time
+from pathlib import Path
 
+import numpy as np
+import scipy.stats
 import torch
 
-from dualrs_fast.noise import Stream, fill_noisy_rows
+from dualrs_fast.noise import Stream
+from dualrs_fast.sampling import Draw, count_votes
 
 SMOKE = os.environ.get("BENCH_SMOKE", "") not in ("", "0")
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+RESULTS_PATH = Path(os.environ.get("BENCH_RESULTS", Path(__file__).with_name("RESULTS.md")))
+
+SIGMA = 0.25
+ALPHA = 0.001
+BATCH = 1000
+N0 = 10 if SMOKE else 100
+N = 200 if SMOKE else 10_000
+# inputs certified per call, and timing rounds (after one warm-up round)
+INPUTS = {"tiny_mlp": 2 if SMOKE else 4, "small_cnn": 2 if SMOKE else 4, "resnet20": 1}
+ROUNDS = {"tiny_mlp": 1 if SMOKE else 5, "small_cnn": 1 if SMOKE else 5,
+          "resnet20": 1 if SMOKE else 2}
+N_RESNET = 50 if SMOKE else N  # ResNet-20 runs at ~2k samples/s here
+DUAL_INPUTS = INPUTS["small_cnn"]
+DUAL_ROUNDS = 1 if SMOKE else 3
+
+#: filled by the benchmarks, written to RESULTS.md at the end of a complete run
+RESULTS = {}
 
 
-def noisy_batches(x: torch.Tensor, sigma: float, n: int, batch_size: int, seed: int = 0):
-    """The exact noisy batches certify() feeds the model for one input (estimation stream)."""
-    flat = x.reshape(1, -1).contiguous()
-    dim = flat.shape[1]
-    batches = []
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        out = torch.empty(m, dim)
-        fill_noisy_rows(out, flat, torch.tensor([sigma]), torch.zeros(1, dtype=torch.int64), seed,
-                        torch.zeros(m, dtype=torch.int64),
-                        torch.full((m,), int(Stream.ESTIMATE)), torch.arange(start, start + m),
-                        torch.arange(dim), "numba")
-        batches.append(out.view((m,) + tuple(x.shape)))
-    return batches
+class _Recorder(torch.nn.Module):
+    """Stands in for a model inside count_votes and keeps every noisy batch it is fed."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes, self.batches = num_classes, []
+
+    def forward(self, x):
+        self.batches.append(x.clone())  # clone keeps the (channels_last) strides
+        return torch.zeros(len(x), self.num_classes)
 
 
-def forward_only_seconds(model, batches, repeats: int = 3) -> float:
-    """Best-of-`repeats` wall time of the model's forward on pre-made batches: the limit."""
-    best = float("inf")
+def certify_batches(x: torch.Tensor, sigma: float, n0: int, n: int, batch_size: int, seed: int = 0):
+    """The exact noisy batches (values, packing and memory layout) that
+    ``drs.certify(model, x, sigma, n0, n, batch_size=batch_size, seed=seed)`` feeds its model."""
+    rec = _Recorder(2)
+    count_votes(rec, x, torch.full((x.shape[0],), float(sigma), dtype=torch.float64),
+                [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed=seed,
+                ids=torch.arange(x.shape[0]), batch_size=batch_size)
+    return rec.batches
+
+
+def forward_only(model, batches) -> None:
+    """The limit: the model's forward on pre-made batches, nothing else."""
     with torch.inference_mode():
-        model(batches[0])  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for b in batches:
-                model(b)
-            best = min(best, time.perf_counter() - start)
-    return best
+        for b in batches:
+            model(b)
+
+
+def cohen_certify(model, x: torch.Tensor, sigma: float, n0: int, n: int, alpha: float,
+                  batch_size: int, num_classes: int):
+    """A plain Cohen et al. (2019) CERTIFY loop: one input at a time, x.repeat, torch.randn_like
+    * sigma, argmax, host bincount; Clopper-Pearson bound. -> (predictions, radii)."""
+    def sample_counts(xi, num):
+        counts = np.zeros(num_classes, dtype=np.int64)
+        with torch.no_grad():
+            remaining = num
+            while remaining > 0:
+                this = min(batch_size, remaining)
+                remaining -= this
+                batch = xi.repeat((this,) + (1,) * xi.dim())
+                noise = torch.randn_like(batch) * sigma
+                predictions = model(batch + noise).argmax(1)
+                counts += np.bincount(predictions.cpu().numpy(), minlength=num_classes)
+        return counts
+
+    predictions, radii = [], []
+    for xi in x:
+        c_hat = int(sample_counts(xi, n0).argmax())
+        n_a = int(sample_counts(xi, n)[c_hat])
+        p_lower = scipy.stats.beta.ppf(alpha, n_a, n - n_a + 1) if n_a > 0 else 0.0
+        if p_lower < 0.5:
+            predictions.append(-1)
+            radii.append(0.0)
+        else:
+            predictions.append(c_hat)
+            radii.append(sigma * scipy.stats.norm.ppf(p_lower))
+    return predictions, radii
+
+
+def best_seconds(benchmark) -> float:
+    return float(benchmark.stats.stats.min)
+
+
+def record(key: str, **values) -> None:
+    RESULTS.setdefault(key, {}).update(values)
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    import numba
+    info = {"cpu": model, "cores": os.cpu_count(), "threads": THREADS,
+            "torch": torch.__version__, "numba": numba.__version__,
+            "python": platform.python_version()}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = "not installed"
+    return info
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _fmt_rate(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+REQUIRED = ("tiny_mlp", "small_cnn", "resnet20", "cohen:tiny_mlp", "cohen:small_cnn",
+            "dual:same_arch", "dual:small_estimator", "noise:numba", "noise:torch",
+            "noise:numba-simd", "votes:numba", "votes:torch", "tiny_mlp@numba-simd",
+            "small_cnn@numba-simd", "cohen:tiny_mlp@numba-simd", "cohen:small_cnn@numba-simd")
+
+
+def complete() -> bool:
+    return all(k in RESULTS and RESULTS[k] for k in REQUIRED)
+
+
+def write_results(path: Path, started: str, load_before: str, wall_seconds: float) -> None:
+    r = RESULTS
+    m = machine()
+
+    def ratio_a(key):
+        return r[key]["ratio"]
+
+    def ratio_b(key):
+        return r["cohen:" + key]["ratio"]
+
+    def ratio_c(key):
+        return r[key]["ratio"]
+
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`pytest bench/`); every number below comes from one run "
+        + ("(**SMOKE run: tiny sizes, not meaningful**)." if SMOKE else "."),
+        "",
+        f"- started {started}, {wall_seconds:.0f} s wall; load average (1/5/15 min) before "
+        f"{load_before}, after {load_average()}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads used; torch "
+        f"{m['torch']}, numba {m['numba']}, triton {m['triton']}, python {m['python']}; no GPU",
+        f"- settings: n0 = {N0}, n = {N} (ResNet-20: n = {N_RESNET}), batch_size = {BATCH}, "
+        f"sigma = {SIGMA}, alpha = {ALPHA}; inputs per call: tiny MLP "
+        f"{INPUTS['tiny_mlp']}, small CNN {INPUTS['small_cnn']}, ResNet-20 "
+        f"{INPUTS['resnet20']}, Dual RS {DUAL_INPUTS}; each time is the best of its rounds "
+        "(tiny MLP {ROUNDS['tiny_mlp']}, small CNN {ROUNDS['small_cnn']}, ResNet-20 "
+        f"{ROUNDS['resnet20']}, Dual RS {DUAL_ROUNDS}) after a warm-up round. The two sides "
+        "of a ratio are timed as back-to-back pairs (the reference right before each round) "
+        "and a ratio is the median of its pairs' ratios, so drift in machine speed and "
+        "allocator state hits both sides; throughputs are from the best rounds",
+        "- default backends: noise numba, votes numba, channels_last inputs",
+        "",
+        "## Ratios",
+        "",
+        "| ratio | model | measured | target |",
+        "| --- | --- | --- | --- |",
+        f"| (a) certify / forward-only | tiny MLP | {ratio_a('tiny_mlp'):.2f} | >= 0.7 |",
+        f"| (a) certify / forward-only | small CNN | {ratio_a('small_cnn'):.2f} | >= 0.9 |",
+        f"| (a) certify / forward-only | ResNet-20 | {ratio_a('resnet20'):.2f} | >= 0.9 |",
+        f"| (b) certify / Cohen-style loop | small CNN | {ratio_b('small_cnn'):.2f} | >= 1.5 |",
+        f"| (b) certify / Cohen-style loop | tiny MLP | {ratio_b('tiny_mlp'):.2f} | - |",
+        f"| (a) with noise_backend='numba-simd' | tiny MLP | {ratio_a('tiny_mlp@numba-simd'):.2f} "
+        "| >= 0.7 |",
+        f"| (a) with noise_backend='numba-simd' | small CNN | "
+        f"{ratio_a('small_cnn@numba-simd'):.2f} | >= 0.9 |",
+        f"| (b) with noise_backend='numba-simd' | small CNN | "
+        f"{ratio_b('small_cnn@numba-simd'):.2f} | >= 1.5 |",
+        f"| (b) with noise_backend='numba-simd' | tiny MLP | "
+        f"{ratio_b('tiny_mlp@numba-simd'):.2f} | - |",
+        f"| (c) Dual RS time / standard RS time | estimator = small CNN (same as the experts) | "
+        f"{ratio_c('dual:same_arch'):.2f} | < 1.6 |",
+        f"| (c) Dual RS time / standard RS time | estimator = tiny MLP | "
+        f"{ratio_c('dual:small_estimator'):.2f} | < 1.6 |",
+        "",
+        "(a) and (b) are throughput ratios (higher is better), (c) a time ratio (lower is "
+        "better). Forward-only runs the model on the very batches certify builds (same "
+        "values, packing and channels_last layout). The Cohen-style loop certifies one input "
+        "at a time: `x.repeat`, `randn_like * sigma`, `argmax`, host `bincount`, NCHW. Dual RS "
+        "uses the committed small-CNN experts (sigma 0.25 / 0.5 / 1.0) and an untrained "
+        "estimator with the same n0 / n as the classifier; standard RS is the sigma-0.25 "
+        "expert on the same inputs.",
+        "",
+        "## Throughput (samples/s)",
+        "",
+        "| model | noise backend | certify | forward-only | Cohen-style loop |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    names = {"tiny_mlp": "tiny MLP", "small_cnn": "small CNN", "resnet20": "ResNet-20",
+             "tiny_mlp@numba-simd": "tiny MLP", "small_cnn@numba-simd": "small CNN"}
+    for key, name in names.items():
+        cohen = r.get("cohen:" + key, {}).get("cohen_rate")
+        backend = key.split("@")[1] if "@" in key else "numba (auto)"
+        lines.append(f"| {name} | {backend} | {_fmt_rate(r[key]['certify_rate'])} | "
+                     f"{_fmt_rate(r[key]['forward_rate'])} | "
+                     f"{_fmt_rate(cohen) if cohen else 'not run'} |")
+    if "small_cnn+malloc" in r:
+        lines += [
+            "",
+            "## With `sampling.tune_cpu_allocator()` (opt-in, glibc)",
+            "",
+            "Measured last in the same run (the setting is process-wide): glibc's malloc then "
+            "keeps large freed blocks instead of an mmap / munmap per activation tensor, whose "
+            "page faults cost a third of a conv net's CPU time at batch_size 1000 here.",
+            "",
+            "| model | certify | forward-only | (a) | Cohen-style loop | (b) | certify vs default |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for key, name in (("small_cnn", "small CNN"), ("resnet20", "ResNet-20")):
+            t = r.get(key + "+malloc")
+            if not t:
+                continue
+            cohen = r.get("cohen:" + key + "+malloc")
+            cohen_cells = (f"{_fmt_rate(cohen['cohen_rate'])} | "
+                           f"{cohen['ratio']:.2f}") if cohen else "- | -"
+            lines.append(f"| {name} | {_fmt_rate(t['certify_rate'])} | "
+                         f"{_fmt_rate(t['forward_rate'])} | {t['ratio']:.2f} | "
+                         f"{cohen_cells} | {t['certify_rate'] / r[key]['certify_rate']:.2f}x |")
+    lines += [
+        "",
+        "## Dual RS",
+        "",
+        "| estimator | Dual RS s | standard RS s | ratio | inputs routed / certified |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, name in (("dual:same_arch", "small CNN"), ("dual:small_estimator", "tiny MLP")):
+        d = r[key]
+        lines.append(f"| {name} | {d['dual_s']:.2f} | {d['standard_s']:.2f} | "
+                     f"{ratio_c(key):.2f} | {d['routed']} / {d['certified']} of {DUAL_INPUTS} |")
+    lines += [
+        "",
+        "## Kernels on this CPU (auto picks the faster)",
+        "",
+        "| op | numba | numba-simd (opt-in) | torch | numba / torch |",
+        "| --- | --- | --- | --- | --- |",
+        f"| noise: x + sigma * N(0, I), {r['noise:numba']['rows']} x 784 (M normals/s) | "
+        f"{r['noise:numba']['normals_per_s'] / 1e6:.0f} | "
+        f"{r['noise:numba-simd']['normals_per_s'] / 1e6:.0f} | "
+        f"{r['noise:torch']['normals_per_s'] / 1e6:.0f} | "
+        f"{r['noise:numba']['normals_per_s'] / r['noise:torch']['normals_per_s']:.1f}x |",
+        f"| votes: argmax + histogram, {BATCH} x 10 logits (us/batch) | "
+        f"{r['votes:numba']['us']:.0f} | - | {r['votes:torch']['us']:.0f} | "
+        f"{r['votes:torch']['us'] / r['votes:numba']['us']:.1f}x |",
+        "",
+        "Triton kernels were not timed: there is no GPU here (they are tested for equality "
+        "with the references in Triton's CPU interpreter).",
+        "",
+    ]
+    path.write_text("\n".join(lines))

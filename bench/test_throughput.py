@@ -1,36 +1,198 @@
-"""Certify throughput relative to the model's forward-only throughput on the same noisy
-batches (ratio 1.0 = sampling, counting and statistics cost nothing)."""
+"""Throughput benchmarks (pytest-benchmark). One run measures everything the ratios need:
+
+(a) certify throughput / the model's forward-only throughput on the same noisy batches,
+    for a tiny MLP, a small CNN and ResNet-20;
+(b) certify throughput / a plain Cohen-style loop with the same model, n and batch size;
+(c) Dual RS certify time / standard RS certify time;
+plus the noise and vote kernels per backend (which one ``auto`` should pick on this CPU).
+
+A complete run writes bench/RESULTS.md (see conftest.py). No timing is asserted.
+"""
+import functools
+import statistics
 import time
 
 import pytest
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.models import SmallCNN, TinyMLP
+from dualrs_fast.data import load_default_split
+from dualrs_fast.models import ResNet20, SmallCNN, TinyMLP, load_default_classifier
+from dualrs_fast.noise import Stream, fill_noisy_rows
+from dualrs_fast.sampling import add_votes, tune_cpu_allocator
 
-from bench_utils import SMOKE, forward_only_seconds, noisy_batches
+from bench_utils import (ALPHA, BATCH, DUAL_INPUTS, DUAL_ROUNDS, INPUTS, N, N0, N_RESNET, ROUNDS,
+                         SIGMA, SMOKE, best_seconds, certify_batches, cohen_certify, forward_only,
+                         record)
 
-N = 200 if SMOKE else 10_000
-N0 = 10 if SMOKE else 100
-BATCH = 1000
-INPUTS = 2 if SMOKE else 4
+SIGMAS = (0.25, 0.5, 1.0)
 
 
-@pytest.mark.parametrize("arch", [SmallCNN, TinyMLP])
-def test_certify_vs_forward_only(benchmark, arch):
+@functools.lru_cache(maxsize=None)
+def _test_images():
+    return load_default_split()[2]
+
+
+def _inputs(k: int) -> torch.Tensor:
+    return _test_images()[:k].clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _model(key: str):
     torch.manual_seed(0)
-    model = arch().eval()
-    x = torch.rand(INPUTS, 1, 28, 28)
-    samples = INPUTS * (N0 + N)
-    batches = noisy_batches(x[0], 0.25, N0 + N, BATCH)
-    forward = forward_only_seconds(model, batches) * INPUTS  # same number of samples
+    if key == "tiny_mlp":
+        return TinyMLP().eval()
+    if key == "small_cnn":
+        return load_default_classifier(0.25)  # the sigma = 0.25 expert of the Dual RS runs
+    return ResNet20().eval()
 
-    result = benchmark.pedantic(drs.certify, args=(model, x), rounds=3, warmup_rounds=1,
-                                kwargs=dict(sigma=0.25, n0=N0, n=N, alpha=0.001, batch_size=BATCH))
-    certify = benchmark.stats.stats.min
-    benchmark.extra_info.update(
-        samples_per_s_certify=samples / certify, samples_per_s_forward=samples / forward,
-        ratio_certify_over_forward=forward / certify)
-    print(f"\n{arch.__name__}: certify {samples / certify:,.0f} samples/s, forward-only "
-          f"{samples / forward:,.0f} samples/s, ratio {forward / certify:.2f}")
-    assert result.prediction.shape == (INPUTS,)
+
+def _n(key: str) -> int:
+    return N_RESNET if key == "resnet20" else N
+
+
+class _Interleaved:
+    """A pytest-benchmark ``setup`` that times a reference workload right before every round,
+    so each round is a (reference, benchmarked) pair measured back to back: machine-speed
+    drift and allocator state hit both sides of the pair alike."""
+
+    def __init__(self, fn, warmup_rounds: int = 1):
+        self.fn, self.skip, self.times = fn, warmup_rounds, []
+
+    def __call__(self):
+        start = time.perf_counter()
+        self.fn()
+        if self.skip:
+            self.skip -= 1
+        else:
+            self.times.append(time.perf_counter() - start)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    def paired(self, benchmark, reference_over_timed: bool = True) -> float:
+        """Median over rounds of reference / timed (or timed / reference)."""
+        timed = list(benchmark.stats.stats.data)
+        assert len(timed) == len(self.times)
+        pairs = [r / t if reference_over_timed else t / r for r, t in zip(self.times, timed)]
+        return float(statistics.median(pairs))
+
+
+def _certify(model, x, n, noise_backend="auto"):
+    return drs.certify(model, x, sigma=SIGMA, n0=N0, n=n, alpha=ALPHA, batch_size=BATCH, seed=0,
+                       noise_backend=noise_backend)
+
+
+# (model, ratio, noise backend); "auto" is numba here, "numba-simd" the opt-in vectorised one
+CASES = [("tiny_mlp", "a", "auto"), ("small_cnn", "a", "auto"), ("resnet20", "a", "auto"),
+         ("tiny_mlp", "b", "auto"), ("small_cnn", "b", "auto"),
+         ("tiny_mlp", "a", "numba-simd"), ("small_cnn", "a", "numba-simd"),
+         ("tiny_mlp", "b", "numba-simd"), ("small_cnn", "b", "numba-simd")]
+
+
+@pytest.mark.parametrize("key,ratio,backend", CASES,
+                         ids=[f"{k}-ratio_{r}-{b}" for k, r, b in CASES])
+def test_models(benchmark, key, ratio, backend):
+    """ratio a: certify timed, forward-only on its batches before each round;
+    ratio b: the Cohen-style loop timed, certify before each round."""
+    _ratio(benchmark, key, ratio, backend, "" if backend == "auto" else "@" + backend)
+
+
+def _ratio(benchmark, key, ratio, backend, tag):
+    model, x, n = _model(key), _inputs(INPUTS[key]), _n(key)
+    samples = x.shape[0] * (N0 + n)
+    if ratio == "a":
+        batches = certify_batches(x, SIGMA, N0, n, BATCH)
+        assert sum(len(b) for b in batches) == samples
+        forward = _Interleaved(lambda: forward_only(model, batches))
+        r = benchmark.pedantic(_certify, args=(model, x, n, backend), setup=forward,
+                               rounds=ROUNDS[key], warmup_rounds=1)
+        assert r.prediction.shape == (x.shape[0],)
+        certify_s, value = best_seconds(benchmark), forward.paired(benchmark)
+        record(key + tag, certify_s=certify_s, certify_rate=samples / certify_s,
+               forward_s=forward.best, forward_rate=samples / forward.best, ratio=value)
+        benchmark.extra_info.update(certify_samples_per_s=samples / certify_s,
+                                    forward_samples_per_s=samples / forward.best, ratio_a=value)
+        print(f"\n{key}{tag}: certify {samples / certify_s:,.0f} samples/s, forward-only "
+              f"{samples / forward.best:,.0f} samples/s, (a) = {value:.2f}")
+    else:
+        certify = _Interleaved(lambda: _certify(model, x, n, backend), warmup_rounds=0)
+        cohen_certify(model, x[:1], SIGMA, N0, 2 * BATCH, ALPHA, BATCH, 10)  # warm-up
+        preds, _ = benchmark.pedantic(cohen_certify, setup=certify, rounds=ROUNDS[key],
+                                      args=(model, x, SIGMA, N0, n, ALPHA, BATCH, 10))
+        assert len(preds) == x.shape[0]
+        cohen_s, value = best_seconds(benchmark), certify.paired(benchmark, False)
+        record("cohen:" + key + tag, cohen_s=cohen_s, cohen_rate=samples / cohen_s,
+               certify_s=certify.best, ratio=value)
+        benchmark.extra_info.update(cohen_samples_per_s=samples / cohen_s, ratio_b=value)
+        print(f"\n{key}{tag}: Cohen-style loop {samples / cohen_s:,.0f} samples/s, certify "
+              f"{samples / certify.best:,.0f} samples/s, (b) = {value:.2f}")
+
+
+# Estimator init seeds for which every benchmark input is routed (an abstaining estimator
+# skips the classifier on that input and would flatter the ratio); the routing is reported.
+ESTIMATORS = {"same_arch": (SmallCNN, 1), "small_estimator": (TinyMLP, 0)}
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_dual_rs(benchmark, name):
+    arch, seed = ESTIMATORS[name]
+    torch.manual_seed(seed)
+    estimator = arch(num_classes=len(SIGMAS)).eval()
+    experts = {s: load_default_classifier(s) for s in SIGMAS}
+    experts[0.25] = _model("small_cnn")
+    dual = drs.DualSmoothing(estimator, experts, sigmas=SIGMAS, estimator_sigma=0.25)
+    x = _inputs(DUAL_INPUTS)
+    standard = _Interleaved(lambda: _certify(experts[0.25], x, N))  # standard RS, same inputs
+    r = benchmark.pedantic(dual.certify, args=(x,), setup=standard, rounds=DUAL_ROUNDS,
+                           warmup_rounds=1,
+                           kwargs=dict(n0=N0, n=N, alpha=ALPHA, batch_size=BATCH, seed=0))
+    routed = int((r.level >= 0).sum())
+    dual_s, value = best_seconds(benchmark), standard.paired(benchmark, False)
+    record("dual:" + name, dual_s=dual_s, standard_s=standard.best, routed=routed,
+           certified=int((r.prediction != drs.ABSTAIN).sum()), ratio=value)
+    benchmark.extra_info.update(routed=routed, levels=r.level.tolist(), ratio_c=value)
+    print(f"\ndual RS ({name}): {dual_s:.2f} s vs standard {standard.best:.2f} s, "
+          f"(c) = {value:.2f}, levels {r.level.tolist()}")
+
+
+ROWS, DIM = (200, 784) if SMOKE else (BATCH, 784)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-simd", "torch"])
+def test_noise_backend(benchmark, backend):
+    x = _inputs(4).reshape(4, -1).contiguous()
+    out = torch.empty(ROWS, DIM)
+    ri = torch.arange(ROWS) % 4
+    rs = torch.full((ROWS,), int(Stream.ESTIMATE))
+    rj = torch.arange(ROWS)
+    benchmark.pedantic(fill_noisy_rows, rounds=3 if SMOKE else 10, warmup_rounds=1,
+                       args=(out, x, torch.full((4,), SIGMA), torch.arange(4), 0, ri, rs, rj,
+                             None, backend))
+    record("noise:" + backend, normals_per_s=ROWS * DIM / best_seconds(benchmark), rows=ROWS)
+    benchmark.extra_info.update(normals_per_s=ROWS * DIM / best_seconds(benchmark))
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_votes_backend(benchmark, backend):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(BATCH, 10, generator=g)
+    seg = torch.randint(0, 8, (BATCH,), generator=g)
+    counts = torch.zeros(8, 10, dtype=torch.int64)
+    bad = torch.zeros(1, dtype=torch.int64)
+    benchmark.pedantic(add_votes, args=(counts, bad, logits, seg, backend),
+                       rounds=20 if SMOKE else 200, warmup_rounds=1)
+    record("votes:" + backend, us=best_seconds(benchmark) * 1e6)
+
+
+# Last, because it changes the process for good: the same ratios with glibc's malloc tuned
+# (sampling.tune_cpu_allocator, opt-in), which removes the page faults of large activations.
+TUNED = [("small_cnn", "a"), ("small_cnn", "b"), ("resnet20", "a")]
+
+
+@pytest.mark.parametrize("key,ratio", TUNED, ids=[f"{k}-ratio_{r}" for k, r in TUNED])
+def test_models_with_tuned_allocator(benchmark, key, ratio):
+    if not tune_cpu_allocator():
+        pytest.skip("glibc mallopt not available")
+    _ratio(benchmark, key, ratio, "auto", "+malloc")

@@ -1,15 +1,29 @@
 """Noisy batches: x + sigma * noise(seed, id, stream, j), dispatched to the fastest backend.
 
 The noise is specified in ``dualrs_fast.kernels`` (counter-based Philox4x32-10 + Box-Muller),
-so every backend draws the same noise for the same (seed, input id, stream, sample index).
+so every backend draws the same noise for the same (seed, input id, stream, sample index),
+up to float rounding in log/sin/cos:
+
+- ``numba``  -- CPU, fused kernel (``kernels/noise_numba.py``) with the C library's logf /
+  sincosf; the CPU default: ~270M normals/s on 2 cores, ~9x the torch backend
+  (``bench/RESULTS.md``).
+- ``numba-simd`` -- CPU, opt-in: the same kernel with vectorised float32 log / sin / cos
+  (``kernels/noise_numba_simd.py``), ~1.4G normals/s; within 2 ulps of the libm values, so
+  its noise differs from ``numba``'s in the last bits (~10% of elements).
+- ``triton`` -- CUDA, fused kernel (``kernels/noise_triton.py``); the CUDA default when
+  triton is installed. (On the CPU only under ``TRITON_INTERPRET=1``, for tests.)
+- ``torch``  -- any device, the plain-PyTorch reference (``kernels/philox_torch.py``); the
+  fallback on other devices.
 """
+import os
 from enum import IntEnum
+from typing import Optional
 
 import torch
 
 from .kernels import philox_torch
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "numba-simd", "torch", "triton")
 
 
 class Stream(IntEnum):
@@ -22,23 +36,67 @@ class Stream(IntEnum):
     ESTIMATOR_PREDICT = 5
 
 
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available(device: torch.device) -> bool:
+    """Can Triton kernels run on ``device``? (CUDA with triton installed, or any device's
+    tensors on the CPU under TRITON_INTERPRET=1.)"""
+    if device.type != "cuda" and not (device.type == "cpu" and triton_interpreted()):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' -> numba on the CPU, triton on CUDA (torch without triton / elsewhere)."""
     if backend not in BACKENDS:
         raise ValueError(f"noise backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError("the numba noise backend runs on the CPU only")
+        if device.type == "cpu":
+            return "numba"
+        return "triton" if device.type == "cuda" and triton_available(device) else "torch"
+    if backend in ("numba", "numba-simd") and device.type != "cpu":
+        raise ValueError(f"the {backend} noise backend runs on the CPU only")
+    if backend == "triton" and not triton_available(device):
+        raise ValueError("the triton noise backend needs a CUDA device and the triton package "
+                         "(or TRITON_INTERPRET=1 on the CPU, for tests)")
     return backend
 
 
 def fill_noisy_rows(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor, row_j: torch.Tensor,
-                    dest: torch.Tensor, backend: str) -> None:
-    """out[r, dest[e]] = x_flat[row_input[r], e] + sigma[row_input[r]] * noise_e(row)."""
+                    dest: Optional[torch.Tensor], backend: str,
+                    channels_last_shape: Optional[tuple] = None) -> None:
+    """out[r, dest[e]] = x_flat[row_input[r], e] + sigma[row_input[r]] * noise_e(row).
+
+    ``dest`` None is the identity. ``channels_last_shape`` (C, H, W), if given, must describe
+    the same permutation as ``dest`` (the triton kernel computes it instead of reading it).
+    ``backend`` is a resolved backend name (see ``resolve_backend``).
+    """
     if backend == "numba":
         from .kernels.noise_numba import noisy_rows_into
         noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j, dest)
         return
+    if backend == "numba-simd":
+        from .kernels.noise_numba_simd import noisy_rows_into
+        noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j, dest)
+        return
+    if backend == "triton":
+        if dest is not None and channels_last_shape is None:
+            raise ValueError("the triton noise kernel takes channels_last_shape, not dest")
+        from .kernels.noise_triton import noisy_rows_into
+        noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j,
+                        channels_last_shape=channels_last_shape)
+        return
+    if backend != "torch":
+        raise ValueError(f"unknown noise backend {backend!r}")
     rows = philox_torch.noisy_rows(x_flat, sigma, ids, seed, row_input, row_stream, row_j)
-    out[:, dest] = rows.to(out.dtype)
+    if dest is None:
+        out.copy_(rows)
+    else:
+        out[:, dest] = rows.to(out.dtype)

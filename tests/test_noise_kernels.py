@@ -105,3 +105,183 @@ def test_channels_last_destination_is_a_permutation_of_the_same_noise():
     nhwc = _numba_rows(x, sigma, torch.arange(2), 9, ri, rs, rj, dest=dest)
     as_nchw = nhwc.view(2, 5, 4, 3).permute(0, 3, 1, 2).reshape(2, -1)
     assert torch.equal(as_nchw, nchw)
+
+
+# --- the two-pass numba kernel draws bit-for-bit the noise of the one-pass kernel it replaced
+
+import math  # noqa: E402
+
+from dualrs_fast.kernels.noise_numba import _MINUS2, _TWO_PI, _philox, _unit  # noqa: E402
+
+
+@numba.njit
+def _one_pass_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, out):
+    """The original kernel (one Philox call and Box-Muller per block, in one loop), frozen."""
+    n_blocks = (x.shape[1] + 3) // 4
+    dim = x.shape[1]
+    for r in range(out.shape[0]):
+        i = row_input[r]
+        s = sigma[i]
+        for b in range(n_blocks):
+            r0, r1, r2, r3 = _philox(np.uint32(b), np.uint32(row_j[r]), np.uint32(ids[i]),
+                                     np.uint32(row_stream[r]), k0, k1)
+            rad = math.sqrt(_MINUS2 * math.log(_unit(r0)))
+            th = _TWO_PI * _unit(r1)
+            z0, z1 = rad * math.cos(th), rad * math.sin(th)
+            rad = math.sqrt(_MINUS2 * math.log(_unit(r2)))
+            th = _TWO_PI * _unit(r3)
+            z2, z3 = rad * math.cos(th), rad * math.sin(th)
+            e = 4 * b
+            out[r, dest[e]] = x[i, e] + s * z0
+            if e + 1 < dim:
+                out[r, dest[e + 1]] = x[i, e + 1] + s * z1
+            if e + 2 < dim:
+                out[r, dest[e + 2]] = x[i, e + 2] + s * z2
+            if e + 3 < dim:
+                out[r, dest[e + 3]] = x[i, e + 3] + s * z3
+
+
+@pytest.mark.parametrize("dim", [1, 3, 4, 5, 63, 784, 3073])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("permuted", [False, True])
+def test_numba_kernel_is_bit_identical_to_the_one_pass_kernel(dim, dtype, permuted):
+    g = torch.Generator().manual_seed(dim)
+    B, R = 3, 41  # R > the kernel's row chunk, not a multiple of it
+    x = torch.rand(B, dim, generator=g, dtype=dtype)
+    sigma = torch.tensor([0.12, 0.5, 1.0], dtype=dtype)
+    ids = torch.tensor([0, 2**32 - 1, 77])
+    ri = torch.randint(0, B, (R,), generator=g)
+    rs = torch.randint(0, 6, (R,), generator=g)
+    rj = torch.randint(0, 2**32, (R,), generator=g)
+    dest = torch.randperm(dim, generator=g) if permuted else None
+    seed = 0x0123456789ABCDEF
+    got = torch.full((R, dim), float("nan"), dtype=dtype)
+    noisy_rows_into(got, x, sigma, ids, seed, ri, rs, rj, dest)
+    want = torch.full((R, dim), float("nan"), dtype=dtype)
+    k0, k1 = philox_torch.split_seed(seed)
+    _one_pass_kernel(x.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
+                     ri.numpy(), rs.numpy(), rj.numpy(),
+                     (torch.arange(dim) if dest is None else dest).numpy(), want.numpy())
+    assert torch.equal(got, want)
+
+
+def test_numba_identity_dest_and_row_range_of_a_buffer():
+    x = torch.rand(2, 50)
+    args = (x, torch.tensor([0.5, 1.0]), torch.arange(2), 4, torch.tensor([0, 1, 1]),
+            torch.ones(3, dtype=torch.int64), torch.tensor([0, 5, 6]))
+    a = torch.empty(3, 50)
+    noisy_rows_into(a, *args, None)
+    b = torch.empty(3, 50)
+    noisy_rows_into(b, *args, torch.arange(50))
+    buf = torch.full((8, 50), -3.0)
+    noisy_rows_into(buf[:3], *args, None)
+    assert torch.equal(a, b) and torch.equal(buf[:3], a) and torch.all(buf[3:] == -3.0)
+
+
+def test_noise_backend_resolution(monkeypatch):
+    from dualrs_fast.noise import resolve_backend
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu) == "numba"
+    assert resolve_backend("torch", cpu) == "torch"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="triton"):
+        resolve_backend("triton", cpu)
+    with pytest.raises(ValueError):
+        resolve_backend("cuda-magic", cpu)
+
+
+def test_torch_and_numba_backends_give_the_same_certificates():
+    import dualrs_fast as drs
+    from analytic import LinearBinary
+    g = torch.Generator().manual_seed(6)
+    model = LinearBinary(torch.randn(2 * 5 * 5, generator=g), 0.05)
+    x = torch.rand(4, 2, 5, 5, generator=g)
+    a = drs.certify(model, x, sigma=0.5, n0=10, n=300, batch_size=128, noise_backend="numba")
+    b = drs.certify(model, x, sigma=0.5, n0=10, n=300, batch_size=77, noise_backend="torch")
+    assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
+
+
+# --- the opt-in vectorised kernel (noise_backend="numba-simd"): the same noise up to rounding
+
+from dualrs_fast.kernels import noise_numba_simd  # noqa: E402
+
+
+def _all_unit_floats(step=4099):
+    """A spread of the float32 values u = (float32(r) + 0.5) * 2**-32 the kernels can see,
+    with both ends (2**-33 and 1.0)."""
+    r = np.concatenate([np.arange(0, 2**32, step, dtype=np.uint64),
+                        np.array([0, 1, 2**24, 2**32 - 129, 2**32 - 1], dtype=np.uint64)])
+    return np.unique((r.astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-32))
+
+
+def test_simd_log_is_within_two_ulps():
+    u = _all_unit_floats()
+    got = noise_numba_simd.log(u).astype(np.float64)
+    ref = np.log(u.astype(np.float64))
+    ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    nonzero = ref != 0
+    assert np.all(np.abs(got - ref)[nonzero] <= 2 * ulp[nonzero])
+    assert got[~nonzero].tolist() == [0.0]  # u = 1
+
+
+def test_simd_cos_sin_are_within_two_ulps_or_1e7():
+    th = (np.float32(2 * np.pi) * _all_unit_floats()).astype(np.float32)
+    th = np.concatenate([th, np.float32([0.0, np.pi / 4, np.pi / 2, np.pi, 1.5 * np.pi,
+                                         2 * np.pi])])
+    c, s = noise_numba_simd.cos_sin(th)
+    for got, ref in ((c, np.cos(th.astype(np.float64))), (s, np.sin(th.astype(np.float64)))):
+        ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+        assert np.all(np.abs(got - ref) <= np.maximum(2 * ulp, 1e-7))
+
+
+def _rows_with(kernel, x, sigma, ids, seed, ri, rs, rj, dest=None):
+    out = torch.full((len(ri), x.shape[1]), float("nan"), dtype=x.dtype)
+    kernel(out, x, sigma, ids, seed, ri, rs, rj, dest)
+    return out
+
+
+@pytest.mark.parametrize("dim", [1, 3, 5, 784, 3073])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_simd_kernel_matches_reference_and_numba(dim, dtype):
+    g = torch.Generator().manual_seed(dim)
+    B, R = 3, 41
+    x = torch.rand(B, dim, generator=g, dtype=dtype)
+    sigma = torch.tensor([0.12, 0.5, 1.0], dtype=dtype)
+    ids = torch.tensor([0, 2**32 - 1, 77])
+    ri, rs = torch.randint(0, B, (R,), generator=g), torch.randint(0, 6, (R,), generator=g)
+    rj = torch.randint(0, 2**32, (R,), generator=g)
+    args = (x, sigma, ids, 0xFEEDFACE12345678, ri, rs, rj)
+    got = _rows_with(noise_numba_simd.noisy_rows_into, *args)
+    ref = philox_torch.noisy_rows(x, sigma, ids, 0xFEEDFACE12345678, ri, rs, rj).reshape(R, -1)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    exact = _rows_with(noisy_rows_into, *args)
+    assert (got - exact).abs().max() <= 2e-6  # |noise| < 7, sigma <= 1: a few float32 ulps
+    perm = torch.randperm(dim, generator=g)
+    permuted = _rows_with(noise_numba_simd.noisy_rows_into, *args, dest=perm)
+    assert torch.equal(permuted[:, perm], got)
+
+
+def test_simd_kernel_thread_count_invariant():
+    x = torch.rand(3, 1, 28, 28).reshape(3, -1)
+    args = (x, torch.tensor([0.25, 0.5, 1.0]), torch.arange(3), 11, torch.arange(300) % 3,
+            torch.zeros(300, dtype=torch.int64), torch.arange(300))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _rows_with(noise_numba_simd.noisy_rows_into, *args)
+        numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS))
+        many = _rows_with(noise_numba_simd.noisy_rows_into, *args)
+    finally:
+        numba.set_num_threads(before)
+    assert torch.equal(one, many)
+
+
+def test_simd_backend_in_certify():
+    import dualrs_fast as drs
+    from analytic import LinearBinary
+    g = torch.Generator().manual_seed(7)
+    model = LinearBinary(torch.randn(3 * 6 * 6, generator=g), 0.1)
+    x = torch.rand(4, 3, 6, 6, generator=g)
+    a = drs.certify(model, x, sigma=0.5, n0=10, n=400, noise_backend="numba")
+    b = drs.certify(model, x, sigma=0.5, n0=10, n=400, noise_backend="numba-simd", batch_size=91)
+    assert torch.equal(a.count, b.count)  # no sample of this run sits within rounding of a tie

@@ -1,0 +1,168 @@
+"""Fused per-sample-sigma noise on the GPU (Triton): out[r] = x[i] + sigma[i] * noise(seed, id, s, j).
+
+The same specification as ``philox_torch.py`` (the reference) and ``noise_numba.py``:
+Philox4x32-10 at counter (e // 4, j, id, stream) keyed by (seed_lo, seed_hi) -- the rounds
+of Triton's ``philox_impl``, with our counter layout rather than ``tl.randint4x``'s
+(offset_lo, offset_hi, 0, 0), and defined here so they are interpreted or compiled together
+with the kernel -- then u = (float32(r) + 0.5) * 2**-32 and Box-Muller in
+float32. One program writes ``4 * BLOCK`` elements of one row; a row of a packed batch may
+belong to any input, with its own sigma. channels_last batches are written directly
+(element (c, hw) of a row lands at hw * C + c).
+
+Importing this module applies ``@triton.jit``; set ``TRITON_INTERPRET=1`` *before* the first
+import to run it on the CPU (tests only: the interpreter is ~1000x slower than numba).
+"""
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from .philox_torch import PHILOX_ROUNDS, split_seed
+
+BLOCK = 256  # Philox counters per program (1024 elements)
+
+
+@triton.jit
+def _philox(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
+    """Philox4x32 (Salmon et al. 2011) on uint32 blocks; the key is bumped after each round."""
+    M0: tl.constexpr = 0xD2511F53
+    M1: tl.constexpr = 0xCD9E8D57
+    W0: tl.constexpr = 0x9E3779B9
+    W1: tl.constexpr = 0xBB67AE85
+    for _ in tl.static_range(N_ROUNDS):
+        a0, a2 = c0, c2
+        c0 = tl.umulhi(M1, a2) ^ c1 ^ k0
+        c2 = tl.umulhi(M0, a0) ^ c3 ^ k1
+        c1 = tl.mul(M1, a2, sanitize_overflow=False)
+        c3 = tl.mul(M0, a0, sanitize_overflow=False)
+        k0 = tl.add(k0, W0, sanitize_overflow=False)
+        k1 = tl.add(k1, W1, sanitize_overflow=False)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _store(x_row, out_row, s, z, ek, dim, channels, hw, CHANNELS_LAST: tl.constexpr):
+    """out_row[dest(ek)] = x_row[ek] + s * z for the elements ek < dim."""
+    mask = ek < dim
+    xv = tl.load(x_row + ek, mask=mask, other=0.0)
+    val = xv + s * z.to(xv.dtype)
+    if CHANNELS_LAST:
+        dest = (ek % hw) * channels + ek // hw
+    else:
+        dest = ek
+    tl.store(out_row + dest, val.to(out_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _log(x, LIBDEVICE: tl.constexpr):
+    if LIBDEVICE:
+        return libdevice.log(x)
+    else:
+        return tl.log(x)
+
+
+@triton.jit
+def _cos(x, LIBDEVICE: tl.constexpr):
+    if LIBDEVICE:
+        return libdevice.cos(x)
+    else:
+        return tl.cos(x)
+
+
+@triton.jit
+def _sin(x, LIBDEVICE: tl.constexpr):
+    if LIBDEVICE:
+        return libdevice.sin(x)
+    else:
+        return tl.sin(x)
+
+
+@triton.jit(do_not_specialize=["k0", "k1"])
+def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
+                       out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
+                       CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    i = tl.load(row_input_ptr + r)
+    s = tl.load(sigma_ptr + i)
+    c1 = tl.load(row_j_ptr + r).to(tl.uint32)
+    c2 = tl.load(ids_ptr + i).to(tl.uint32)
+    c3 = tl.load(row_stream_ptr + r).to(tl.uint32)
+    b = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    c0 = b.to(tl.uint32)
+    zero = c0 * 0
+    r0, r1, r2, r3 = _philox(c0, zero + c1, zero + c2, zero + c3, k0.to(tl.uint32),
+                                 k1.to(tl.uint32), N_ROUNDS)
+    u0 = (r0.to(tl.float32) + 0.5) * 2.3283064365386963e-10
+    u1 = (r1.to(tl.float32) + 0.5) * 2.3283064365386963e-10
+    u2 = (r2.to(tl.float32) + 0.5) * 2.3283064365386963e-10
+    u3 = (r3.to(tl.float32) + 0.5) * 2.3283064365386963e-10
+    # IEEE sqrt (tl.sqrt may be approximate on GPUs); libdevice log/sin/cos on GPUs.
+    rad01 = tl.sqrt_rn(-2.0 * _log(u0, LIBDEVICE))
+    rad23 = tl.sqrt_rn(-2.0 * _log(u2, LIBDEVICE))
+    th01 = 6.2831854820251465 * u1  # float32(2 pi)
+    th23 = 6.2831854820251465 * u3
+    e = 4 * b.to(tl.int64)
+    x_row = x_ptr + i * x_row_stride
+    out_row = out_ptr + r * out_row_stride
+    _store(x_row, out_row, s, rad01 * _cos(th01, LIBDEVICE), e, dim, channels, hw, CHANNELS_LAST)
+    _store(x_row, out_row, s, rad01 * _sin(th01, LIBDEVICE), e + 1, dim, channels, hw,
+           CHANNELS_LAST)
+    _store(x_row, out_row, s, rad23 * _cos(th23, LIBDEVICE), e + 2, dim, channels, hw,
+           CHANNELS_LAST)
+    _store(x_row, out_row, s, rad23 * _sin(th23, LIBDEVICE), e + 3, dim, channels, hw,
+           CHANNELS_LAST)
+
+
+@triton.jit(do_not_specialize=["k0", "k1"])
+def _philox_words_kernel(c_ptr, out_ptr, n, k0, k1, BLOCK: tl.constexpr, N_ROUNDS: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    c0 = tl.load(c_ptr + 4 * offs, mask=mask, other=0).to(tl.uint32)
+    c1 = tl.load(c_ptr + 4 * offs + 1, mask=mask, other=0).to(tl.uint32)
+    c2 = tl.load(c_ptr + 4 * offs + 2, mask=mask, other=0).to(tl.uint32)
+    c3 = tl.load(c_ptr + 4 * offs + 3, mask=mask, other=0).to(tl.uint32)
+    r0, r1, r2, r3 = _philox(c0, c1, c2, c3, k0.to(tl.uint32), k1.to(tl.uint32), N_ROUNDS)
+    tl.store(out_ptr + 4 * offs, r0.to(tl.int64), mask=mask)
+    tl.store(out_ptr + 4 * offs + 1, r1.to(tl.int64), mask=mask)
+    tl.store(out_ptr + 4 * offs + 2, r2.to(tl.int64), mask=mask)
+    tl.store(out_ptr + 4 * offs + 3, r3.to(tl.int64), mask=mask)
+
+
+def philox_words(counters: torch.Tensor, k0: int, k1: int) -> torch.Tensor:
+    """Philox4x32-10 of int64 counters (n, 4) holding uint32 values -> int64 (n, 4) (tests)."""
+    counters = counters.to(torch.int64).contiguous()
+    out = torch.empty_like(counters)
+    n = counters.shape[0]
+    if n:
+        _philox_words_kernel[(triton.cdiv(n, 128),)](counters, out, n, k0, k1, BLOCK=128,
+                                                     N_ROUNDS=PHILOX_ROUNDS)
+    return out
+
+
+#: True when the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 at import).
+INTERPRETED = not isinstance(_noisy_rows_kernel, triton.runtime.jit.JITFunction)
+
+
+def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,
+                    seed: int, row_input: torch.Tensor, row_stream: torch.Tensor,
+                    row_j: torch.Tensor, channels_last_shape=None) -> None:
+    """Fill ``out`` (R, D) in place, all tensors on one device (CUDA; CPU under
+    TRITON_INTERPRET=1). ``channels_last_shape=(C, H, W)`` writes each row in NHWC order."""
+    rows, dim = out.shape
+    if rows == 0 or dim == 0:
+        return
+    if x_flat.stride(1) != 1 or out.stride(1) != 1:
+        raise ValueError("x_flat and out need contiguous rows")
+    k0, k1 = split_seed(seed)
+    channels, hw = 1, dim
+    if channels_last_shape is not None:
+        c, h, w = channels_last_shape
+        channels, hw = int(c), int(h) * int(w)
+        if channels * hw != dim:
+            raise ValueError(f"channels_last_shape {tuple(channels_last_shape)} does not match {dim}")
+    grid = (rows, triton.cdiv(triton.cdiv(dim, 4), BLOCK))
+    _noisy_rows_kernel[grid](x_flat, sigma, ids, row_input, row_stream, row_j, out, k0, k1, dim,
+                             x_flat.stride(0), out.stride(0), channels, hw,
+                             CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK,
+                             N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED)

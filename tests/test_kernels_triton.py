@@ -1,0 +1,171 @@
+"""The Triton kernels (noise, votes) against the PyTorch references, run in Triton's CPU
+interpreter (TRITON_INTERPRET=1, ~3M normals/s: sizes stay small).
+
+TRITON_INTERPRET must be set before a kernel module applies ``@triton.jit``; the fixture
+below sets it only while this module runs and (re)imports the kernel modules under it, so
+the rest of the suite is unaffected and the order in which modules are imported is not.
+"""
+import importlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from dualrs_fast.kernels import philox_torch, votes_torch  # noqa: E402
+from dualrs_fast.kernels.noise_numba import noisy_rows_into as numba_noisy_rows_into  # noqa: E402
+
+K = {}
+
+
+def _interpreted(name, kernel):
+    mod = importlib.import_module(f"dualrs_fast.kernels.{name}")
+    if isinstance(getattr(mod, kernel), triton.runtime.jit.JITFunction):
+        mod = importlib.reload(mod)  # imported earlier without the interpreter: decorate again
+    return mod
+
+
+@pytest.fixture(autouse=True, scope="module")
+def interpreted_kernels():
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        K["noise_triton"] = _interpreted("noise_triton", "_noisy_rows_kernel")
+        K["votes_triton"] = _interpreted("votes_triton", "_votes_kernel")
+        assert K["noise_triton"].INTERPRETED
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+@pytest.mark.parametrize("ctr,key,expected", [
+    # Known-answer vectors of Random123's philox4x32-10 (kat_vectors).
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_triton_philox_known_answers(ctr, key, expected):
+    out = K["noise_triton"].philox_words(torch.tensor([ctr]), *key)
+    assert tuple(out[0].tolist()) == expected
+
+
+def test_triton_philox_matches_reference_on_random_counters():
+    g = torch.Generator().manual_seed(4)
+    c = torch.randint(0, 2**32, (1000, 4), generator=g)
+    for k0, k1 in ((0, 0), (2**32 - 1, 7), (0x12345678, 2**31)):
+        got = K["noise_triton"].philox_words(c, k0, k1)
+        ref = torch.stack(philox_torch.philox4x32(*c.unbind(1), k0, k1), 1)
+        assert torch.equal(got, ref)
+
+
+def _rows(g, batch, rows):
+    ri = torch.randint(0, batch, (rows,), generator=g)
+    rs = torch.randint(0, 6, (rows,), generator=g)
+    rj = torch.randint(0, 2**32, (rows,), generator=g)
+    return ri, rs, rj
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (5,), (785,), (3, 7, 9), (1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_noise_matches_reference_and_numba(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    B, R = 4, 9
+    x = torch.rand((B,) + shape, generator=g, dtype=dtype)
+    flat = x.reshape(B, -1).contiguous()
+    sigma = torch.tensor([0.12, 0.25, 0.5, 1.0], dtype=dtype)
+    ids = torch.tensor([0, 3, 2**32 - 1, 12345])
+    ri, rs, rj = _rows(g, B, R)
+    seed = 0xDEADBEEFCAFEF00D
+    ref = philox_torch.noisy_rows(x, sigma, ids, seed, ri, rs, rj).reshape(R, -1)
+    got = torch.full_like(ref, float("nan"))
+    K["noise_triton"].noisy_rows_into(got, flat, sigma, ids, seed, ri, rs, rj)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    cpu = torch.empty_like(ref)
+    numba_noisy_rows_into(cpu, flat, sigma, ids, seed, ri, rs, rj)
+    torch.testing.assert_close(got, cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 3), (4, 1, 9)])
+def test_triton_channels_last_rows_hold_the_same_noise(shape):
+    g = torch.Generator().manual_seed(1)
+    B, R = 2, 5
+    flat = torch.rand(B, int(np.prod(shape)), generator=g)
+    sigma, ids = torch.tensor([0.3, 0.7]), torch.tensor([5, 6])
+    ri, rs, rj = _rows(g, B, R)
+    nchw = torch.empty(R, flat.shape[1])
+    nhwc = torch.empty(R, flat.shape[1])
+    K["noise_triton"].noisy_rows_into(nchw, flat, sigma, ids, 3, ri, rs, rj)
+    K["noise_triton"].noisy_rows_into(nhwc, flat, sigma, ids, 3, ri, rs, rj,
+                                      channels_last_shape=shape)
+    c, h, w = shape
+    assert torch.equal(nhwc.view(R, h, w, c).permute(0, 3, 1, 2).reshape(R, -1), nchw)
+
+
+def test_triton_noise_fills_a_row_range_of_a_larger_buffer():
+    flat = torch.rand(2, 10)
+    buf = torch.full((6, 10), -7.0)
+    ri, rs, rj = torch.tensor([0, 1, 1]), torch.tensor([1, 1, 1]), torch.tensor([0, 1, 2])
+    K["noise_triton"].noisy_rows_into(buf[:3], flat, torch.tensor([0.5, 0.5]), torch.arange(2),
+                                      0, ri, rs, rj)
+    assert torch.all(buf[3:] == -7.0) and torch.all(buf[:3] != -7.0)
+
+
+def _tied_logits(g, m, k, dtype):
+    return torch.randint(0, 3, (m, k), generator=g).to(dtype)  # many ties
+
+
+@pytest.mark.parametrize("m,k,segments,dtype", [
+    (1, 2, 1, torch.float32), (37, 3, 2, torch.float64), (70, 17, 5, torch.float32),
+    (300, 10, 7, torch.float32), (50, 10, 3, torch.float16), (2, 1000, 3, torch.float32)])
+def test_triton_votes_match_reference(m, k, segments, dtype):
+    g = torch.Generator().manual_seed(m * k)
+    logits = _tied_logits(g, m, k, dtype)
+    seg = torch.randint(0, segments, (m,), generator=g)
+    counts = {}
+    for name, fn in (("ref", votes_torch.votes_into), ("triton", K["votes_triton"].votes_into)):
+        c = torch.zeros(segments, k, dtype=torch.int64)
+        bad = torch.zeros(1, dtype=torch.int64)
+        fn(c, bad, logits, seg)
+        counts[name] = (c, int(bad))
+    assert torch.equal(counts["ref"][0], counts["triton"][0])
+    assert counts["ref"][1] == counts["triton"][1] == 0
+    assert int(counts["ref"][0].sum()) == m
+
+
+def test_triton_votes_non_finite_rows_and_strided_logits():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(60, 5, generator=g)
+    logits[3, 1] = float("nan")
+    logits[4, [1, 3]] = float("nan")
+    logits[7, 2] = float("inf")
+    logits[9, :] = -float("inf")
+    logits[11, 0] = float("nan")
+    seg = torch.randint(0, 2, (60,), generator=g)
+    for lg in (logits, logits.t().contiguous().t()):  # row- and column-major
+        ref_c, ref_b = torch.zeros(2, 5, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+        votes_torch.votes_into(ref_c, ref_b, lg, seg)
+        c, b = torch.zeros(2, 5, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+        K["votes_triton"].votes_into(c, b, lg, seg)
+        assert torch.equal(c, ref_c)
+        assert int(b) == int(ref_b) == 5
+
+
+def test_engine_with_triton_backends_matches_cpu_backends():
+    from dualrs_fast.noise import Stream
+    from dualrs_fast.sampling import Draw, count_votes
+    g = torch.Generator().manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 5, 4)).eval()
+    x = torch.rand(3, 3, 6, 5, generator=g)
+    sigma = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)
+    kw = dict(seed=11, ids=torch.tensor([4, 0, 9]), batch_size=37)
+    draws = [Draw(Stream.SELECT, 7), Draw(Stream.ESTIMATE, 50)]
+    cpu = count_votes(model, x, sigma, draws, **kw)
+    tri = count_votes(model, x, sigma, draws, noise_backend="triton", votes_backend="triton", **kw)
+    assert torch.equal(cpu, tri)
+    assert int(cpu.sum()) == 3 * 57
