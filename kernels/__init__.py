@@ -10,7 +10,6 @@ noise of element ``e`` of sample ``j`` of input ``id`` in stream ``s`` under ``s
 
 so noise is a pure function of (seed, id, stream, j, e): results never depend on batch
 size, on how inputs are packed into a batch, or on the device.
-"""
 
 One file per op, each beside its plain-PyTorch reference (which the tests compare against):
 
@@ -19,3 +18,4 @@ One file per op, each beside its plain-PyTorch reference (which the tests compar
   (CPU, opt-in, vectorised log/sin/cos), ``noise_triton.py`` (CUDA)
 - votes (argmax + per-(draw, input) histogram + non-finite check):
   ``votes_torch.py`` (reference), ``votes_numba.py`` (CPU), ``votes_triton.py`` (CUDA)
+"""
