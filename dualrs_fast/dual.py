@@ -4,17 +4,25 @@ classifier smoothed at s(x) certifies R_cls; Theorem 4.1 gives radius min(R_ve, 
 The two certifications fail with probabilities alpha_ve + alpha_cls = alpha (Bonferroni).
 
 If the estimator abstains on an input, that input is not certified: prediction ABSTAIN,
-radius 0, sigma NaN, and its classifier is not run.
+radius 0, sigma NaN, level -1 (its classifier is not run when that is known in advance).
+
+Sequential estimator (``estimator_rounds`` > 1, the default): the estimator's estimation
+samples come in nested rounds and an input stops once R_ve >= R_cls, since then more samples
+cannot raise min(R_ve, R_cls); each round's bound is at alpha_ve / rounds, so all of them
+hold at once with probability >= 1 - alpha_ve whatever the stopping rule.
 """
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
+from .bounds import certified_radius
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
-from .smoothing import ABSTAIN, CertifyResult, certify_counts, predict_counts
+from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
+                        predict_counts)
 from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int, check_seed,
                          check_sigma)
 
@@ -22,10 +30,13 @@ from .validation import (as_input_batch, check_alpha, check_ids, check_positive_
 @dataclass
 class DualCertifyResult(CertifyResult):
     radius_estimator: torch.Tensor = None   # (B,) R_ve, 0 where the estimator abstained
-    radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where abstained or not run
+    radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where the classifier abstained or was not run
     level: torch.Tensor = None              # (B,) index into sigmas chosen by the estimator, -1 if it abstained
-    count_estimator: torch.Tensor = None    # (B,) estimator votes for the chosen level
-    n_estimator: int = 0
+    count_estimator: torch.Tensor = None    # (B,) estimator votes for the chosen level among
+    estimator_samples: torch.Tensor = None  # (B,) its estimation samples drawn (<= n_estimator)
+    n_estimator: int = 0                    # estimation samples per input at most
+    estimator_rounds: int = 1               # checkpoints in the schedule: R_ve's bound is at
+                                            # alpha_estimator / estimator_rounds
 
 
 def check_sigmas(sigmas) -> tuple:
@@ -36,6 +47,70 @@ def check_sigmas(sigmas) -> tuple:
     if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
         raise ValueError(f"sigmas must be strictly increasing, got {sigmas}")
     return sigmas
+
+
+def estimator_schedule(n: int, rounds: int) -> list:
+    """Nested checkpoints n_1 < ... < n_rounds = n, growing x4 (duplicates merged). Fixed in
+    advance, so a union bound over them makes every checkpoint's bound hold at once."""
+    return sorted({max(1, math.ceil(n / 4 ** (rounds - 1 - k))) for k in range(rounds)})
+
+
+class _SequentialEstimate:
+    """The estimator's CERTIFY with its estimation samples drawn in nested rounds: each input
+    keeps the level its selection samples chose and its cumulative vote count; its R_ve is
+    the bound at the last checkpoint it reached, at alpha / len(schedule)."""
+
+    def __init__(self, dual, xb, ids, seed, batch_size, schedule, alpha, progress):
+        self.dual, self.xb, self.ids, self.seed = dual, xb, ids, seed
+        self.batch_size, self.progress, self.schedule = batch_size, progress, schedule
+        self.alpha = alpha / len(schedule)
+        self.sigma = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
+
+    def _votes(self, members, draws):
+        return count_votes(self.dual.estimator, self.xb[members], self.sigma[members], draws,
+                           seed=self.seed, ids=self.ids[members], batch_size=self.batch_size,
+                           num_classes=len(self.dual.sigmas), progress=self.progress,
+                           desc="estimator")
+
+    def _level_votes(self, counts, members):
+        level = self.level[members].to(counts.device).unsqueeze(1)
+        return counts.gather(1, level).squeeze(1).cpu()
+
+    def _bound(self):
+        radius, abstain = certified_radius(self.count.numpy(), self.drawn.numpy(), self.alpha,
+                                           self.dual.estimator_sigma)
+        self.radius = torch.from_numpy(np.asarray(radius, dtype=np.float64).reshape(-1))
+        self.abstains = torch.from_numpy(np.asarray(abstain, dtype=bool).reshape(-1))
+
+    def start(self, n0: int):
+        """Selection samples and the first checkpoint, all inputs in one pass."""
+        everyone = torch.arange(self.xb.shape[0])
+        counts = self._votes(everyone, [Draw(Stream.ESTIMATOR_SELECT, n0),
+                                        Draw(Stream.ESTIMATOR_ESTIMATE, self.schedule[0])])
+        self.level = counts[0].argmax(1).cpu()
+        self.count = self._level_votes(counts[1], everyone)
+        self.drawn = torch.full((self.xb.shape[0],), self.schedule[0], dtype=torch.int64)
+        self._bound()
+
+    def hopeless(self) -> torch.Tensor:
+        """Inputs the estimator abstains on even if all their remaining samples vote for
+        their level (the bound grows with every such vote): no need to run the classifier."""
+        final = self.schedule[-1]
+        _, abstain = certified_radius((self.count + final - self.drawn).numpy(), final,
+                                      self.alpha, self.dual.estimator_sigma)
+        return torch.from_numpy(np.asarray(abstain, dtype=bool).reshape(-1))
+
+    def finish(self, wanted: torch.Tensor):
+        """Draw the later rounds for inputs whose R_ve is still below ``wanted`` (R_cls)."""
+        for before, upto in zip(self.schedule, self.schedule[1:]):
+            members = torch.nonzero((self.radius < wanted) & (self.drawn == before)).reshape(-1)
+            if not members.numel():
+                break
+            counts = self._votes(members, [Draw(Stream.ESTIMATOR_ESTIMATE, upto - before,
+                                                start=before)])
+            self.count[members] += self._level_votes(counts[0], members)
+            self.drawn[members] = upto
+            self._bound()
 
 
 class _Route(torch.nn.Module):
@@ -129,35 +204,38 @@ class DualSmoothing:
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
-                progress: bool = False) -> DualCertifyResult:
+                estimator_rounds: int = 4, progress: bool = False) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
-        samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x)."""
+        samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
+
+        estimator_rounds: the estimator's n_estimator estimation samples are drawn in up to
+        this many nested rounds (checkpoints growing x4, ``estimator_schedule``), each bounded
+        at alpha_estimator / rounds (union bound, so every checkpoint's bound holds at once);
+        an input stops drawing once R_ve >= R_cls, when more samples cannot raise the radius
+        min(R_ve, R_cls). 1 = the plain procedure (all n_estimator samples at
+        alpha_estimator, before the classifier)."""
         xb, _ = as_input_batch(x)
         batch = xb.shape[0]
         n0, n = check_positive_int("n0", n0), check_positive_int("n", n)
         n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
         n_ve = check_positive_int("n_estimator", n if n_estimator is None else n_estimator)
+        schedule = estimator_schedule(n_ve, check_positive_int("estimator_rounds",
+                                                               estimator_rounds))
         alpha_ve, alpha_cls = self.alphas(check_alpha(alpha))
         seed, ids = check_seed(seed), check_ids(ids, batch)
         batch_size = check_positive_int("batch_size", batch_size)
         self._check_estimator_width(xb)
-
-        sigma_ve = torch.full((batch,), self.estimator_sigma, dtype=torch.float64)
-        ve_counts = count_votes(self.estimator, xb, sigma_ve,
-                                [Draw(Stream.ESTIMATOR_SELECT, n0_ve),
-                                 Draw(Stream.ESTIMATOR_ESTIMATE, n_ve)],
-                                seed=seed, ids=ids, batch_size=batch_size,
-                                num_classes=len(self.sigmas), progress=progress, desc="estimator")
-        ve = certify_counts(ve_counts[0], ve_counts[1], n_ve, alpha_ve, sigma_ve)
-        routed = torch.nonzero(ve.prediction != ABSTAIN).reshape(-1)
+        ve = _SequentialEstimate(self, xb, ids, seed, batch_size, schedule, alpha_ve, progress)
+        ve.start(n0_ve)
 
         sigma = torch.full((batch,), math.nan, dtype=torch.float32)
         prediction = torch.full((batch,), ABSTAIN, dtype=torch.int64)
-        radius_cls = torch.zeros(batch, dtype=torch.float32)
+        radius_cls = torch.zeros(batch, dtype=torch.float64)
         count = torch.zeros(batch, dtype=torch.int64)
         p_lower = torch.zeros(batch, dtype=torch.float64)
+        routed = torch.nonzero(~ve.hopeless()).reshape(-1)
         if routed.numel():
-            level = ve.prediction[routed]
+            level = ve.level[routed]
             cls_counts = self._classifier_counts(
                 xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
                 ids[routed], batch_size, progress)
@@ -165,14 +243,24 @@ class DualSmoothing:
             cls = certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls, sigma_routed)
             sigma[routed] = sigma_routed.float()
             prediction[routed] = cls.prediction
-            radius_cls[routed] = cls.radius
+            radius_cls[routed] = cls.radius.double()
             count[routed] = cls.count
             p_lower[routed] = cls.p_lower
+        ve.finish(wanted=torch.where(prediction != ABSTAIN, radius_cls, 0.0))
+
+        estimator_abstains = ve.abstains
+        prediction[estimator_abstains] = ABSTAIN
+        sigma[estimator_abstains] = math.nan
+        radius_ve = float32_rounded_down(ve.radius.numpy())
+        radius_cls = radius_cls.float()
         return DualCertifyResult(
-            prediction=prediction, radius=torch.minimum(ve.radius, radius_cls), count=count, n=n,
-            alpha=alpha_ve + alpha_cls, sigma=sigma, p_lower=p_lower,
-            radius_estimator=ve.radius, radius_classifier=radius_cls, level=ve.prediction,
-            count_estimator=ve.count, n_estimator=n_ve)
+            prediction=prediction,
+            radius=torch.where(prediction != ABSTAIN, torch.minimum(radius_ve, radius_cls), 0.0),
+            count=count, n=n, alpha=alpha_ve + alpha_cls, sigma=sigma, p_lower=p_lower,
+            radius_estimator=radius_ve, radius_classifier=radius_cls,
+            level=torch.where(estimator_abstains, ABSTAIN, ve.level),
+            count_estimator=ve.count, n_estimator=n_ve,
+            estimator_samples=ve.drawn.clone(), estimator_rounds=len(schedule))
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
                 seed: Optional[int] = 0, *, ids=None, progress: bool = False) -> torch.Tensor:

@@ -26,9 +26,12 @@ VOTES_BACKENDS = ("auto", "numba", "torch", "triton")
 
 @dataclass(frozen=True)
 class Draw:
-    """``num_samples`` noisy samples per input (an int, or one count per input) from ``stream``."""
+    """``num_samples`` noisy samples per input (an int, or one count per input) from ``stream``,
+    with sample indices starting at ``start`` (an int or one per input): drawing a stream in
+    several rounds with increasing ``start`` yields exactly the samples of one big draw."""
     stream: Stream
     num_samples: Union[int, torch.Tensor]
+    start: Union[int, torch.Tensor] = 0
 
 
 def model_device(model, fallback: torch.device) -> torch.device:
@@ -139,7 +142,14 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                              for d in draws]).reshape(-1)
     seg_end = torch.cumsum(per_input, 0)
     total = int(seg_end[-1])
+    if total == 0:  # nothing to draw: the model is never called
+        if num_classes is None:
+            raise ValueError("count_votes with no samples needs num_classes")
+        return torch.zeros((len(draws), batch, int(num_classes)), dtype=torch.int64,
+                           device=device)
     seg_start = (seg_end - per_input).to(gen_device)
+    seg_first_j = torch.stack([torch.as_tensor(d.start, dtype=torch.int64).expand(batch)
+                               for d in draws]).reshape(-1).to(gen_device)
     seg_stream = torch.tensor([int(d.stream) for d in draws]).repeat_interleave(batch)
     seg_stream = seg_stream.to(gen_device)
     seg_end = seg_end.to(gen_device)
@@ -161,7 +171,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
             m = min(rows_per_batch, total - start)
             rows = torch.arange(start, start + m, device=gen_device)
             seg = torch.searchsorted(seg_end, rows, right=True)
-            row_j = rows - seg_start[seg]
+            row_j = rows - seg_start[seg] + seg_first_j[seg]
             row_input = seg % batch
             fill_noisy_rows(buf[:m], x_flat, sigma, ids, seed, row_input, seg_stream[seg], row_j,
                             dest, backend, channels_last_shape=cl_shape)
