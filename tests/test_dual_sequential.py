@@ -1,0 +1,170 @@
+"""Dual RS's sequential estimator (estimator_rounds > 1): drawing a stream in rounds gives
+the samples of one draw, the checkpoint schedule, R_ve's union-bound level checked against
+scipy, soundness on analytic cases, and the samples it saves."""
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import dualrs_fast as drs
+from dualrs_fast.dual import estimator_schedule
+from dualrs_fast.noise import Stream
+from dualrs_fast.sampling import Draw, count_votes
+
+from analytic import LinearBinary, inputs_at_distances
+
+SHAPE = (1, 4, 4)
+SIGMAS = (0.25, 0.5)
+ESTIMATOR_SIGMA = 0.5
+
+
+def _linear(seed, b=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return LinearBinary(torch.randn(int(np.prod(SHAPE)), generator=g), b=b)
+
+
+def _dual(estimator, experts=None):
+    experts = experts or {s: _linear(10 + k) for k, s in enumerate(SIGMAS)}
+    return drs.DualSmoothing(estimator, experts, sigmas=SIGMAS, estimator_sigma=ESTIMATOR_SIGMA)
+
+
+def _estimator_radius_scipy(count, samples, alpha):
+    p = scipy.stats.beta.ppf(alpha, count, samples - count + 1)
+    return np.where(p >= 0.5, ESTIMATOR_SIGMA * scipy.stats.norm.ppf(p), 0.0)
+
+
+def test_rounds_of_a_stream_are_the_samples_of_one_draw(linear_model):
+    # Draw.start: counts over [0, 100) + [100, 300) equal the counts over [0, 300).
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    kw = dict(seed=5, ids=torch.arange(3), batch_size=64)
+    sigma = torch.full((3,), 0.7, dtype=torch.float64)
+    whole = count_votes(linear_model, x, sigma, [Draw(Stream.ESTIMATE, 300)], **kw)
+    parts = count_votes(linear_model, x, sigma, [Draw(Stream.ESTIMATE, 100),
+                                                  Draw(Stream.ESTIMATE, 200, start=100)], **kw)
+    assert torch.equal(whole[0], parts[0] + parts[1])
+    # per-input starts and sizes, including an input with no samples this round
+    rest = count_votes(linear_model, x, sigma, [Draw(Stream.ESTIMATE, torch.tensor([200, 0, 200]),
+                                                     start=torch.tensor([100, 0, 100]))], **kw)
+    assert torch.equal(rest[0][[0, 2]], parts[1][[0, 2]]) and rest[0][1].sum() == 0
+
+
+def test_no_samples_at_all_never_calls_the_model():
+    def model(x):
+        raise AssertionError("called")
+    x = torch.rand(2, 1, 4, 4)
+    counts = count_votes(model, x, torch.ones(2, dtype=torch.float64),
+                         [Draw(Stream.ESTIMATE, 0)], seed=0, ids=torch.arange(2), batch_size=8,
+                         num_classes=3)
+    assert counts.shape == (1, 2, 3) and counts.sum() == 0
+
+
+@pytest.mark.parametrize("n,rounds,expected", [
+    (10_000, 4, [157, 625, 2500, 10_000]), (10_000, 1, [10_000]), (5, 4, [1, 2, 5]),
+    (64, 3, [4, 16, 64])])
+def test_schedule_is_nested_and_ends_at_n(n, rounds, expected):
+    assert estimator_schedule(n, rounds) == expected
+
+
+def test_estimator_radius_is_the_bound_at_alpha_over_rounds():
+    # R_ve = estimator_sigma * Phi^-1(CP lower bound of (count_estimator, estimator_samples)
+    # at alpha_estimator / rounds), checked against scipy for plain and sequential runs.
+    estimator = _linear(1)
+    x = inputs_at_distances(estimator, torch.linspace(-1.5, 1.5, 24), SHAPE, seed=2)
+    dual = _dual(estimator)
+    for rounds in (1, 4):
+        r = dual.certify(x, n0=20, n=800, alpha=0.01, seed=3, estimator_rounds=rounds)
+        schedule = estimator_schedule(800, rounds)
+        assert r.estimator_rounds == len(schedule)
+        assert set(r.estimator_samples.tolist()) <= set(schedule)
+        expected = _estimator_radius_scipy(r.count_estimator.numpy(),
+                                           r.estimator_samples.numpy(), 0.005 / len(schedule))
+        routed = r.level >= 0
+        assert routed.sum() > 10
+        np.testing.assert_allclose(r.radius_estimator.double().numpy()[routed.numpy()],
+                                   expected[routed.numpy()], rtol=1e-6, atol=1e-9)
+        assert (r.radius_estimator.double().numpy() <= expected + 1e-12).all()
+
+
+def test_plain_rounds_match_a_hand_made_certification():
+    # estimator_rounds=1 is Cohen's CERTIFY on the estimator with alpha_ve = alpha / 2.
+    estimator = _linear(1)
+    x = inputs_at_distances(estimator, torch.linspace(-1, 1, 12), SHAPE, seed=4)
+    r = _dual(estimator).certify(x, n0=30, n=500, alpha=0.02, seed=7, estimator_rounds=1)
+    sigma = torch.full((12,), ESTIMATOR_SIGMA, dtype=torch.float64)
+    c = count_votes(estimator, x, sigma, [Draw(Stream.ESTIMATOR_SELECT, 30),
+                                          Draw(Stream.ESTIMATOR_ESTIMATE, 500)],
+                    seed=7, ids=torch.arange(12), batch_size=1000)
+    ref = drs.smoothing.certify_counts(c[0], c[1], 500, 0.01, sigma)
+    assert torch.equal(r.level, ref.prediction)
+    assert torch.equal(r.radius_estimator, ref.radius)
+    assert (r.estimator_samples == 500).all()
+
+
+def _failures(estimator, experts, x, r):
+    """Certificates that are false: wrong level or class, or radius above
+    min(distance to the estimator's hyperplane, distance to the chosen expert's)."""
+    d_e = estimator.signed_distance(x)
+    level = (d_e > 0).long()
+    certified = r.prediction != drs.ABSTAIN
+    bad = 0
+    for k in torch.nonzero(certified).reshape(-1).tolist():
+        expert = experts[SIGMAS[int(r.level[k])]]
+        d_c = expert.signed_distance(x[k:k + 1])[0]
+        true_radius = min(abs(float(d_e[k])), abs(float(d_c)))
+        bad += int(int(r.level[k]) != int(level[k]) or int(r.prediction[k]) != int(d_c > 0)
+                   or float(r.radius[k]) > true_radius)
+    return bad, int(certified.sum())
+
+
+@pytest.mark.parametrize("rounds", [4, 8])
+def test_sequential_certificates_are_sound(rounds):
+    # Inputs close to the estimator's hyperplane, so that R_ve binds and inputs stop at
+    # every checkpoint; alpha = 0.2 makes failures of an unsound rule frequent.
+    estimator = _linear(1)
+    experts = {s: _linear(10 + k, b=0.2) for k, s in enumerate(SIGMAS)}
+    N, alpha = 400, 0.2
+    x = inputs_at_distances(estimator, torch.linspace(-0.6, 0.6, N), SHAPE, seed=5)
+    r = _dual(estimator, experts).certify(x, n0=16, n=256, alpha=alpha, batch_size=4096,
+                                          seed=11, estimator_rounds=rounds)
+    bad, certified = _failures(estimator, experts, x, r)
+    assert certified > N / 4
+    assert bad / N <= alpha
+    assert len(set(r.estimator_samples.tolist())) > 2   # inputs did stop at different rounds
+
+
+def test_soundness_check_catches_an_estimator_bound_without_union_bound():
+    # Power: the per-checkpoint bound at the full alpha_ve (no division by rounds) with the
+    # largest of the checkpoints' radii over-claims; the same _failures check sees it.
+    estimator = _linear(1)
+    experts = {s: _linear(10 + k, b=0.2) for k, s in enumerate(SIGMAS)}
+    N = 400
+    x = inputs_at_distances(estimator, torch.linspace(-0.6, 0.6, N), SHAPE, seed=5)
+    dual = _dual(estimator, experts)
+    r = dual.certify(x, n0=16, n=256, alpha=0.2, batch_size=4096, seed=11, estimator_rounds=1)
+    r.radius = torch.minimum(2.0 * r.radius_estimator, r.radius_classifier)
+    bad, _ = _failures(estimator, experts, x, r)
+    assert bad / N > 0.2
+
+
+def test_confident_estimator_stops_at_the_first_checkpoint():
+    # Far from the estimator's hyperplane, close to the experts': R_ve >= R_cls after the
+    # first round, so the estimator draws n/64 samples instead of n, same certificate.
+    estimator = _linear(1, b=40.0)          # every input far on the level-1 side
+    experts = {s: _linear(10 + k) for k, s in enumerate(SIGMAS)}
+    x = inputs_at_distances(experts[SIGMAS[1]], torch.linspace(0.05, 0.3, 16), SHAPE, seed=6)
+    dual = _dual(estimator, experts)
+    assert (estimator.signed_distance(x) > 3).all()
+    seq = dual.certify(x, n0=50, n=6400, alpha=0.001, seed=0, estimator_rounds=4)
+    plain = dual.certify(x, n0=50, n=6400, alpha=0.001, seed=0, estimator_rounds=1)
+    assert (seq.estimator_samples == 100).all() and (plain.estimator_samples == 6400).all()
+    assert torch.equal(seq.prediction, plain.prediction)
+    assert torch.equal(seq.radius, plain.radius)     # R_cls binds in both
+    assert (seq.radius_estimator >= seq.radius_classifier).all()
+
+
+def test_bad_rounds_raise():
+    estimator = _linear(1)
+    x = torch.rand(2, *SHAPE)
+    for rounds in (0, -1, 1.5):
+        with pytest.raises((ValueError, TypeError)):
+            _dual(estimator).certify(x, n0=5, n=50, estimator_rounds=rounds)
