@@ -5,6 +5,7 @@ The two certifications fail with probabilities alpha_ve + alpha_cls = alpha (Bon
 
 If the estimator abstains on an input, that input is not certified: prediction ABSTAIN,
 radius 0, sigma NaN, level -1 (its classifier is not run when that is known in advance).
+Where the classifier abstains, level and sigma say where the input was routed.
 
 Sequential estimator (``estimator_rounds`` > 1, the default): the estimator's estimation
 samples come in nested rounds and an input stops once R_ve >= R_cls, since then more samples
@@ -23,8 +24,8 @@ from .noise import Stream
 from .sampling import Draw, count_votes, model_device
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
-from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int, check_seed,
-                         check_sigma)
+from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit,
+                         check_positive_int, check_seed, check_sigma)
 
 
 @dataclass
@@ -144,10 +145,8 @@ class DualSmoothing:
                  denoiser: Optional[Callable] = None, estimator_alpha_fraction: float = 0.5):
         self.sigmas = check_sigmas(sigmas)
         self.estimator_sigma = check_sigma(estimator_sigma, "estimator_sigma")
-        if not 0.0 < float(estimator_alpha_fraction) < 1.0:
-            raise ValueError("estimator_alpha_fraction must be in (0, 1), got "
-                             f"{estimator_alpha_fraction}")
-        self.estimator_alpha_fraction = float(estimator_alpha_fraction)
+        self.estimator_alpha_fraction = check_open_unit("estimator_alpha_fraction",
+                                                        estimator_alpha_fraction)
         if not callable(estimator):
             raise TypeError("estimator must be a model (callable)")
         self.estimator, self.denoiser = estimator, denoiser
@@ -168,9 +167,12 @@ class DualSmoothing:
         return [route] * len(self.sigmas)
 
     def alphas(self, alpha: float):
-        """(alpha_estimator, alpha_classifier), summing to alpha."""
+        """(alpha_estimator, alpha_classifier), summing to at most alpha in floating point."""
         alpha_ve = alpha * self.estimator_alpha_fraction
-        return alpha_ve, alpha - alpha_ve
+        alpha_cls = alpha - alpha_ve
+        while alpha_ve + alpha_cls > alpha:
+            alpha_cls = math.nextafter(alpha_cls, 0.0)
+        return alpha_ve, alpha_cls
 
     def _check_estimator_width(self, x: torch.Tensor):
         with torch.inference_mode():
@@ -221,7 +223,8 @@ class DualSmoothing:
         n_ve = check_positive_int("n_estimator", n if n_estimator is None else n_estimator)
         schedule = estimator_schedule(n_ve, check_positive_int("estimator_rounds",
                                                                estimator_rounds))
-        alpha_ve, alpha_cls = self.alphas(check_alpha(alpha))
+        alpha = check_alpha(alpha)
+        alpha_ve, alpha_cls = self.alphas(alpha)
         seed, ids = check_seed(seed), check_ids(ids, batch)
         batch_size = check_positive_int("batch_size", batch_size)
         self._check_estimator_width(xb)
@@ -248,15 +251,19 @@ class DualSmoothing:
             p_lower[routed] = cls.p_lower
         ve.finish(wanted=torch.where(prediction != ABSTAIN, radius_cls, 0.0))
 
-        estimator_abstains = ve.abstains
-        prediction[estimator_abstains] = ABSTAIN
+        # Level -1 and sigma NaN where the estimator's abstention decides the outcome; where
+        # the classifier abstained the estimator may have stopped early, and the level and
+        # sigma the classifier ran at are kept.
+        classifier_abstained = ~torch.isnan(sigma) & (prediction == ABSTAIN)
+        estimator_abstains = ve.abstains & ~classifier_abstained
+        prediction[ve.abstains] = ABSTAIN
         sigma[estimator_abstains] = math.nan
         radius_ve = float32_rounded_down(ve.radius.numpy())
         radius_cls = radius_cls.float()
         return DualCertifyResult(
             prediction=prediction,
             radius=torch.where(prediction != ABSTAIN, torch.minimum(radius_ve, radius_cls), 0.0),
-            count=count, n=n, alpha=alpha_ve + alpha_cls, sigma=sigma, p_lower=p_lower,
+            count=count, n=n, alpha=alpha, sigma=sigma, p_lower=p_lower,
             radius_estimator=radius_ve, radius_classifier=radius_cls,
             level=torch.where(estimator_abstains, ABSTAIN, ve.level),
             count_estimator=ve.count, n_estimator=n_ve,

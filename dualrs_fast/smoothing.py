@@ -59,6 +59,16 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
                          p_lower=torch.from_numpy(p_lower.reshape(-1)))
 
 
+def _refuse_unused_for_dual(**options):
+    """DualSmoothing picks sigma per input and runs its own models: engine options meant for a
+    plain model would be silently ignored (e.g. a num_classes check), so refuse them."""
+    defaults = dict(num_classes=None, channels_last=None, compile=False, noise_backend="auto")
+    unused = sorted(k for k, v in options.items() if v != defaults[k])
+    if unused:
+        raise TypeError(f"{', '.join(unused)} cannot be used with a DualSmoothing model "
+                        "(it chooses sigma per input and runs its own models)")
+
+
 def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
@@ -67,10 +77,13 @@ def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float 
 
     x: one input (C,H,W) or a batch (B,C,H,W) in the model's input (pixel) scale; sigma is in
     that scale. With probability >= 1 - alpha (per input) the returned radius is a lower
-    bound on g's l2 robustness radius at x. ``model`` may also be a DualSmoothing.
+    bound on g's l2 robustness radius at x. ``model`` may also be a DualSmoothing (then
+    ``sigma`` is ignored and num_classes / channels_last / compile / noise_backend refused).
     """
     from .dual import DualSmoothing
     if isinstance(model, DualSmoothing):
+        _refuse_unused_for_dual(num_classes=num_classes, channels_last=channels_last,
+                                compile=compile, noise_backend=noise_backend)
         return model.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                              ids=ids, progress=progress)
     xb, _ = as_input_batch(x)
@@ -102,6 +115,8 @@ def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_
     (returns ABSTAIN when unsure). -> LongTensor (B,)."""
     from .dual import DualSmoothing
     if isinstance(model, DualSmoothing):
+        _refuse_unused_for_dual(num_classes=num_classes, channels_last=channels_last,
+                                compile=compile, noise_backend=noise_backend)
         return model.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
                              progress=progress)
     xb, _ = as_input_batch(x)

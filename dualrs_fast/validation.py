@@ -18,13 +18,18 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_open_unit(name: str, value) -> float:
+    """A float strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 < value < 1.0):
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    return value
+
+
 def check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a float, got {type(alpha).__name__}")
-    alpha = float(alpha)
-    if not (0.0 < alpha < 1.0):
-        raise ValueError(f"alpha (failure probability) must be in (0, 1), got {alpha}")
-    return alpha
+    return check_open_unit("alpha (failure probability)", alpha)
 
 
 def check_sigma(sigma, name: str = "sigma") -> float:

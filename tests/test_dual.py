@@ -282,7 +282,10 @@ def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
     assert np.all((c_ve >= 0) & (c_ve <= samples)) and np.all(r.count.numpy() <= n)
     expected_ve = _radius_scipy(c_ve, samples, alpha_ve, ESTIMATOR_SIGMA)
     routed = r.level.numpy() != drs.ABSTAIN
-    assert np.array_equal(routed, expected_ve > 0)
+    # level -1 only where the estimator abstains; a routed input whose classifier abstained
+    # may keep its level with R_ve = 0 (the sequential estimator stops early there)
+    assert np.all(routed[expected_ve > 0]) and np.all(expected_ve[~routed] == 0)
+    assert np.all(r.prediction.numpy()[expected_ve == 0] == drs.ABSTAIN)
     _assert_radius_matches(r.radius_estimator, expected_ve)
 
     certified = r.prediction.numpy() != drs.ABSTAIN
@@ -302,9 +305,6 @@ def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
     assert r.radius.dtype == torch.float32 and r.prediction.dtype == torch.int64
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DualCertifyResult.alpha is alpha_ve + alpha_cls "
-                   "recomputed in floating point (alpha*f + (alpha - alpha*f)), which is 1 ulp "
-                   "above the requested alpha for e.g. alpha=0.01, f=0.1 (0.010000000000000002)")
 @pytest.mark.parametrize("alpha", [0.01, 0.02, 0.005, 0.3])
 def test_result_alpha_is_exactly_the_requested_alpha(alpha):
     # The result reports the alpha that was asked for, and the two shares never add up to
@@ -365,14 +365,7 @@ def test_classifier_is_not_run_when_the_plain_estimator_abstains():
 
 
 @pytest.mark.parametrize("rounds", [
-    pytest.param({}, id="default", marks=pytest.mark.xfail(
-        HAS_ROUNDS, strict=True,
-        reason="BUG (reporting): with the sequential estimator (default rounds) an input whose "
-               "classifier abstains stops the estimator at the first checkpoint (n/64 samples); "
-               "when that is too few for its bound at alpha_ve/rounds to reach 1/2 (here "
-               "n=300: 5 samples), level = -1 and sigma = NaN are reported although the "
-               "estimator's choice was certain and the classifier ran at that sigma; "
-               "estimator_rounds=1 reports the level and sigma")),
+    pytest.param({}, id="default"),
     pytest.param({"estimator_rounds": 1}, id="rounds1", marks=needs_rounds)])
 def test_level_and_sigma_are_reported_where_only_the_classifier_abstains(rounds):
     # Far from the estimator's boundary its level is certain; the experts vote 50/50 (on
@@ -633,9 +626,6 @@ def test_experts_with_different_class_counts_are_refused():
         dual.certify(_axis_inputs([-2.0, 3.0]), n0=5, n=20)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DualSmoothing accepts estimator_alpha_fraction as a "
-                   "string ('0.5' is parsed by float()), where every other numeric argument "
-                   "(alpha, sigma, n) refuses non-numbers with TypeError")
 def test_alpha_fraction_must_be_a_number():
     with pytest.raises(TypeError):
         drs.DualSmoothing(_hyperplane(1), _experts(), sigmas=SIGMAS,
@@ -694,6 +684,17 @@ def test_drs_certify_and_predict_dispatch_to_dual_smoothing():
     p = drs.predict(routing, x, n=500, alpha=0.01, seed=0)
     assert p.tolist() == [drs.ABSTAIN] * 6 + [1, 2]
     assert torch.equal(p, routing.predict(x, n=500, alpha=0.01, seed=0))
+
+
+@pytest.mark.parametrize("option", [dict(num_classes=10), dict(compile=True),
+                                    dict(noise_backend="torch"), dict(channels_last=False)])
+def test_engine_options_are_refused_for_dual_smoothing(option):
+    # Options meant for a plain model would be silently ignored by DualSmoothing: refused.
+    dual, x = _mixed_case()
+    with pytest.raises(TypeError, match="DualSmoothing"):
+        drs.certify(dual, x, n0=5, n=20, **option)
+    with pytest.raises(TypeError, match="DualSmoothing"):
+        drs.predict(dual, x, n=20, **option)
 
 
 # ---- 10. the estimator's labels and train_dual -----------------------------------------------
