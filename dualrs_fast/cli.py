@@ -1,10 +1,12 @@
 """dualrs: certify, predict, plot and train randomized-smoothing classifiers.
 
   dualrs certify --sigma 0.25 --n 10000 --max 100 --out runs/s025.tsv
+  dualrs certify --dual --n 10000 --out runs/dual.tsv      # embedded Dual RS
   dualrs certify --dual --estimator est.pt --out runs/dual.tsv
   dualrs predict --model model.pt --out runs/pred.tsv
   dualrs plot runs/*.tsv --out certified_accuracy.png
   dualrs train --arch small_cnn --sigma 0.25 --out model.pt
+  dualrs train --estimator --estimator-sigma 0.5 --out est.pt   # Dual RS variance estimator
   dualrs demo
 
 Images are in [0, 1]; sigma is the noise's standard deviation in that pixel scale (the noise
@@ -66,17 +68,21 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--dual", action="store_true",
                    help="Dual randomized smoothing: a smoothed estimator picks each input's sigma "
                         "among --sigmas, the expert for that sigma classifies; radius = min of "
-                        "both certificates (alpha is split between them)")
+                        "both certificates (alpha is split between them). Without --estimator: "
+                        "the embedded estimator and classifiers (sigmas 0.25 0.5 1.0)")
     d.add_argument("--sigmas", type=_positive_float, nargs="+", metavar="S",
                    help="increasing noise levels (pixel units) the estimator chooses from "
-                        "(default 0.25 0.5 1.0)")
+                        "(default: those recorded in the --estimator checkpoint, else 0.25 0.5 "
+                        "1.0)")
     d.add_argument("--estimator", metavar="PATH",
                    help="the variance estimator: a model with one logit per --sigmas level "
-                        "(same formats as --model). Without --model, the experts are the "
-                        "embedded classifiers")
+                        "(same formats as --model; `dualrs train --estimator` writes one). "
+                        "Without --model, the experts are the embedded classifiers. Default: "
+                        "the embedded estimator")
     d.add_argument("--estimator-arch", help="architecture of an estimator state_dict")
-    d.add_argument("--estimator-sigma", type=_positive_float, default=0.25,
-                   help="noise level the estimator is smoothed with (default 0.25)")
+    d.add_argument("--estimator-sigma", type=_positive_float,
+                   help="noise level the estimator is smoothed with (default: the one recorded "
+                        "in the --estimator checkpoint, else 0.25)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -180,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         "train", formatter_class=_Formatter, help="train a classifier with Gaussian noise",
         description="Train a base classifier with Gaussian noise augmentation (Cohen et al.) "
                     "and save a checkpoint that `dualrs certify --model` reads (it records "
-                    "sigma).")
+                    "sigma).\n\n"
+                    "With --estimator: train a Dual RS variance estimator instead (one logit "
+                    "per --sigmas\nlevel, trained with noise at --estimator-sigma) against "
+                    "fixed experts (--model, one\nper level; default: the embedded "
+                    "classifiers). Each training input is labelled with the\nlevel whose "
+                    "expert certifies it with the largest radius, estimated from\n"
+                    "--label-samples noisy samples (dualrs_fast.training.train_dual). The "
+                    "checkpoint records\nthe sigmas and estimator sigma, so `dualrs certify "
+                    "--dual --estimator OUT` needs no more\noptions.")
     t.add_argument("--arch", default="small_cnn", help="tiny_mlp, small_cnn (default), resnet20")
     t.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
                    help="constructor arguments (num_classes and input shape are taken from "
@@ -195,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and noise")
     t.add_argument("--out", required=True, help="checkpoint file to write")
     t.add_argument("--quiet", action="store_true")
+    e = t.add_argument_group("Dual RS estimator")
+    e.add_argument("--estimator", action="store_true",
+                   help="train a variance estimator (see above) instead of a classifier")
+    e.add_argument("--sigmas", type=_positive_float, nargs="+", metavar="S",
+                   help="increasing noise levels to choose from (default 0.25 0.5 1.0)")
+    e.add_argument("--estimator-sigma", type=_positive_float, default=0.5,
+                   help="noise level of the estimator's training and smoothing (default 0.5)")
+    e.add_argument("--model", nargs="+", metavar="PATH",
+                   help="the experts, one checkpoint per --sigmas level (default: the embedded "
+                        "classifiers at those sigmas)")
+    e.add_argument("--label-samples", type=int, default=64,
+                   help="noisy samples per input and level for the labels (default 64)")
 
     demo = commands.add_parser("demo", help="certify a few embedded MNIST test images")
     demo.add_argument("--num", type=int, default=10, help="number of test images (default 10)")
@@ -217,13 +243,12 @@ def _device(args) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
-def _default_dual():
+def _default_dual(device="cpu"):
     from . import models
-    loader = getattr(models, "load_default_dual", None)
-    if loader is None:
-        raise ValueError("this version ships no default Dual RS estimator: pass --estimator PATH "
-                         "(the experts default to the embedded classifiers at --sigmas)")
-    return loader()
+    try:
+        return models.load_default_dual(map_location=device)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{exc}; or pass --estimator PATH") from None
 
 
 def build_smoother(args, dataset):
@@ -259,12 +284,23 @@ def build_smoother(args, dataset):
     if args.estimator is None and args.model:
         raise ValueError("--dual with --model needs --estimator")
     if args.estimator is None:
-        dual = _default_dual()
+        dual = _default_dual(device)
         if args.sigmas and tuple(args.sigmas) != tuple(dual.sigmas):
-            raise ValueError(f"the default Dual RS model uses sigmas {dual.sigmas}")
-        where = "embedded Dual RS"
+            raise ValueError(f"the embedded Dual RS estimator chooses among sigmas "
+                             f"{' '.join(f'{s:g}' for s in dual.sigmas)}; pass --estimator "
+                             "PATH for other --sigmas")
+        if args.estimator_sigma and args.estimator_sigma != dual.estimator_sigma:
+            raise ValueError(f"the embedded Dual RS estimator is smoothed at sigma "
+                             f"{dual.estimator_sigma:g}; pass --estimator PATH for another "
+                             "--estimator-sigma")
+        where = (f"embedded Dual RS: estimator at sigma {dual.estimator_sigma:g}, experts "
+                 f"at {' '.join(f'{s:g}' for s in dual.sigmas)}")
     else:
-        sigmas = check_sigmas(args.sigmas or (0.25, 0.5, 1.0))
+        estimator = load_model(args.estimator, args.estimator_arch, {}, device,
+                               arch_option="--estimator-arch")
+        meta = getattr(estimator, "meta", None) or {}
+        sigmas = check_sigmas(args.sigmas or meta.get("sigmas") or (0.25, 0.5, 1.0))
+        estimator_sigma = args.estimator_sigma or meta.get("estimator_sigma") or 0.25
         if args.model:
             if len(args.model) != len(sigmas):
                 raise ValueError(f"--dual needs one --model per --sigmas level ({len(sigmas)}), "
@@ -272,10 +308,8 @@ def build_smoother(args, dataset):
             experts = [load_model(p, args.arch, args.arch_kwargs, device) for p in args.model]
         else:
             experts = [models.load_default_classifier(s, map_location=device) for s in sigmas]
-        estimator = load_model(args.estimator, args.estimator_arch, {}, device,
-                               arch_option="--estimator-arch")
         dual = DualSmoothing(estimator, dict(zip(sigmas, experts)), sigmas=sigmas,
-                             estimator_sigma=args.estimator_sigma)
+                             estimator_sigma=estimator_sigma)
         where = f"estimator {args.estimator}, experts " + (
             " ".join(args.model) if args.model else "embedded")
     check_model_on(dual.estimator, dataset.x, len(dual.sigmas), what="estimator")
@@ -409,6 +443,61 @@ def _train_kwargs(arch: str, x, classes: int, given: dict) -> dict:
     return kw
 
 
+def run_train_estimator(args) -> int:
+    import time
+    import torch
+    from . import models
+    from .dual import check_sigmas
+    from .loading import check_model_on, load_dataset, load_model
+    from .training import train_dual
+
+    sigmas = check_sigmas(args.sigmas or (0.25, 0.5, 1.0))
+    if args.label_samples < 1 or args.epochs < 0:
+        raise ValueError("need --label-samples >= 1 and --epochs >= 0")
+    data = load_dataset(args.dataset)
+    x, y = (data.x, data.y) if args.max is None else (data.x[:args.max], data.y[:args.max])
+    if args.model:
+        if len(args.model) != len(sigmas):
+            raise ValueError(f"--estimator needs one --model per --sigmas level ({len(sigmas)}), "
+                             f"got {len(args.model)}")
+        experts = [load_model(path, None, {}, "cpu") for path in args.model]
+        names = list(args.model)
+    else:
+        experts = [models.load_default_classifier(s) for s in sigmas]
+        names = [models.default_weights_path(s).name for s in sigmas]
+    classes = int(data.y.max()) + 1
+    for s, expert in zip(sigmas, experts):
+        check_model_on(expert, x, None, f"expert for sigma {s:g}", classes)
+    torch.manual_seed(args.seed)
+    kwargs = _train_kwargs(args.arch, x, len(sigmas), args.arch_kwargs)
+    kwargs["num_classes"] = len(sigmas)
+    try:
+        estimator = models.build_model(args.arch, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"--arch-kwargs {kwargs} do not fit {args.arch}: {exc}") from None
+    start = time.perf_counter()
+    _, estimator, labels = train_dual(
+        dict(zip(sigmas, experts)), estimator, x, y, sigmas, args.estimator_sigma, rounds=1,
+        classifier_epochs=0, estimator_epochs=args.epochs, label_samples=args.label_samples,
+        seed=args.seed, progress=not args.quiet, batch_size=args.batch, lr=args.lr)
+    seconds = time.perf_counter() - start
+    hist = torch.bincount(labels, minlength=len(sigmas)).tolist()
+    meta = {"sigmas": list(sigmas), "estimator_sigma": args.estimator_sigma,
+            "estimator_alpha_fraction": 0.5, "arch": args.arch, "experts": names,
+            "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": args.epochs,
+                           "label_samples": args.label_samples, "seed": args.seed,
+                           "batch_size": args.batch, "lr": args.lr},
+            "label_histogram": hist, "dataset": data.name, "n_train": int(x.shape[0]),
+            "train_time_s": round(seconds, 1)}
+    models.save_checkpoint(args.out, estimator, args.arch, meta=meta, kwargs=kwargs)
+    if not args.quiet:
+        print(f"trained {args.arch} estimator at sigma={args.estimator_sigma:g} on {x.shape[0]} "
+              f"inputs in {seconds:.1f} s; labels per sigma: "
+              + ", ".join(f"{s:g}: {h}" for s, h in zip(sigmas, hist)))
+        print(f"saved {args.out} (certify with: dualrs certify --dual --estimator {args.out})")
+    return 0
+
+
 def run_train(args) -> int:
     import time
     import torch
@@ -416,6 +505,10 @@ def run_train(args) -> int:
     from .models import build_model, save_checkpoint
     from .training import evaluate_accuracy, train_classifier
 
+    if args.estimator:
+        return run_train_estimator(args)
+    if args.sigmas or args.model:
+        raise ValueError("--sigmas and --model are options of --estimator training")
     if args.sigma < 0:
         raise ValueError(f"--sigma must be >= 0, got {args.sigma}")
     data = load_dataset(args.dataset)

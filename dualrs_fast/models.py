@@ -38,6 +38,9 @@ __all__ = [
     "default_weights_path",
     "available_default_sigmas",
     "load_default_classifier",
+    "DEFAULT_ESTIMATOR_PATH",
+    "load_default_estimator",
+    "load_default_dual",
 ]
 
 #: Per-channel statistics of MNIST in [0, 1] pixel space (the usual constants).
@@ -363,3 +366,37 @@ def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
     model, meta = load_checkpoint(default_weights_path(match[0], arch), map_location=map_location)
     model.meta = meta
     return model
+
+
+#: The committed Dual RS variance estimator (``scripts/train_dual_default.py`` reproduces it).
+DEFAULT_ESTIMATOR_PATH = WEIGHTS_DIR / f"estimator_{_DEFAULT_ARCH}.pt"
+
+
+def load_default_estimator(map_location: str | torch.device = "cpu") -> nn.Module:
+    """The committed Dual RS variance estimator: a SmallCNN with one logit per noise level
+    of ``model.meta["sigmas"]``, trained with noise at ``model.meta["estimator_sigma"]``
+    against the committed classifiers (eval mode; training metadata in ``model.meta``)."""
+    if not DEFAULT_ESTIMATOR_PATH.is_file():
+        raise FileNotFoundError(f"no committed Dual RS estimator at {DEFAULT_ESTIMATOR_PATH} "
+                                "(scripts/train_dual_default.py writes it)")
+    model, meta = load_checkpoint(DEFAULT_ESTIMATOR_PATH, map_location=map_location)
+    model.meta = meta
+    return model
+
+
+def load_default_dual(map_location: str | torch.device = "cpu"):
+    """Dual RS with the committed defaults: the variance estimator
+    (:func:`load_default_estimator`) choosing among the sigmas it was trained for, and the
+    committed classifier for each sigma (:func:`load_default_classifier`) as the experts.
+
+    Returns a :class:`dualrs_fast.dual.DualSmoothing` (its ``estimator_sigma`` and alpha split
+    are the ones recorded in the estimator's checkpoint)."""
+    from .dual import DualSmoothing  # lazy: dual imports the sampling engine
+
+    estimator = load_default_estimator(map_location)
+    meta = estimator.meta
+    sigmas = tuple(float(s) for s in meta["sigmas"])
+    experts = {s: load_default_classifier(s, map_location=map_location) for s in sigmas}
+    return DualSmoothing(estimator, experts, sigmas=sigmas,
+                         estimator_sigma=float(meta["estimator_sigma"]),
+                         estimator_alpha_fraction=float(meta.get("estimator_alpha_fraction", 0.5)))

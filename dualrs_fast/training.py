@@ -165,14 +165,26 @@ def _expert_at(classifier, sigma: float):
 
 
 def best_sigma_labels(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, n: int = 64,
-                      seed: int = 0, batch_size: int = 1000, progress: bool = False
-                      ) -> torch.Tensor:
+                      seed: int = 0, batch_size: int = 1000, progress: bool = False, *,
+                      radii=None, p_max: float | None = None, max_radius: float | None = None,
+                      default_level: int | None = None, margin: int = 1) -> torch.Tensor:
     """Index of the noise level with the largest estimated certified radius per input.
 
     A cheap Monte Carlo pass: p = fraction of ``n`` noisy samples classified correctly at
     each sigma (clipped to 1 - 1/(2n)), radius estimate sigma * Phi^-1(p) where p > 1/2.
     Inputs no level gets right go to the smallest sigma (the most accurate one).
     ``classifier``: dict {sigma: expert} or a noise-conditioned model(x, sigma).
+
+    Grid rule (``radii`` given, e.g. the radii certified accuracy is reported at): p is
+    clipped at ``p_max`` instead (e.g. the Clopper-Pearson lower bound of n/n successes at
+    the certification budget: the largest p a certificate can use), the radius estimate is
+    capped at ``max_radius`` (e.g. the largest radius the smoothed estimator can certify,
+    estimator_sigma * Phi^-1(p_max)), and each level scores the number of ``radii`` its
+    estimate reaches. The label is ``default_level`` unless another level scores at least
+    ``margin`` more (then the best-scoring one, ties to the smaller sigma); without
+    ``default_level``, the best score, ties to the smaller sigma. Levels that are
+    indistinguishable on the grid thus get one consistent label, which the smoothed
+    estimator can certify with a larger radius.
     """
     from .noise import Stream
     from .sampling import Draw, count_votes
@@ -185,18 +197,27 @@ def best_sigma_labels(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, n: i
                              [Draw(Stream.PREDICT, n)], seed=seed, ids=ids,
                              batch_size=batch_size, progress=progress, desc=f"labels s={sigma:g}")
         p = counts[0].gather(1, y.reshape(-1, 1).to(counts.device)).reshape(-1).double().cpu() / n
-        p = p.clamp(max=1 - 0.5 / n)
+        p = p.clamp(max=1 - 0.5 / n if p_max is None else float(p_max))
         z = torch.special.ndtri(p)
         radius[k] = torch.where(p > 0.5, sigma * z, torch.tensor(-math.inf, dtype=torch.float64))
-    labels = radius.argmax(0)
-    labels[torch.isinf(radius.max(0).values)] = 0
+    if radii is None:
+        labels = radius.argmax(0)
+        labels[torch.isinf(radius.max(0).values)] = 0
+        return labels
+    if max_radius is not None:
+        radius = radius.clamp(max=float(max_radius))
+    score = sum((radius >= float(r)).long() for r in radii)  # (levels, N) grid radii reached
+    labels = score.argmax(0)  # first maximum: ties go to the smaller sigma
+    if default_level is not None:
+        gain = score.gather(0, labels.reshape(1, -1)).reshape(-1) - score[int(default_level)]
+        labels = torch.where(gain >= int(margin), labels, torch.full_like(labels, int(default_level)))
     return labels
 
 
 def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tensor, sigmas,
                estimator_sigma: float, rounds: int = 1, classifier_epochs: int = 0,
                estimator_epochs: int = 20, label_samples: int = 64, seed: int = 0,
-               progress: bool = True, **train_kwargs):
+               progress: bool = True, label_options: dict | None = None, **train_kwargs):
     """Alternate the two halves of Dual RS for ``rounds`` rounds.
 
     Each round: (1) train the classifier(s) with Gaussian noise augmentation,
@@ -206,6 +227,7 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
     sigma in turn. (2) label each input with the sigma of largest estimated radius
     (``best_sigma_labels``). (3) train the estimator on those labels with noise at
     ``estimator_sigma``. Returns (classifier, estimator, labels of the last round).
+    ``label_options``: keyword arguments for ``best_sigma_labels`` (e.g. its grid rule).
     """
     sigmas = [float(s) for s in sigmas]
     labels = None
@@ -224,7 +246,7 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
                     train_classifier(conditioned, Xk, yk, sigma, epochs=classifier_epochs,
                                      seed=seed + 97 * r + k, progress=progress, **train_kwargs)
         labels = best_sigma_labels(classifier, X, y, sigmas, n=label_samples, seed=seed + r,
-                                   progress=progress)
+                                   progress=progress, **(label_options or {}))
         train_classifier(estimator, X, labels, estimator_sigma, epochs=estimator_epochs,
                          seed=seed + 1000 + r, progress=progress, **train_kwargs)
     return classifier, estimator, labels

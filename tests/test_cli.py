@@ -228,3 +228,74 @@ def test_console_script():
         pytest.skip("dualrs console script not installed beside this interpreter")
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "certify" in out.stdout and "plot" in out.stdout
+
+
+# --------------------------------------------------------------------------- Dual RS defaults
+
+
+def test_certify_dual_uses_the_embedded_estimator(tmp_path, capsys):
+    from dualrs_fast.models import load_default_dual
+    default = load_default_dual()
+    code, out, err = dualrs(capsys, "certify", "--dual", "--max", 2, "--n0", 10, "--n", 100,
+                            "--out", tmp_path / "d.tsv")
+    assert code == 0, err
+    assert "embedded Dual RS" in out and "certified accuracy" in out
+    table = rows(tmp_path / "d.tsv")
+    assert table[0][5:] == ["sigma", "radius_estimator", "radius_classifier"] and len(table) == 3
+    import json
+    config = json.loads((tmp_path / "d.tsv.args.json").read_text())["config"]
+    assert config["sigmas"] == list(default.sigmas)
+    assert config["estimator_sigma"] == default.estimator_sigma
+    code, _, err = dualrs(capsys, "certify", "--dual", "--sigmas", 0.25, 0.5, *QUICK)
+    assert code == 2 and "pass --estimator PATH for other --sigmas" in err
+
+
+def test_train_estimator_then_certify_with_it(toy, tmp_path, capsys):
+    est = tmp_path / "est.pt"
+    code, out, err = dualrs(capsys, "train", "--estimator", "--dataset", toy / "toy.pt",
+                            "--sigmas", 0.25, 0.5, "--estimator-sigma", 0.25,
+                            "--model", toy / "mlp.pt", toy / "mlp.pt", "--arch", "tiny_mlp",
+                            "--arch-kwargs", '{"hidden": 8}', "--epochs", 2,
+                            "--label-samples", 8, "--out", est)
+    assert code == 0, err
+    assert "labels per sigma: 0.25:" in out and est.is_file()
+    from dualrs_fast.models import load_checkpoint
+    model, meta = load_checkpoint(est)
+    assert meta["sigmas"] == [0.25, 0.5] and meta["estimator_sigma"] == 0.25
+    assert sum(meta["label_histogram"]) == 12 and model.config["num_classes"] == 2
+    # certify reads the sigmas and the estimator sigma from the checkpoint
+    log = tmp_path / "d.tsv"
+    code, _, err = dualrs(capsys, "certify", "--dataset", toy / "toy.pt", "--dual", "--estimator",
+                          est, "--model", toy / "mlp.pt", toy / "mlp.pt", *QUICK, "--out", log)
+    assert code == 0, err
+    import json
+    config = json.loads((tmp_path / "d.tsv.args.json").read_text())["config"]
+    assert config["sigmas"] == [0.25, 0.5] and config["estimator_sigma"] == 0.25
+    assert {r[5] for r in rows(log)[1:]} <= {"nan", "0.25", "0.5"}
+    # experts must match the levels
+    code, _, err = dualrs(capsys, "train", "--estimator", "--dataset", toy / "toy.pt",
+                          "--sigmas", 0.25, 0.5, "--model", toy / "mlp.pt", "--out", est)
+    assert code == 2 and "one --model per --sigmas level" in err
+
+
+def test_train_estimator_with_embedded_experts(tmp_path, capsys):
+    est = tmp_path / "est.pt"
+    code, out, err = dualrs(capsys, "train", "--estimator", "--max", 100, "--epochs", 1,
+                            "--label-samples", 4, "--quiet", "--out", est)
+    assert code == 0, err
+    from dualrs_fast.models import load_checkpoint
+    model, meta = load_checkpoint(est)
+    assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["estimator_sigma"] == 0.5
+    assert model.config["num_classes"] == 3
+    code, out, err = dualrs(capsys, "certify", "--dual", "--estimator", est, "--max", 2,
+                            "--n0", 10, "--n", 100, "--quiet")
+    assert code == 0, err and len(out.splitlines()) == 3
+
+
+def test_train_help_documents_the_estimator(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--estimator" in text and "--label-samples" in text and "--estimator-sigma" in text
+    code, _, err = dualrs(capsys, "train", "--sigmas", 0.25, 0.5, "--out", "x.pt")
+    assert code == 2 and "options of --estimator" in err

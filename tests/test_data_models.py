@@ -17,6 +17,8 @@ from dualrs_fast.models import (
     build_model,
     load_checkpoint,
     load_default_classifier,
+    load_default_dual,
+    load_default_estimator,
     save_checkpoint,
 )
 from dualrs_fast.training import evaluate_accuracy, train_classifier
@@ -212,6 +214,28 @@ def test_default_classifiers_load(sigma):
 def test_default_classifier_unknown_sigma():
     with pytest.raises(ValueError, match="available sigmas: 0.25, 0.5, 1"):
         load_default_classifier(0.3)
+
+
+def test_default_dual_loads_and_certifies():
+    from dualrs_fast.dual import DualSmoothing
+    dual = load_default_dual()
+    assert isinstance(dual, DualSmoothing)
+    assert dual.sigmas == (0.25, 0.5, 1.0)
+    est = dual.estimator
+    meta = est.meta
+    assert dual.estimator_sigma == meta["estimator_sigma"] > 0
+    assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["train_dual"]["classifier_epochs"] == 0
+    assert isinstance(est, SmallCNN) and not est.training
+    assert est(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    for s, route in zip(dual.sigmas, dual.routes):  # the experts are the committed classifiers
+        assert route.classifier.meta["sigma"] == s and not route.classifier.training
+    _, _, X, y = load_default_split()
+    r = dual.certify(X[:2], n0=20, n=200, alpha=0.01, seed=0)
+    assert r.prediction.shape == r.radius.shape == r.sigma.shape == (2,)
+    assert torch.all(r.radius == torch.minimum(r.radius_estimator, r.radius_classifier))
+    assert torch.equal(r.prediction, y[:2])  # two easy digits: both routed and right
+    assert set(r.sigma.tolist()) <= set(dual.sigmas)
+    assert load_default_estimator().meta == meta
 
 
 # --------------------------------------------------------------------------- training
