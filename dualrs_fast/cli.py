@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "classifiers at those sigmas)")
     e.add_argument("--label-samples", type=int, default=64,
                    help="noisy samples per input and level for the labels (default 64)")
+    e.add_argument("--label-rule", choices=("grid", "radius"), default="grid",
+                   help="grid (default): the level whose expert reaches the most of the radii "
+                        "0 0.25 0.5 0.75 1 1.5 2 with a certificate of --label-n samples at "
+                        "alpha 0.001, capped at the radius the estimator can certify (ties: the "
+                        "smaller sigma); radius: the largest estimated radius")
+    e.add_argument("--label-n", type=int, default=2000,
+                   help="certification samples n the grid rule plans for (default 2000)")
 
     demo = commands.add_parser("demo", help="certify a few embedded MNIST test images")
     demo.add_argument("--num", type=int, default=10, help="number of test images (default 10)")
@@ -449,7 +456,7 @@ def run_train_estimator(args) -> int:
     from . import models
     from .dual import check_sigmas
     from .loading import check_model_on, load_dataset, load_model
-    from .training import train_dual
+    from .training import grid_label_options, train_dual
 
     sigmas = check_sigmas(args.sigmas or (0.25, 0.5, 1.0))
     if args.label_samples < 1 or args.epochs < 0:
@@ -475,18 +482,25 @@ def run_train_estimator(args) -> int:
         estimator = models.build_model(args.arch, **kwargs)
     except TypeError as exc:
         raise ValueError(f"--arch-kwargs {kwargs} do not fit {args.arch}: {exc}") from None
+    options = {}
+    if args.label_rule == "grid":
+        if args.label_n < 1:
+            raise ValueError(f"--label-n must be >= 1, got {args.label_n}")
+        options = grid_label_options(args.estimator_sigma, args.label_n)
     start = time.perf_counter()
     _, estimator, labels = train_dual(
         dict(zip(sigmas, experts)), estimator, x, y, sigmas, args.estimator_sigma, rounds=1,
         classifier_epochs=0, estimator_epochs=args.epochs, label_samples=args.label_samples,
-        seed=args.seed, progress=not args.quiet, batch_size=args.batch, lr=args.lr)
+        seed=args.seed, progress=not args.quiet, label_options=options,
+        batch_size=args.batch, lr=args.lr)
     seconds = time.perf_counter() - start
     hist = torch.bincount(labels, minlength=len(sigmas)).tolist()
     meta = {"sigmas": list(sigmas), "estimator_sigma": args.estimator_sigma,
             "estimator_alpha_fraction": 0.5, "arch": args.arch, "experts": names,
             "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": args.epochs,
                            "label_samples": args.label_samples, "seed": args.seed,
-                           "batch_size": args.batch, "lr": args.lr},
+                           "batch_size": args.batch, "lr": args.lr,
+                           "label_rule": args.label_rule, "label_options": options},
             "label_histogram": hist, "dataset": data.name, "n_train": int(x.shape[0]),
             "train_time_s": round(seconds, 1)}
     models.save_checkpoint(args.out, estimator, args.arch, meta=meta, kwargs=kwargs)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["train_classifier", "evaluate_accuracy", "best_sigma_labels", "train_dual"]
+__all__ = ["train_classifier", "evaluate_accuracy", "best_sigma_labels", "grid_label_options",
+           "train_dual"]
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -212,6 +213,25 @@ def best_sigma_labels(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, n: i
         gain = score.gather(0, labels.reshape(1, -1)).reshape(-1) - score[int(default_level)]
         labels = torch.where(gain >= int(margin), labels, torch.full_like(labels, int(default_level)))
     return labels
+
+
+REPORTED_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def grid_label_options(estimator_sigma: float, n: int = 2000, alpha: float = 0.001,
+                       estimator_alpha_fraction: float = 0.5, radii=REPORTED_RADII) -> dict:
+    """``best_sigma_labels`` keyword arguments for its grid rule, planned for certificates with
+    ``n`` estimation samples at ``alpha`` (split as in DualSmoothing): p clipped at the
+    Clopper-Pearson lower bound of n/n successes at the classifier's alpha, radii capped at the
+    largest R_ve the estimator smoothed at ``estimator_sigma`` can certify."""
+    from .bounds import clopper_pearson_lower
+
+    alpha_ve = alpha * estimator_alpha_fraction
+    p_max = float(clopper_pearson_lower(n, n, alpha - alpha_ve))
+    p_max_ve = float(clopper_pearson_lower(n, n, alpha_ve))
+    max_radius = float(estimator_sigma) * float(
+        torch.special.ndtri(torch.tensor(p_max_ve, dtype=torch.float64)))
+    return {"radii": [float(r) for r in radii], "p_max": p_max, "max_radius": max_radius}
 
 
 def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tensor, sigmas,

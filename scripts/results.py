@@ -197,6 +197,8 @@ from {est['train_dual']['label_samples']} samples per level, {est['train_dual'][
 epochs; `scripts/train_dual_default.py`) choosing among the same three classifiers; alpha split
 {dual.estimator_alpha_fraction:g} / {1 - dual.estimator_alpha_fraction:g} between estimator
 and classifier; the estimator uses its own n0 + n samples, the chosen classifier n0 + n.
+The estimator's settings were chosen on a validation split of the training set (numbers in
+`scripts/train_dual_default.py`), never on these test images.
 "wall s" is the row's certification time (inputs certified {CHUNK} per call, on a shared
 machine: compare the interleaved ratio below). "estimator samples/input": the estimator's
 estimation samples per input (of n; the adaptive estimator stops early when its decision is

@@ -52,10 +52,9 @@ from pathlib import Path
 
 import torch
 
-from dualrs_fast.bounds import clopper_pearson_lower
 from dualrs_fast.data import DEFAULT_SPLIT_SEED, DEFAULT_TEST_SIZE, load_default_split
 from dualrs_fast.models import SmallCNN, load_default_classifier, save_checkpoint
-from dualrs_fast.training import train_dual
+from dualrs_fast.training import grid_label_options, train_dual
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 
@@ -67,23 +66,11 @@ LABEL_SAMPLES = 64
 BATCH_SIZE = 64
 LR = 2e-3
 ESTIMATOR_ALPHA_FRACTION = 0.5
-# Labels by the grid rule of best_sigma_labels: the level whose expert reaches the most of
-# these radii, for a certificate with CERT_N samples at alpha CERT_ALPHA * (1 - fraction),
-# capped by the largest radius the smoothed estimator can certify with the same budget.
-GRID_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# Labels by best_sigma_labels' grid rule (training.grid_label_options): the level whose expert
+# reaches the most reported radii with a certificate of CERT_N samples at CERT_ALPHA, each
+# capped at the largest radius the smoothed estimator can certify with the same budget.
 CERT_N = 2000
 CERT_ALPHA = 0.001
-
-
-def label_options(estimator_sigma: float, cert_n: int = CERT_N, cert_alpha: float = CERT_ALPHA,
-                  fraction: float = ESTIMATOR_ALPHA_FRACTION) -> dict:
-    """best_sigma_labels' grid rule for a certification budget of cert_n samples at
-    cert_alpha (split between estimator and classifier)."""
-    p_max = float(clopper_pearson_lower(cert_n, cert_n, cert_alpha * (1 - fraction)))
-    p_max_ve = float(clopper_pearson_lower(cert_n, cert_n, cert_alpha * fraction))
-    max_radius = estimator_sigma * float(torch.special.ndtri(torch.tensor(p_max_ve,
-                                                                         dtype=torch.float64)))
-    return {"radii": list(GRID_RADII), "p_max": p_max, "max_radius": max_radius}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     experts = {float(s): load_default_classifier(s) for s in args.sigmas}
     torch.manual_seed(args.seed)  # estimator initialisation
     estimator = SmallCNN(num_classes=len(args.sigmas))
-    options = label_options(args.estimator_sigma) if args.label_rule == "grid" else {}
+    options = (grid_label_options(args.estimator_sigma, CERT_N, CERT_ALPHA,
+                                  ESTIMATOR_ALPHA_FRACTION) if args.label_rule == "grid" else {})
     t0 = time.perf_counter()
     _, estimator, labels = train_dual(
         experts, estimator, X_train, y_train, args.sigmas, args.estimator_sigma, rounds=1,

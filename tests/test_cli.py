@@ -286,7 +286,8 @@ def test_train_estimator_with_embedded_experts(tmp_path, capsys):
     from dualrs_fast.models import load_checkpoint
     model, meta = load_checkpoint(est)
     assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["estimator_sigma"] == 0.5
-    assert model.config["num_classes"] == 3
+    assert model.config["num_classes"] == 3 and meta["train_dual"]["label_rule"] == "grid"
+    assert 1.3 < meta["train_dual"]["label_options"]["max_radius"] < 1.4  # 0.5 * Phi^-1(p_max)
     code, out, err = dualrs(capsys, "certify", "--dual", "--estimator", est, "--max", 2,
                             "--n0", 10, "--n", 100, "--quiet")
     assert code == 0, err and len(out.splitlines()) == 3

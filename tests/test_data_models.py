@@ -257,3 +257,28 @@ def test_train_classifier_deterministic_and_learns():
     assert evaluate_accuracy(m1, Xte[:300], yte[:300]) > 0.6
     with pytest.raises(ValueError):
         train_classifier(m1, Xtr, ytr, sigma=-1.0, progress=False)
+
+
+class _Constant(torch.nn.Module):
+    """Always votes class 0 (two classes)."""
+
+    def forward(self, x):
+        return torch.stack([torch.ones(x.shape[0]), torch.zeros(x.shape[0])], 1)
+
+
+def test_best_sigma_labels_grid_rule():
+    from dualrs_fast.training import best_sigma_labels
+    experts = {0.25: _Constant().eval(), 0.5: _Constant().eval()}
+    X, y = torch.rand(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)
+    # every level always right: p clipped at p_max = 0.99 -> radii 0.58 and 1.16
+    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8).tolist() == [1, 1, 1]
+    grid = dict(radii=(0.0, 0.5, 1.0), p_max=0.99)
+    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, **grid).tolist() == [1, 1, 1]
+    # capped at what the estimator can certify, both reach the same radii: the smaller sigma
+    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, max_radius=0.6,
+                             **grid).tolist() == [0, 0, 0]
+    # ... unless a default level is given; a margin of 2 radii keeps the default
+    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, max_radius=0.6, default_level=1,
+                             **grid).tolist() == [1, 1, 1]
+    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, default_level=0, margin=2,
+                             **grid).tolist() == [0, 0, 0]
