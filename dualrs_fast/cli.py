@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "per --sigmas\nlevel, trained with noise at --estimator-sigma) against "
                     "fixed experts (--model, one\nper level; default: the embedded "
                     "classifiers). Each training input is labelled with the\nlevel whose "
-                    "expert certifies it with the largest radius, estimated from\n"
-                    "--label-samples noisy samples (dualrs_fast.training.train_dual). The "
+                    "expert certifies it best, estimated from --label-samples noisy\nsamples "
+                    "per level (--label-rule; dualrs_fast.training.train_dual). The "
                     "checkpoint records\nthe sigmas and estimator sigma, so `dualrs certify "
                     "--dual --estimator OUT` needs no more\noptions.")
     t.add_argument("--arch", default="small_cnn", help="tiny_mlp, small_cnn (default), resnet20")

@@ -23,6 +23,11 @@ r = 0, .25, .5, .75, 1, 1.5, 2 (mean over the radii):
     best single sigma per radius        1.000 1.000 0.997 0.943 0.823 0.367 0.137  0.752
     Dual, est. sigma 0.25, radius labels 0.970 0.827 0.623 0     0     0     0      0.346
     Dual, est. sigma 0.5,  radius labels 0.970 0.847 0.687 0.503 0.313 0     0      0.474
+      ... 40 epochs                     0.980 0.850 0.700 0.523 0.317 0     0      0.481
+      ... class-balanced loss           0.933 0.723 0.487 0.307 0.210 0     0      0.380
+      ... smaller sigma if its radius is within 0.1 of the best
+                                        0.980 0.863 0.707 0.500 0.297 0     0      0.478
+      ... within 0.25                   0.963 0.817 0.703 0.530 0.290 0     0      0.472
     Dual, est. sigma 1.0,  radius labels 0.880 0.743 0.620 0.497 0.337 0.203 0.093  0.482
     Dual, est. sigma 1.0,  grid labels   0.893 0.803 0.667 0.493 0.327 0.103 0.047  0.476
     Dual, est. sigma 1.0,  grid, partial-label loss (any best level)    ...        0.473
@@ -38,8 +43,9 @@ that are reported and caps each level's radius at what the estimator can certify
 (estimator_sigma * Phi^-1(p_max), 1.33 at sigma 0.5 and n=2000); at estimator sigma 0.5 it
 labels 96% of the inputs 0.5, and the estimator routes (nearly) every input to 0.5 with a
 large R_ve. At estimator sigma 1.0 the cap (2.67) would let the 1.0 expert pay off at radii
-1.5 and 2, but the estimator is not consistent enough under that noise. Class-balanced loss
-and 40 epochs were not finished/kept (no sign of a gain in the runs above).
+1.5 and 2, but the estimator is not consistent enough under that noise. More epochs, a
+class-balanced loss or a margin towards the smaller sigma do not fix the radius rule.
+`dualrs train --estimator --out PATH` (same defaults) writes the same weights.
 """
 
 from __future__ import annotations
