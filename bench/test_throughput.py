@@ -17,16 +17,13 @@ import torch
 
 import dualrs_fast as drs
 from dualrs_fast.data import load_default_split
-from dualrs_fast.models import ResNet20, SmallCNN, TinyMLP, load_default_classifier
+from dualrs_fast.models import ResNet20, TinyMLP, load_default_classifier, load_default_dual
 from dualrs_fast.noise import Stream, fill_noisy_rows
 from dualrs_fast.sampling import add_votes, tune_cpu_allocator
 
 from bench_utils import (ALPHA, BATCH, DUAL_INPUTS, DUAL_ROUNDS, INPUTS, N, N0, N_RESNET, ROUNDS,
                          SIGMA, SMOKE, best_seconds, certify_batches, cohen_certify, forward_only,
                          record)
-
-SIGMAS = (0.25, 0.5, 1.0)
-
 
 @functools.lru_cache(maxsize=None)
 def _test_images():
@@ -130,31 +127,31 @@ def _ratio(benchmark, key, ratio, backend, tag):
               f"{samples / certify.best:,.0f} samples/s, (b) = {value:.2f}")
 
 
-# Estimator init seeds for which every benchmark input is routed (an abstaining estimator
-# skips the classifier on that input and would flatter the ratio); the routing is reported.
-ESTIMATORS = {"same_arch": (SmallCNN, 1), "small_estimator": (TinyMLP, 0)}
+# The embedded Dual RS (trained estimator + the three experts): the plain procedure
+# (estimator_rounds=1, all n estimator samples) and the default sequential estimator.
+DUAL_CASES = {"plain": 1, "sequential": None}
 
 
-@pytest.mark.parametrize("name", list(ESTIMATORS))
+@pytest.mark.parametrize("name", list(DUAL_CASES))
 def test_dual_rs(benchmark, name):
-    arch, seed = ESTIMATORS[name]
-    torch.manual_seed(seed)
-    estimator = arch(num_classes=len(SIGMAS)).eval()
-    experts = {s: load_default_classifier(s) for s in SIGMAS}
-    experts[0.25] = _model("small_cnn")
-    dual = drs.DualSmoothing(estimator, experts, sigmas=SIGMAS, estimator_sigma=0.25)
+    dual = load_default_dual()
+    rounds = {} if DUAL_CASES[name] is None else {"estimator_rounds": DUAL_CASES[name]}
     x = _inputs(DUAL_INPUTS)
-    standard = _Interleaved(lambda: _certify(experts[0.25], x, N))  # standard RS, same inputs
+    expert = dual.routes[0].classifier  # standard RS: the sigma = 0.25 expert, same inputs
+    standard = _Interleaved(lambda: _certify(expert, x, N))
     r = benchmark.pedantic(dual.certify, args=(x,), setup=standard, rounds=DUAL_ROUNDS,
-                           warmup_rounds=1,
-                           kwargs=dict(n0=N0, n=N, alpha=ALPHA, batch_size=BATCH, seed=0))
+                           warmup_rounds=1, kwargs=dict(n0=N0, n=N, alpha=ALPHA,
+                                                        batch_size=BATCH, seed=0, **rounds))
     routed = int((r.level >= 0).sum())
     dual_s, value = best_seconds(benchmark), standard.paired(benchmark, False)
     record("dual:" + name, dual_s=dual_s, standard_s=standard.best, routed=routed,
-           certified=int((r.prediction != drs.ABSTAIN).sum()), ratio=value)
+           certified=int((r.prediction != drs.ABSTAIN).sum()), ratio=value,
+           estimator_samples=float(r.estimator_samples.double().mean()),
+           radius=float(r.radius.double().mean()))
     benchmark.extra_info.update(routed=routed, levels=r.level.tolist(), ratio_c=value)
     print(f"\ndual RS ({name}): {dual_s:.2f} s vs standard {standard.best:.2f} s, "
-          f"(c) = {value:.2f}, levels {r.level.tolist()}")
+          f"(c) = {value:.2f}, levels {r.level.tolist()}, estimator samples "
+          f"{r.estimator_samples.tolist()}")
 
 
 ROWS, DIM = (200, 784) if SMOKE else (BATCH, 784)
