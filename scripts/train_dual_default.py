@@ -59,11 +59,13 @@ from pathlib import Path
 import torch
 
 from dualrs_fast.data import DEFAULT_SPLIT_SEED, DEFAULT_TEST_SIZE, load_default_split
-from dualrs_fast.models import SmallCNN, load_default_classifier, save_checkpoint
+from dualrs_fast.models import SmallCNN, TinyMLP, load_default_classifier, save_checkpoint
 from dualrs_fast.training import grid_label_options, train_dual
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 
+EXPERT_ARCH = "small_cnn"  # the committed classifiers the estimator routes to
+ARCHS = {"small_cnn": SmallCNN, "tiny_mlp": TinyMLP}  # the estimator's architecture
 ARCH = "small_cnn"
 SIGMAS = (0.25, 0.5, 1.0)
 ESTIMATOR_SIGMA = 0.5
@@ -77,6 +79,31 @@ ESTIMATOR_ALPHA_FRACTION = 0.5
 # capped at the largest radius the smoothed estimator can certify with the same budget.
 CERT_N = 2000
 CERT_ALPHA = 0.001
+# --validate: the validation protocol of the docstring (fit on the first VAL_FIT training images,
+# certify the next VAL_SIZE with n0=VAL_N0, n=CERT_N, alpha=CERT_ALPHA).
+VAL_FIT, VAL_SIZE, VAL_N0 = 3500, 300, 100
+VAL_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def validate(estimator, experts, sigmas, estimator_sigma, X_val, y_val, first_id):
+    """Dual RS certified accuracy at VAL_RADII on the validation images, plain estimator
+    (estimator_rounds=1; the docstring's numbers) and the sequential default."""
+    from dualrs_fast.dual import DualSmoothing
+
+    dual = DualSmoothing(estimator, experts, sigmas=tuple(sigmas), estimator_sigma=estimator_sigma,
+                         estimator_alpha_fraction=ESTIMATOR_ALPHA_FRACTION)
+    ids = list(range(first_id, first_id + X_val.shape[0]))
+    for name, rounds in (("plain", 1), ("sequential", None)):
+        kw = {} if rounds is None else {"estimator_rounds": rounds}
+        t0 = time.perf_counter()
+        r = dual.certify(X_val, n0=VAL_N0, n=CERT_N, alpha=CERT_ALPHA, seed=0, ids=ids, **kw)
+        seconds = time.perf_counter() - t0
+        correct = r.prediction == y_val
+        acc = [float(((r.radius >= rad) & correct).double().mean()) for rad in VAL_RADII]
+        levels = [int((r.level == k).sum()) for k in range(-1, len(sigmas))]
+        print(f"validation {name:10s} " + " ".join(f"{a:.3f}" for a in acc)
+              + f"  mean {sum(acc) / len(acc):.3f}  levels (abstain, per sigma) {levels}  "
+              f"{seconds:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,17 +116,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-rule", choices=("grid", "radius"), default="grid",
                    help="grid (default): best_sigma_labels' grid rule for n=%d, alpha=%g; "
                         "radius: the largest estimated radius" % (CERT_N, CERT_ALPHA))
+    p.add_argument("--arch", choices=sorted(ARCHS), default=ARCH,
+                   help="estimator architecture (default %(default)s); writes "
+                        "estimator_<arch>.pt unless --out is given")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=REPO_WEIGHTS / f"estimator_{ARCH}.pt")
+    p.add_argument("--out", type=Path,
+                   help="default: dualrs_fast/weights/estimator_<arch>.pt")
+    p.add_argument("--validate", action="store_true",
+                   help="the docstring's validation protocol instead: fit on the first %d "
+                        "training images, certify the next %d (n0=%d, n=%d, alpha=%g), print "
+                        "certified accuracy; writes no weights"
+                        % (VAL_FIT, VAL_SIZE, VAL_N0, CERT_N, CERT_ALPHA))
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = REPO_WEIGHTS / f"estimator_{args.arch}.pt"
 
     torch.set_num_threads(args.threads)
     X_train, y_train, _, _ = load_default_split()
+    if args.validate:
+        X_val = X_train[VAL_FIT:VAL_FIT + VAL_SIZE]
+        y_val = y_train[VAL_FIT:VAL_FIT + VAL_SIZE]
+        X_train, y_train = X_train[:VAL_FIT], y_train[:VAL_FIT]
     experts = {float(s): load_default_classifier(s) for s in args.sigmas}
     torch.manual_seed(args.seed)  # estimator initialisation
-    estimator = SmallCNN(num_classes=len(args.sigmas))
+    estimator = ARCHS[args.arch](num_classes=len(args.sigmas))
     options = (grid_label_options(args.estimator_sigma, CERT_N, CERT_ALPHA,
                                   ESTIMATOR_ALPHA_FRACTION) if args.label_rule == "grid" else {})
     t0 = time.perf_counter()
@@ -110,12 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=BATCH_SIZE, lr=LR)
     seconds = time.perf_counter() - t0
     hist = torch.bincount(labels, minlength=len(args.sigmas)).tolist()
+    if args.validate:
+        print(f"{args.arch} estimator fitted on the first {VAL_FIT} training images in "
+              f"{seconds:.1f} s; labels per sigma {dict(zip(args.sigmas, hist))}", flush=True)
+        validate(estimator.eval(), experts, args.sigmas, args.estimator_sigma, X_val, y_val,
+                 VAL_FIT)
+        return 0
     meta = {
         "sigmas": [float(s) for s in args.sigmas],
         "estimator_sigma": float(args.estimator_sigma),
         "estimator_alpha_fraction": ESTIMATOR_ALPHA_FRACTION,
-        "arch": ARCH,
-        "experts": [f"{ARCH}_sigma{float(s):.2f}.pt" for s in args.sigmas],
+        "arch": args.arch,
+        "experts": [f"{EXPERT_ARCH}_sigma{float(s):.2f}.pt" for s in args.sigmas],
         "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": args.epochs,
                        "label_samples": args.label_samples, "seed": args.seed,
                        "batch_size": BATCH_SIZE, "lr": LR, "optimizer": "adam",
@@ -129,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
     }
-    path = save_checkpoint(args.out, estimator, ARCH, meta)
+    path = save_checkpoint(args.out, estimator, args.arch, meta)
     print(f"labels per sigma {dict(zip(args.sigmas, hist))}; estimator trained at sigma "
           f"{args.estimator_sigma:g} in {seconds:.1f} s -> {path} "
           f"({path.stat().st_size / 1024:.0f} KiB)")
