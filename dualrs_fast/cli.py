@@ -78,7 +78,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="the variance estimator: a model with one logit per --sigmas level "
                         "(same formats as --model; `dualrs train --estimator` writes one). "
                         "Without --model, the experts are the embedded classifiers. Default: "
-                        "the embedded estimator")
+                        "the embedded estimator (a TinyMLP, models.load_default_dual(); the "
+                        "embedded SmallCNN one is dualrs_fast/weights/estimator_small_cnn.pt)")
     d.add_argument("--estimator-arch", help="architecture of an estimator state_dict")
     d.add_argument("--estimator-sigma", type=_positive_float,
                    help="noise level the estimator is smoothed with (default: the one recorded "
@@ -300,8 +301,9 @@ def build_smoother(args, dataset):
             raise ValueError(f"the embedded Dual RS estimator is smoothed at sigma "
                              f"{dual.estimator_sigma:g}; pass --estimator PATH for another "
                              "--estimator-sigma")
-        where = (f"embedded Dual RS: estimator at sigma {dual.estimator_sigma:g}, experts "
-                 f"at {' '.join(f'{s:g}' for s in dual.sigmas)}")
+        arch = (getattr(dual.estimator, "meta", None) or {}).get("arch", "")
+        where = (f"embedded Dual RS: {arch} estimator at sigma {dual.estimator_sigma:g}, "
+                 f"experts at {' '.join(f'{s:g}' for s in dual.sigmas)}")
     else:
         estimator = load_model(args.estimator, args.estimator_arch, {}, device,
                                arch_option="--estimator-arch")

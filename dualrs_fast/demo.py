@@ -48,7 +48,9 @@ def run_demo(num_inputs: int = 10, sigma: float = 0.25, n0: int = 100, n: int = 
 
     smoother = load_default_dual()
     print()
-    print(f"Dual RS: an estimator smoothed at sigma={smoother.estimator_sigma:g} picks sigma in "
+    arch = (getattr(smoother.estimator, "meta", None) or {}).get("arch", "")
+    print(f"Dual RS: a {arch} estimator smoothed at sigma={smoother.estimator_sigma:g} picks "
+          f"sigma in "
           f"{{{', '.join(f'{s:g}' for s in smoother.sigmas)}}} per input, the classifier trained "
           "at that sigma certifies;")
     print(f"radius = min(radius_estimator, radius_classifier), alpha={alpha} split between "

@@ -38,6 +38,9 @@ __all__ = [
     "default_weights_path",
     "available_default_sigmas",
     "load_default_classifier",
+    "ESTIMATOR_ARCHS",
+    "DEFAULT_ESTIMATOR_ARCH",
+    "estimator_weights_path",
     "DEFAULT_ESTIMATOR_PATH",
     "load_default_estimator",
     "load_default_dual",
@@ -368,35 +371,58 @@ def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
     return model
 
 
-#: The committed Dual RS variance estimator (``scripts/train_dual_default.py`` reproduces it).
-DEFAULT_ESTIMATOR_PATH = WEIGHTS_DIR / f"estimator_{_DEFAULT_ARCH}.pt"
+#: Architectures of the committed Dual RS variance estimators
+#: (``scripts/train_dual_default.py --arch ARCH`` reproduces each).
+ESTIMATOR_ARCHS: tuple[str, ...] = ("tiny_mlp", "small_cnn")
+#: The one :func:`load_default_estimator` and :func:`load_default_dual` use by default: the
+#: TinyMLP certifies the same as the SmallCNN on the validation split at ~1/6 of the cost.
+DEFAULT_ESTIMATOR_ARCH = "tiny_mlp"
 
 
-def load_default_estimator(map_location: str | torch.device = "cpu") -> nn.Module:
-    """The committed Dual RS variance estimator: a SmallCNN with one logit per noise level
-    of ``model.meta["sigmas"]``, trained with noise at ``model.meta["estimator_sigma"]``
-    against the committed classifiers (eval mode; training metadata in ``model.meta``)."""
-    if not DEFAULT_ESTIMATOR_PATH.is_file():
-        raise FileNotFoundError(f"no committed Dual RS estimator at {DEFAULT_ESTIMATOR_PATH} "
-                                "(scripts/train_dual_default.py writes it)")
-    model, meta = load_checkpoint(DEFAULT_ESTIMATOR_PATH, map_location=map_location)
+def estimator_weights_path(arch: str = DEFAULT_ESTIMATOR_ARCH) -> Path:
+    """File of the committed Dual RS estimator of architecture ``arch``."""
+    if arch not in ESTIMATOR_ARCHS:
+        raise ValueError(f"no committed Dual RS estimator of architecture {arch!r}; "
+                         f"available: {', '.join(ESTIMATOR_ARCHS)}")
+    return WEIGHTS_DIR / f"estimator_{arch}.pt"
+
+
+#: The default committed Dual RS variance estimator's file.
+DEFAULT_ESTIMATOR_PATH = estimator_weights_path(DEFAULT_ESTIMATOR_ARCH)
+
+
+def load_default_estimator(map_location: str | torch.device = "cpu", *,
+                           arch: str = DEFAULT_ESTIMATOR_ARCH) -> nn.Module:
+    """A committed Dual RS variance estimator with one logit per noise level of
+    ``model.meta["sigmas"]``, trained with noise at ``model.meta["estimator_sigma"]`` against
+    the committed classifiers (eval mode; training metadata in ``model.meta``).
+
+    ``arch``: ``"tiny_mlp"`` (default: a one-hidden-layer MLP, ~6x cheaper per sample than
+    the classifiers) or ``"small_cnn"`` (the classifiers' architecture)."""
+    path = estimator_weights_path(arch)
+    if not path.is_file():
+        raise FileNotFoundError(f"no committed Dual RS estimator at {path} "
+                                f"(scripts/train_dual_default.py --arch {arch} writes it)")
+    model, meta = load_checkpoint(path, map_location=map_location)
     model.meta = meta
     return model
 
 
-def load_default_dual(map_location: str | torch.device = "cpu"):
-    """Dual RS with the committed defaults: the variance estimator
-    (:func:`load_default_estimator`) choosing among the sigmas it was trained for, and the
-    committed classifier for each sigma (:func:`load_default_classifier`) as the experts.
+def load_default_dual(map_location: str | torch.device = "cpu", *,
+                      estimator: str = DEFAULT_ESTIMATOR_ARCH):
+    """Dual RS with the committed defaults: a committed variance estimator
+    (:func:`load_default_estimator` with ``arch=estimator``: ``"tiny_mlp"``, the default, or
+    ``"small_cnn"``) choosing among the sigmas it was trained for, and the committed classifier
+    for each sigma (:func:`load_default_classifier`) as the experts.
 
     Returns a :class:`dualrs_fast.dual.DualSmoothing` (its ``estimator_sigma`` and alpha split
     are the ones recorded in the estimator's checkpoint)."""
     from .dual import DualSmoothing  # lazy: dual imports the sampling engine
 
-    estimator = load_default_estimator(map_location)
-    meta = estimator.meta
+    model = load_default_estimator(map_location, arch=estimator)
+    meta = model.meta
     sigmas = tuple(float(s) for s in meta["sigmas"])
     experts = {s: load_default_classifier(s, map_location=map_location) for s in sigmas}
-    return DualSmoothing(estimator, experts, sigmas=sigmas,
+    return DualSmoothing(model, experts, sigmas=sigmas,
                          estimator_sigma=float(meta["estimator_sigma"]),
                          estimator_alpha_fraction=float(meta.get("estimator_alpha_fraction", 0.5)))

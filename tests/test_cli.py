@@ -239,13 +239,15 @@ def test_certify_dual_uses_the_embedded_estimator(tmp_path, capsys):
     code, out, err = dualrs(capsys, "certify", "--dual", "--max", 2, "--n0", 10, "--n", 100,
                             "--out", tmp_path / "d.tsv")
     assert code == 0, err
-    assert "embedded Dual RS" in out and "certified accuracy" in out
+    assert "embedded Dual RS: tiny_mlp estimator" in out and "certified accuracy" in out
     table = rows(tmp_path / "d.tsv")
     assert table[0][5:] == ["sigma", "radius_estimator", "radius_classifier"] and len(table) == 3
     import json
     config = json.loads((tmp_path / "d.tsv.args.json").read_text())["config"]
     assert config["sigmas"] == list(default.sigmas)
     assert config["estimator_sigma"] == default.estimator_sigma
+    from dualrs_fast.loading import fingerprint  # the default estimator (TinyMLP) and experts
+    assert config["model_sha256"] == fingerprint(default.estimator, *dict.fromkeys(default.routes))
     code, _, err = dualrs(capsys, "certify", "--dual", "--sigmas", 0.25, 0.5, *QUICK)
     assert code == 2 and "pass --estimator PATH for other --sigmas" in err
 

@@ -9,6 +9,8 @@ import torch
 from dualrs_fast import data as drs_data
 from dualrs_fast.data import load_default_split, load_mnist5k, train_test_split
 from dualrs_fast.models import (
+    DEFAULT_ESTIMATOR_ARCH,
+    DEFAULT_ESTIMATOR_PATH,
     MODEL_REGISTRY,
     ResNet20,
     SmallCNN,
@@ -216,16 +218,20 @@ def test_default_classifier_unknown_sigma():
         load_default_classifier(0.3)
 
 
-def test_default_dual_loads_and_certifies():
+@pytest.mark.parametrize("arch", ["tiny_mlp", "small_cnn"])
+def test_default_dual_loads_and_certifies(arch):
     from dualrs_fast.dual import DualSmoothing
-    dual = load_default_dual()
+    dual = load_default_dual(estimator=arch)
     assert isinstance(dual, DualSmoothing)
     assert dual.sigmas == (0.25, 0.5, 1.0)
     est = dual.estimator
     meta = est.meta
-    assert dual.estimator_sigma == meta["estimator_sigma"] > 0
+    assert dual.estimator_sigma == meta["estimator_sigma"] == 0.5
+    assert meta["arch"] == arch and meta["label_histogram"] and len(meta["label_histogram"]) == 3
     assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["train_dual"]["classifier_epochs"] == 0
-    assert isinstance(est, SmallCNN) and not est.training
+    assert isinstance(est, {"tiny_mlp": TinyMLP, "small_cnn": SmallCNN}[arch]) and not est.training
+    if arch == "tiny_mlp":
+        assert est.config["in_shape"] == [1, 28, 28] and est.config["hidden"] == 256
     assert est(torch.rand(2, 1, 28, 28)).shape == (2, 3)
     for s, route in zip(dual.sigmas, dual.routes):  # the experts are the committed classifiers
         assert route.classifier.meta["sigma"] == s and not route.classifier.training
@@ -235,7 +241,16 @@ def test_default_dual_loads_and_certifies():
     assert torch.all(r.radius == torch.minimum(r.radius_estimator, r.radius_classifier))
     assert torch.equal(r.prediction, y[:2])  # two easy digits: both routed and right
     assert set(r.sigma.tolist()) <= set(dual.sigmas)
-    assert load_default_estimator().meta == meta
+    assert load_default_estimator(arch=arch).meta == meta
+
+
+def test_default_estimator_is_the_tiny_mlp():
+    assert DEFAULT_ESTIMATOR_ARCH == "tiny_mlp" and DEFAULT_ESTIMATOR_PATH.name == "estimator_tiny_mlp.pt"
+    est = load_default_estimator()
+    assert isinstance(est, TinyMLP) and est.meta["arch"] == "tiny_mlp"
+    assert isinstance(load_default_dual().estimator, TinyMLP)
+    with pytest.raises(ValueError, match="available: tiny_mlp, small_cnn"):
+        load_default_estimator(arch="resnet20")
 
 
 # --------------------------------------------------------------------------- training
