@@ -6,13 +6,15 @@ single sigma and of Dual RS on held-out MNIST-5k test images, same models, same 
     python scripts/results.py --n-test 20 --out /tmp/r.md   # quick check
 
 Rows: standard RS with the committed classifier at sigma 0.25, 0.5 and 1.0
-(models.load_default_classifier), and Dual RS (models.load_default_dual: the committed
-estimator choosing among those three classifiers; alpha split equally between estimator and
-classifier). Every row certifies the first N_TEST test images (noise keyed by their index,
-seed 0) with the same n0, n and alpha; Dual RS spends n0 + n samples on the estimator and
-again on the chosen classifier. If DualSmoothing.certify has an adaptive estimator mode
-(keyword ``estimator_rounds``), Dual RS gets two rows: plain (estimator_rounds=1) and adaptive
-(the default).
+(models.load_default_classifier), and Dual RS (models.load_default_dual) with each committed
+estimator (``estimator="small_cnn"``: the classifiers' architecture; ``"tiny_mlp"``: the
+default, ~6x cheaper per sample) choosing among those three classifiers, alpha split equally
+between estimator and classifier; each estimator plain (estimator_rounds=1) and sequential
+(DualSmoothing.certify's default: the estimator stops sampling once R_ve >= R_cls). Every row
+certifies the first N_TEST test images (noise keyed by their index, seed 0) with the same n0,
+n and alpha; Dual RS spends n0 + n samples on the estimator (at most, sequential) and again on
+the chosen classifier. Each Dual RS row's wall-time ratio to standard RS at sigma 0.25 is
+measured on one chunk of CHUNK inputs with all calls interleaved (the machine is shared).
 """
 from __future__ import annotations
 
@@ -28,14 +30,16 @@ from pathlib import Path
 import torch
 
 import dualrs_fast as drs
+from dualrs_fast.bounds import clopper_pearson_lower
 from dualrs_fast.data import load_default_split
 from dualrs_fast.dual import DualSmoothing
-from dualrs_fast.models import load_default_classifier, load_default_dual
+from dualrs_fast.models import DEFAULT_ESTIMATOR_ARCH, load_default_classifier, load_default_dual
 
 ROOT = Path(__file__).resolve().parents[1]
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 N_TEST, N0, N, ALPHA, SEED, BATCH, CHUNK = 500, 100, 2000, 0.001, 0, 1000, 50
 TIMING_REPEATS = 3
+ESTIMATORS = (("small_cnn", "SmallCNN"), ("tiny_mlp", "TinyMLP"))  # (arch, name in the table)
 
 
 def interleaved_timing(calls: dict, repeats: int) -> dict:
@@ -73,7 +77,7 @@ def run_rows(label, fn, x, y, chunk):
         row["estimator_abstain"] = int((level == -1).sum())
         if getattr(results[0], "estimator_samples", None) is not None:
             row["estimator_samples"] = float(cat("estimator_samples").double().mean())
-    print(f"{label:28s} " + " ".join(f"{a:.3f}" for a in row["acc"])
+    print(f"{label:48s} " + " ".join(f"{a:.3f}" for a in row["acc"])
           + f"  {seconds:.1f} s" + (f"  levels {row['levels']}" if "levels" in row else "")
           + (f"  estimator samples {row['estimator_samples']:.0f}"
              if "estimator_samples" in row else ""), flush=True)
@@ -95,11 +99,11 @@ def machine():
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def markdown_table(rows):
+def markdown_table(rows, n0, n):
     head = ("| method | " + " | ".join(f"r={r:g}" for r in RADII)
             + " | mean | sigma chosen: mean (# 0.25 / 0.5 / 1.0, # abstain) | estimator samples/input "
-              "| wall s |")
-    lines = [head, "|" + "---|" * (len(RADII) + 5)]
+              "| wall-time ratio to standard σ=0.25 (interleaved) | wall s |")
+    lines = [head, "|" + "---|" * (len(RADII) + 6)]
     best = [max(r["acc"][i] for r in rows if r["label"].startswith("standard"))
             for i in range(len(RADII))]
     for r in rows:
@@ -111,12 +115,20 @@ def markdown_table(rows):
         else:
             choice = ""
         samples = f"{r['estimator_samples']:.0f}" if "estimator_samples" in r else (
-            f"{N0 + N}" if "levels" in r else "")
+            f"{n}" if "levels" in r else "")
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {mean:.3f} | {choice} | "
-                     f"{samples} | {r['seconds']:.0f} |")
+                     f"{samples} | {ratio} | {r['seconds']:.0f} |")
     lines.append("| *best single sigma* | " + " | ".join(f"{b:.3f}" for b in best)
-                 + f" | {sum(best) / len(best):.3f} | | | |")
+                 + f" | {sum(best) / len(best):.3f} | | | | |")
     return "\n".join(lines)
+
+
+def estimator_radius_cap(estimator_sigma, n, alpha_ve, rounds=1):
+    """The largest R_ve the estimator can certify: all n estimation samples agreeing, bound at
+    alpha_ve / rounds (the sequential estimator's union bound over its checkpoints)."""
+    p = float(clopper_pearson_lower(n, n, alpha_ve / rounds))
+    return estimator_sigma * float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
 
 
 def main(argv=None) -> int:
@@ -136,9 +148,15 @@ def main(argv=None) -> int:
     common = dict(n0=args.n0, n=args.n, alpha=args.alpha, batch_size=BATCH, seed=SEED)
     print(f"{args.n_test} test inputs, n0={args.n0}, n={args.n}, alpha={args.alpha}; radii "
           f"{RADII}", flush=True)
+    duals = {arch: load_default_dual(estimator=arch) for arch, _ in ESTIMATORS}
+    rounds_param = inspect.signature(DualSmoothing.certify).parameters.get("estimator_rounds")
+    if rounds_param is None:
+        raise SystemExit("DualSmoothing.certify has no estimator_rounds (plain vs sequential)")
+    seq_rounds = rounds_param.default
     # warm-up (numba kernels compile once per process) so no row pays for it
     drs.certify(load_default_classifier(0.25), x[:2], 0.25, n0=10, n=10, alpha=0.01)
-    load_default_dual().certify(x[:2], n0=10, n=10, alpha=0.01)
+    for dual in duals.values():
+        dual.certify(x[:2], n0=10, n=10, alpha=0.01)
 
     rows = []
     for sigma in (0.25, 0.5, 1.0):
@@ -147,66 +165,84 @@ def main(argv=None) -> int:
                              lambda xb, ids, m=model, s=sigma: drs.certify(m, xb, s, ids=ids,
                                                                            **common),
                              x, y, CHUNK))
-    dual = load_default_dual()
-    adaptive = "estimator_rounds" in inspect.signature(DualSmoothing.certify).parameters
-    if adaptive:
-        rows.append(run_rows("Dual RS (plain estimator)",
-                             lambda xb, ids: dual.certify(xb, ids=ids, estimator_rounds=1,
-                                                          **common), x, y, CHUNK))
-        rows.append(run_rows("Dual RS (adaptive estimator)",
-                             lambda xb, ids: dual.certify(xb, ids=ids, **common), x, y, CHUNK))
-    else:
-        rows.append(run_rows("Dual RS", lambda xb, ids: dual.certify(xb, ids=ids, **common),
-                             x, y, CHUNK))
-    # Wall-time ratio on one chunk of CHUNK inputs, calls interleaved (the per-row times above
-    # ran minutes apart and the machine is shared).
+    variants = {}  # key -> (label, certify(xb, ids))
+    for arch, name in ESTIMATORS:
+        dual = duals[arch]
+        default = " = default" if arch == DEFAULT_ESTIMATOR_ARCH else ""
+        variants[f"{arch} plain"] = (
+            f"Dual RS, {name} estimator, plain",
+            lambda xb, ids, d=dual: d.certify(xb, ids=ids, estimator_rounds=1, **common))
+        variants[f"{arch} sequential"] = (
+            f"Dual RS, {name} estimator, sequential{default}",
+            lambda xb, ids, d=dual: d.certify(xb, ids=ids, **common))
+    dual_rows = {key: run_rows(label, fn, x, y, CHUNK) for key, (label, fn) in variants.items()}
+    rows.extend(dual_rows.values())
+    # Wall-time ratios on one chunk of CHUNK inputs, all calls interleaved (the per-row times
+    # above ran minutes apart and the machine is shared).
     xc, ids = x[:CHUNK], list(range(min(CHUNK, x.shape[0])))
     model = load_default_classifier(0.25)
     calls = {"standard": lambda: drs.certify(model, xc, 0.25, ids=ids, **common)}
-    if adaptive:
-        calls["plain"] = lambda: dual.certify(xc, ids=ids, estimator_rounds=1, **common)
-        calls["adaptive"] = lambda: dual.certify(xc, ids=ids, **common)
-    else:
-        calls["plain"] = lambda: dual.certify(xc, ids=ids, **common)
+    calls.update({key: (lambda fn=fn: fn(xc, ids)) for key, (_, fn) in variants.items()})
     med = interleaved_timing(calls, TIMING_REPEATS)
-    ratio_line = (f"Wall-time ratio Dual RS certify / standard RS certify at sigma 0.25 (same "
-                  f"SmallCNN size for estimator and classifier, same n0={args.n0}, n={args.n}; "
-                  f"the first {len(ids)} test inputs in one call, the calls interleaved, median "
-                  f"of {TIMING_REPEATS}: {med['standard']:.2f} s standard): "
-                  f"**{med['plain'] / med['standard']:.2f}**"
-                  + (" (plain estimator)" if adaptive else ""))
-    if adaptive:
-        ratio_line += f", **{med['adaptive'] / med['standard']:.2f}** (adaptive estimator)"
-    ratio_line += (f". From the rows' wall times above: "
-                   + ", ".join(f"{r['seconds'] / rows[0]['seconds']:.2f}" for r in rows[3:]))
+    for key, row in dual_rows.items():
+        row["ratio"] = med[key] / med["standard"]
+    ratios = "; ".join(
+        f"{name} estimator **{med[arch + ' plain'] / med['standard']:.2f}** plain, "
+        f"**{med[arch + ' sequential'] / med['standard']:.2f}** sequential"
+        for arch, name in ESTIMATORS)
+    ratio_line = (f"Wall-time ratio Dual RS certify / standard RS certify at sigma 0.25 (SmallCNN "
+                  f"classifiers; same n0={args.n0}, n={args.n}; the first {len(ids)} test inputs "
+                  f"in one call, all calls interleaved, median of {TIMING_REPEATS}: "
+                  f"{med['standard']:.2f} s standard): {ratios}. From the rows' wall times "
+                  f"above: " + ", ".join(f"{r['seconds'] / rows[0]['seconds']:.2f}"
+                                         for r in dual_rows.values()))
     print(ratio_line.replace("**", ""))
+    dual = duals[DEFAULT_ESTIMATOR_ARCH]
+    alpha_ve = dual.alphas(args.alpha)[0]
+    cap_plain = estimator_radius_cap(dual.estimator_sigma, args.n, alpha_ve)
+    cap_seq = estimator_radius_cap(dual.estimator_sigma, args.n, alpha_ve, seq_rounds)
+    cap_line = (f"Why no Dual RS row certifies r = 1.5 or 2: the radius is min(R_ve, R_cls), and "
+                f"R_ve <= estimator_sigma * Phi^-1(alpha_ve^(1/n)) = "
+                f"{dual.estimator_sigma:g} * Phi^-1({alpha_ve:g}^(1/{args.n})) = "
+                f"{cap_plain:.2f} (the sequential estimator's union bound over its "
+                f"{seq_rounds} checkpoints makes it {cap_seq:.2f}), whatever the estimator "
+                f"chooses; radii above that need a larger n (the paper uses n = 100,000) or a "
+                f"larger estimator_sigma")
+    print(cap_line)
 
     m = machine()
-    est = dual.estimator.meta
+    est = {arch: duals[arch].estimator.meta for arch, _ in ESTIMATORS}
+    td = est[DEFAULT_ESTIMATOR_ARCH]["train_dual"]
     command = "make results  # = .venv/bin/python -P scripts/results.py"
-    if argv:
-        command = ".venv/bin/python -P scripts/results.py " + " ".join(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given:
+        command = ".venv/bin/python -P scripts/results.py " + " ".join(given)
     text = f"""# Results: standard RS vs Dual RS on MNIST-5k
 
 Certified accuracy (fraction of inputs classified correctly with certified l2 radius >= r,
 pixels in [0, 1]) on the first {args.n_test} held-out test images of the MNIST-5k split,
 n0 = {args.n0}, n = {args.n}, alpha = {args.alpha} for every row; noise seed {SEED}, keyed by
-dataset index. Standard RS: the committed SmallCNN trained at that sigma. Dual RS: the
-committed estimator (SmallCNN, 3 outputs, smoothed at sigma {dual.estimator_sigma:g}, labels
-from {est['train_dual']['label_samples']} samples per level, {est['train_dual']['estimator_epochs']}
-epochs; `scripts/train_dual_default.py`) choosing among the same three classifiers; alpha split
-{dual.estimator_alpha_fraction:g} / {1 - dual.estimator_alpha_fraction:g} between estimator
-and classifier; the estimator uses its own n0 + n samples, the chosen classifier n0 + n.
-The estimator's settings were chosen on a validation split of the training set (numbers in
+dataset index. Standard RS: the committed SmallCNN trained at that sigma. Dual RS: a committed
+estimator (3 outputs, smoothed at sigma {dual.estimator_sigma:g}, labels from
+{td['label_samples']} samples per level by the grid rule, {td['estimator_epochs']} epochs;
+`scripts/train_dual_default.py --arch ARCH`) choosing among the same three classifiers: the
+SmallCNN estimator (the classifiers' architecture, `load_default_dual(estimator="small_cnn")`)
+or the TinyMLP estimator (one hidden layer of 256, the default `load_default_dual()`); alpha
+split {dual.estimator_alpha_fraction:g} / {1 - dual.estimator_alpha_fraction:g} between
+estimator and classifier; the estimator uses its own n0 + n samples (at most: the sequential
+estimator, DualSmoothing.certify's default, draws its n in {seq_rounds} nested rounds and stops
+once R_ve >= R_cls; plain = `estimator_rounds=1`), the chosen classifier n0 + n.
+The estimators' settings were chosen on a validation split of the training set (numbers in
 `scripts/train_dual_default.py`), never on these test images.
 "wall s" is the row's certification time (inputs certified {CHUNK} per call, on a shared
-machine: compare the interleaved ratio below). "estimator samples/input": the estimator's
-estimation samples per input (of n; the adaptive estimator stops early when its decision is
-settled), besides its n0 selection samples.
+machine: compare the interleaved ratios). "estimator samples/input": the estimator's
+estimation samples per input (of n), besides its n0 selection samples.
 
-{markdown_table(rows)}
+{markdown_table(rows, args.n0, args.n)}
 
 {ratio_line}.
+
+{cap_line}.
 
 Command: `{command}`
 
