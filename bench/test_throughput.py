@@ -127,15 +127,18 @@ def _ratio(benchmark, key, ratio, backend, tag):
               f"{samples / certify.best:,.0f} samples/s, (b) = {value:.2f}")
 
 
-# The embedded Dual RS (trained estimator + the three experts): the plain procedure
-# (estimator_rounds=1, all n estimator samples) and the default sequential estimator.
-DUAL_CASES = {"plain": 1, "sequential": None}
+# The embedded Dual RS (trained estimator + the three experts), with the default tiny-MLP
+# estimator and with the small-CNN one (the experts' size, as in the paper), each with the
+# plain procedure (estimator_rounds=1: all n estimator samples) and the default sequential one.
+DUAL_CASES = {"tiny_mlp-plain": ("tiny_mlp", 1), "tiny_mlp-sequential": ("tiny_mlp", None),
+              "small_cnn-plain": ("small_cnn", 1), "small_cnn-sequential": ("small_cnn", None)}
 
 
 @pytest.mark.parametrize("name", list(DUAL_CASES))
 def test_dual_rs(benchmark, name):
-    dual = load_default_dual()
-    rounds = {} if DUAL_CASES[name] is None else {"estimator_rounds": DUAL_CASES[name]}
+    arch, rounds = DUAL_CASES[name]
+    dual = load_default_dual(estimator=arch)
+    rounds = {} if rounds is None else {"estimator_rounds": rounds}
     x = _inputs(DUAL_INPUTS)
     expert = dual.routes[0].classifier  # standard RS: the sigma = 0.25 expert, same inputs
     standard = _Interleaved(lambda: _certify(expert, x, N))
