@@ -98,6 +98,10 @@ def best_seconds(benchmark) -> float:
     return float(benchmark.stats.stats.min)
 
 
+def median_seconds(benchmark) -> float:
+    return float(benchmark.stats.stats.median)
+
+
 def record(key: str, **values) -> None:
     RESULTS.setdefault(key, {}).update(values)
 
@@ -171,12 +175,13 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         f"- settings: n0 = {N0}, n = {N} (ResNet-20: n = {N_RESNET}), batch_size = {BATCH}, "
         f"sigma = {SIGMA}, alpha = {ALPHA}; inputs per call: tiny MLP "
         f"{INPUTS['tiny_mlp']}, small CNN {INPUTS['small_cnn']}, ResNet-20 "
-        f"{INPUTS['resnet20']}, Dual RS {DUAL_INPUTS}; each time is the best of its rounds "
+        f"{INPUTS['resnet20']}, Dual RS {DUAL_INPUTS}; each time is the median of its rounds "
         f"(tiny MLP {ROUNDS['tiny_mlp']}, small CNN {ROUNDS['small_cnn']}, ResNet-20 "
         f"{ROUNDS['resnet20']}, Dual RS {DUAL_ROUNDS}) after a warm-up round. The two sides "
         "of a ratio are timed as back-to-back pairs (the reference right before each round) "
         "and a ratio is the median of its pairs' ratios, so drift in machine speed and "
-        "allocator state hits both sides; throughputs are from the best rounds",
+        "allocator state hits both sides; model throughputs and Dual RS times are medians over "
+        "the rounds too (so they agree with the ratios; the kernel rows are best rounds)",
         "- default backends: noise numba, votes numba, channels_last inputs",
         "",
         "## Ratios",
