@@ -53,6 +53,7 @@ def check_sigmas(sigmas) -> tuple:
 def estimator_schedule(n: int, rounds: int) -> list:
     """Nested checkpoints n_1 < ... < n_rounds = n, growing x4 (duplicates merged). Fixed in
     advance, so a union bound over them makes every checkpoint's bound hold at once."""
+    rounds = min(rounds, 2 + int(math.log(n, 4)))  # more rounds would all be 1 sample
     return sorted({max(1, math.ceil(n / 4 ** (rounds - 1 - k))) for k in range(rounds)})
 
 

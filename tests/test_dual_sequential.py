@@ -60,7 +60,7 @@ def test_no_samples_at_all_never_calls_the_model():
 
 @pytest.mark.parametrize("n,rounds,expected", [
     (10_000, 4, [157, 625, 2500, 10_000]), (10_000, 1, [10_000]), (5, 4, [1, 2, 5]),
-    (64, 3, [4, 16, 64])])
+    (64, 3, [4, 16, 64]), (1, 5, [1]), (1000, 10**9, [1, 4, 16, 63, 250, 1000])])
 def test_schedule_is_nested_and_ends_at_n(n, rounds, expected):
     assert estimator_schedule(n, rounds) == expected
 
