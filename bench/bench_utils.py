@@ -3,7 +3,6 @@ Cohen-style certification loop, machine description and the RESULTS.md writer.""
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np

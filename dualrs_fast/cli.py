@@ -40,7 +40,7 @@ def _json_dict(text: str) -> dict:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 10}}'")
+        raise argparse.ArgumentTypeError("expected a JSON object like '{\"num_classes\": 10}'")
     return value
 
 

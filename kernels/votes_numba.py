@@ -5,7 +5,6 @@ maximal index, NaN counting as the maximum, so counts are identical.
 import math
 
 import numba
-import numpy as np
 import torch
 
 SUPPORTED = (torch.float32, torch.float64)
