@@ -5,6 +5,7 @@ denoiser, input validation, batch-size / id invariance, drs.certify/predict disp
 the estimator's training labels (train_dual, best_sigma_labels)."""
 import functools
 import inspect
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -253,13 +254,19 @@ def test_soundness_checks_have_power():
     assert split < unsplit
 
 
+def _checkpoint_index(samples, n, rounds):
+    """Index of a sample count in the sequential estimator's checkpoints n / 4^j."""
+    schedule = sorted({max(1, math.ceil(n / 4 ** (rounds - 1 - k))) for k in range(rounds)})
+    return schedule.index(samples)
+
+
 # ---- 2. alpha bookkeeping against scipy ------------------------------------------------------
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 @pytest.mark.parametrize("fraction", [0.5, 0.2])
 def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
-    # R_ve = sigma_e Phi^-1(CP(f alpha)) (at f alpha / estimator_rounds over the samples
-    # drawn, for the sequential estimator), R_cls = sigma_s(x) Phi^-1(CP((1-f) alpha)),
+    # R_ve = sigma_e Phi^-1(CP(f alpha)) (for the sequential estimator: over the samples
+    # drawn, at their checkpoint's share of f alpha), R_cls = sigma_s(x) Phi^-1(CP((1-f) alpha)),
     # radius = min(R_ve, R_cls), result.alpha = alpha.
     estimator = _hyperplane(1, b=0.2)
     experts = {s: _hyperplane(10 + k, b=-0.1) for k, s in enumerate(SIGMAS)}
@@ -274,7 +281,11 @@ def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
     assert r.alpha == alpha and r.n == n and r.n_estimator == n_ve
     alpha_ve, samples = fraction * alpha, n_ve
     if HAS_ROUNDS:
-        alpha_ve, samples = alpha_ve / r.estimator_rounds, r.estimator_samples.numpy()
+        samples = r.estimator_samples.numpy()
+        # checkpoint k of K bounds at alpha_ve * 2^k / (2^K - 1) (K from the result: not
+        # every checkpoint need be reached)
+        k = np.array([_checkpoint_index(int(v), n_ve, r.estimator_rounds) for v in samples])
+        alpha_ve = alpha_ve * 2.0 ** k / (2.0 ** r.estimator_rounds - 1)
         assert np.all((samples >= 1) & (samples <= n_ve))
         if rounds:
             assert r.estimator_rounds == 1 and np.all(samples == n_ve)

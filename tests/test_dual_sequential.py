@@ -1,13 +1,13 @@
 """Dual RS's sequential estimator (estimator_rounds > 1): drawing a stream in rounds gives
-the samples of one draw, the checkpoint schedule, R_ve's union-bound level checked against
-scipy, soundness on analytic cases, and the samples it saves."""
+the samples of one draw, the checkpoint schedule, R_ve's union-bound share of alpha checked
+against scipy, soundness on analytic cases, and the samples it saves."""
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.dual import estimator_schedule
+from dualrs_fast.dual import checkpoint_alphas, estimator_schedule
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 
@@ -65,9 +65,26 @@ def test_schedule_is_nested_and_ends_at_n(n, rounds, expected):
     assert estimator_schedule(n, rounds) == expected
 
 
-def test_estimator_radius_is_the_bound_at_alpha_over_rounds():
+def _share(alpha, samples, schedule):
+    """Checkpoint k of K bounds at alpha * 2^k / (2^K - 1)."""
+    k = np.array([schedule.index(int(s)) for s in samples])
+    return alpha * 2.0 ** k / (2.0 ** len(schedule) - 1)
+
+
+def test_checkpoint_shares_double_and_sum_to_at_most_alpha():
+    for alpha in (0.1, 0.0005, 1e-9):
+        for K in range(1, 9):
+            shares = checkpoint_alphas(alpha, K)
+            assert len(shares) == K and sum(shares) <= alpha
+            np.testing.assert_allclose(shares, _share(alpha, [2 ** k for k in range(K)],
+                                                      [2 ** k for k in range(K)]), rtol=1e-12)
+    assert checkpoint_alphas(0.01, 1) == [0.01]
+
+
+def test_estimator_radius_is_the_bound_at_its_checkpoints_share():
     # R_ve = estimator_sigma * Phi^-1(CP lower bound of (count_estimator, estimator_samples)
-    # at alpha_estimator / rounds), checked against scipy for plain and sequential runs.
+    # at that checkpoint's share of alpha_estimator), checked against scipy for plain and
+    # sequential runs.
     estimator = _linear(1)
     x = inputs_at_distances(estimator, torch.linspace(-1.5, 1.5, 24), SHAPE, seed=2)
     dual = _dual(estimator)
@@ -76,8 +93,10 @@ def test_estimator_radius_is_the_bound_at_alpha_over_rounds():
         schedule = estimator_schedule(800, rounds)
         assert r.estimator_rounds == len(schedule)
         assert set(r.estimator_samples.tolist()) <= set(schedule)
+        share = _share(0.005, r.estimator_samples.numpy(), schedule)
+        np.testing.assert_allclose(r.estimator_alpha.numpy(), share, rtol=1e-12)
         expected = _estimator_radius_scipy(r.count_estimator.numpy(),
-                                           r.estimator_samples.numpy(), 0.005 / len(schedule))
+                                           r.estimator_samples.numpy(), share)
         routed = r.level >= 0
         assert routed.sum() > 10
         np.testing.assert_allclose(r.radius_estimator.double().numpy()[routed.numpy()],
@@ -133,8 +152,7 @@ def test_sequential_certificates_are_sound(rounds):
 
 
 def test_soundness_check_catches_an_estimator_bound_without_union_bound():
-    # Power: the per-checkpoint bound at the full alpha_ve (no division by rounds) with the
-    # largest of the checkpoints' radii over-claims; the same _failures check sees it.
+    # Power: a doubled estimator radius over-claims; the same _failures check sees it.
     estimator = _linear(1)
     experts = {s: _linear(10 + k, b=0.2) for k, s in enumerate(SIGMAS)}
     N = 400
