@@ -35,6 +35,7 @@ class DualCertifyResult(CertifyResult):
     radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where the classifier abstained or was not run
     level: torch.Tensor = None              # (B,) index into sigmas chosen by the estimator, -1 if it abstained
     count_estimator: torch.Tensor = None    # (B,) estimator votes for the chosen level among
+                                            # its estimator_samples
     estimator_samples: torch.Tensor = None  # (B,) its estimation samples drawn (<= n_estimator)
     n_estimator: int = 0                    # estimation samples per input at most
     estimator_alpha: torch.Tensor = None    # (B,) level of each input's R_ve bound: its
@@ -65,7 +66,12 @@ def checkpoint_alphas(alpha: float, checkpoints: int) -> list:
     which every input that does not stop early uses, loses the least: 8/15 of alpha with 4
     checkpoints, against 1/4 for equal shares."""
     total = 2.0 ** checkpoints - 1.0
-    shares = [alpha * 2.0 ** k / total for k in range(checkpoints)]
+    return _within(alpha, [alpha * 2.0 ** k / total for k in range(checkpoints)])
+
+
+def _within(alpha: float, shares: list) -> list:
+    """Lower the last share by ulps until the shares sum to at most alpha in floating point
+    (a Bonferroni split must never spend more than alpha)."""
     while sum(shares) > alpha:
         shares[-1] = math.nextafter(shares[-1], 0.0)
     return shares
@@ -194,9 +200,7 @@ class DualSmoothing:
     def alphas(self, alpha: float):
         """(alpha_estimator, alpha_classifier), summing to at most alpha in floating point."""
         alpha_ve = alpha * self.estimator_alpha_fraction
-        alpha_cls = alpha - alpha_ve
-        while alpha_ve + alpha_cls > alpha:
-            alpha_cls = math.nextafter(alpha_cls, 0.0)
+        alpha_ve, alpha_cls = _within(alpha, [alpha_ve, alpha - alpha_ve])
         return alpha_ve, alpha_cls
 
     def _check_estimator_width(self, x: torch.Tensor):

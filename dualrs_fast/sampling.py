@@ -138,8 +138,11 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     dim = x_flat.shape[1]
 
     # One segment per (draw, input): its samples occupy a contiguous range of rows.
-    per_input = torch.stack([torch.as_tensor(d.num_samples, dtype=torch.int64).expand(batch)
-                             for d in draws]).reshape(-1)
+    def per_segment(values):  # an int or one value per input, for each draw -> (draws * B,)
+        return torch.stack([torch.as_tensor(v, dtype=torch.int64).expand(batch)
+                            for v in values]).reshape(-1)
+
+    per_input = per_segment(d.num_samples for d in draws)
     seg_end = torch.cumsum(per_input, 0)
     total = int(seg_end[-1])
     if total == 0:  # nothing to draw: the model is never called
@@ -148,8 +151,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
         return torch.zeros((len(draws), batch, int(num_classes)), dtype=torch.int64,
                            device=device)
     seg_start = (seg_end - per_input).to(gen_device)
-    seg_first_j = torch.stack([torch.as_tensor(d.start, dtype=torch.int64).expand(batch)
-                               for d in draws]).reshape(-1).to(gen_device)
+    seg_first_j = per_segment(d.start for d in draws).to(gen_device)
     seg_stream = torch.tensor([int(d.stream) for d in draws]).repeat_interleave(batch)
     seg_stream = seg_stream.to(gen_device)
     seg_end = seg_end.to(gen_device)

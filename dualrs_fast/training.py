@@ -159,10 +159,10 @@ def evaluate_accuracy(
 
 def _expert_at(classifier, sigma: float):
     """A plain model x -> logits for one noise level: an expert, or a noise-conditioned
-    model with its sigma fixed."""
+    model with its sigma fixed (for training and for labelling)."""
     if isinstance(classifier, dict):
         return classifier[sigma]
-    return lambda x: classifier(x, torch.full((x.shape[0],), sigma, device=x.device))
+    return _SigmaFixed(classifier, sigma)
 
 
 def best_sigma_labels(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, n: int = 64,
@@ -258,13 +258,9 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
                 if labels is not None:
                     routed = labels == k
                     Xk, yk = torch.cat([X, X[routed]]), torch.cat([y, y[routed]])
-                if isinstance(classifier, dict):
-                    train_classifier(classifier[sigma], Xk, yk, sigma, epochs=classifier_epochs,
-                                     seed=seed + 97 * r + k, progress=progress, **train_kwargs)
-                else:
-                    conditioned = _SigmaFixed(classifier, sigma)
-                    train_classifier(conditioned, Xk, yk, sigma, epochs=classifier_epochs,
-                                     seed=seed + 97 * r + k, progress=progress, **train_kwargs)
+                train_classifier(_expert_at(classifier, sigma), Xk, yk, sigma,
+                                 epochs=classifier_epochs, seed=seed + 97 * r + k,
+                                 progress=progress, **train_kwargs)
         labels = best_sigma_labels(classifier, X, y, sigmas, n=label_samples, seed=seed + r,
                                    progress=progress, **(label_options or {}))
         train_classifier(estimator, X, labels, estimator_sigma, epochs=estimator_epochs,
@@ -273,7 +269,7 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
 
 
 class _SigmaFixed(nn.Module):
-    """A noise-conditioned model seen as a plain model at one sigma (for training)."""
+    """A noise-conditioned model seen as a plain model at one sigma."""
 
     def __init__(self, model, sigma: float):
         super().__init__()

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.bounds import clopper_pearson_lower
+from dualrs_fast.bounds import certified_radius
 from dualrs_fast.data import load_default_split
 from dualrs_fast.dual import DualSmoothing, checkpoint_alphas
 from dualrs_fast.models import DEFAULT_ESTIMATOR_ARCH, load_default_classifier, load_default_dual
@@ -127,8 +127,8 @@ def markdown_table(rows, n0, n):
 def estimator_radius_cap(estimator_sigma, n, alpha_ve, rounds=1):
     """The largest R_ve the estimator can certify: all n estimation samples agreeing, bound at
     the last checkpoint's share of alpha_ve (dual.checkpoint_alphas; all of it when plain)."""
-    p = float(clopper_pearson_lower(n, n, checkpoint_alphas(alpha_ve, rounds)[-1]))
-    return estimator_sigma * float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+    radius, _ = certified_radius(n, n, checkpoint_alphas(alpha_ve, rounds)[-1], estimator_sigma)
+    return float(radius)
 
 
 def main(argv=None) -> int:
