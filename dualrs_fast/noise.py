@@ -4,17 +4,19 @@ The noise is specified in ``dualrs_fast.kernels`` (counter-based Philox4x32-10 +
 so every backend draws the same noise for the same (seed, input id, stream, sample index),
 up to float rounding in log/sin/cos:
 
-- ``numba``  -- CPU, fused kernel (``kernels/noise_numba.py``) with the C library's logf /
-  sincosf; the CPU default: ~270M normals/s on 2 cores, ~9x the torch backend
-  (``bench/RESULTS.md``).
-- ``numba-simd`` -- CPU, opt-in: the same kernel with vectorised float32 log / sin / cos
-  (``kernels/noise_numba_simd.py``), ~1.4G normals/s; within 2 ulps of the libm values, so
-  its noise differs from ``numba``'s in the last bits (~10% of elements).
+- ``numba-simd`` -- CPU, fused kernel (``kernels/noise_numba_simd.py``) with vectorised
+  float32 log / sin / cos (FMA polynomials); the CPU default where the CPU has AVX2 and FMA:
+  ~1.5G normals/s on 2 cores here, ~50x the torch backend (``bench/RESULTS.md``). Within
+  2 ulps of the libm values, so its noise differs from ``numba``'s in the last bits.
+- ``numba``  -- CPU, the same fused kernel with the C library's logf / sincosf (scalar,
+  ~270M normals/s); the CPU default on CPUs without AVX2 + FMA, where the polynomials would
+  not vectorise.
 - ``triton`` -- CUDA, fused kernel (``kernels/noise_triton.py``); the CUDA default when
   triton is installed. (On the CPU only under ``TRITON_INTERPRET=1``, for tests.)
 - ``torch``  -- any device, the plain-PyTorch reference (``kernels/philox_torch.py``); the
   fallback on other devices.
 """
+import functools
 import os
 from enum import IntEnum
 from typing import Optional
@@ -52,13 +54,25 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_avx2_fma() -> bool:
+    """Does this CPU vectorise numba-simd's float32 polynomials (AVX2 + FMA)?"""
+    try:
+        from llvmlite import binding
+        features = binding.get_host_cpu_features()
+    except Exception:  # llvmlite cannot tell: take the portable kernel
+        return False
+    return bool(features.get("avx2")) and bool(features.get("fma"))
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> numba on the CPU, triton on CUDA (torch without triton / elsewhere)."""
+    """'auto' -> numba-simd on the CPU (numba without AVX2 + FMA), triton on CUDA (torch
+    without triton / elsewhere)."""
     if backend not in BACKENDS:
         raise ValueError(f"noise backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if device.type == "cpu":
-            return "numba"
+            return "numba-simd" if cpu_has_avx2_fma() else "numba"
         return "triton" if device.type == "cuda" and triton_available(device) else "torch"
     if backend in ("numba", "numba-simd") and device.type != "cpu":
         raise ValueError(f"the {backend} noise backend runs on the CPU only")

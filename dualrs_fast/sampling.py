@@ -123,9 +123,9 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     channels_last: feed (B, C, H, W) batches in channels_last layout (default: on for 4-D
     inputs, including C = 1, where it only sets the strides that make convolutions take their
     faster NHWC path); the counts do not depend on it beyond float rounding in the model.
-    noise_backend / votes_backend: 'auto' (numba on the CPU, triton on CUDA) or a name from
-    ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba-simd', 5x faster noise
-    on the CPU, equal to 'numba' up to float rounding).
+    noise_backend / votes_backend: 'auto' (numba-simd / numba on the CPU, triton on CUDA) or a
+    name from ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba', the libm
+    kernel, equal to 'numba-simd' up to float rounding).
     """
     check_model_is_deterministic(model)
     batch = x.shape[0]

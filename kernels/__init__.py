@@ -14,8 +14,9 @@ size, on how inputs are packed into a batch, or on the device.
 One file per op, each beside its plain-PyTorch reference (which the tests compare against):
 
 - noise (x + sigma * noise for the rows of a packed batch, per-row input, sigma and counter):
-  ``philox_torch.py`` (reference), ``noise_numba.py`` (CPU default), ``noise_numba_simd.py``
-  (CPU, opt-in, vectorised log/sin/cos), ``noise_triton.py`` (CUDA)
+  ``philox_torch.py`` (reference), ``noise_numba_simd.py`` (CPU default: vectorised
+  log/sin/cos), ``noise_numba.py`` (CPU, the C library's log/sin/cos; the default without
+  AVX2 + FMA), ``noise_triton.py`` (CUDA)
 - votes (argmax + per-(draw, input) histogram + non-finite check):
   ``votes_torch.py`` (reference), ``votes_numba.py`` (CPU), ``votes_triton.py`` (CUDA)
 """

@@ -180,8 +180,16 @@ def test_numba_identity_dest_and_row_range_of_a_buffer():
 
 def test_noise_backend_resolution(monkeypatch):
     from dualrs_fast.noise import resolve_backend
+    from dualrs_fast import noise
     cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu) == "numba"
+    # auto takes the vectorised kernel only where its polynomials vectorise (AVX2 + FMA)
+    for has_simd, expected in ((True, "numba-simd"), (False, "numba")):
+        monkeypatch.setattr(noise, "cpu_has_avx2_fma", lambda: has_simd)
+        assert resolve_backend("auto", cpu) == expected
+    monkeypatch.undo()
+    assert noise.cpu_has_avx2_fma() in (True, False)
+    assert resolve_backend("numba", cpu) == "numba"
+    assert resolve_backend("numba-simd", cpu) == "numba-simd"
     assert resolve_backend("torch", cpu) == "torch"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="triton"):
