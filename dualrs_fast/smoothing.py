@@ -59,14 +59,22 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
                          p_lower=torch.from_numpy(p_lower.reshape(-1)))
 
 
-def _refuse_unused_for_dual(**options):
-    """DualSmoothing picks sigma per input and runs its own models: engine options meant for a
-    plain model would be silently ignored (e.g. a num_classes check), so refuse them."""
+def _as_dual(model, num_classes, channels_last, compile, noise_backend):
+    """``model`` if it is a DualSmoothing (then certify / predict forward to its own method),
+    else None. DualSmoothing picks sigma per input and runs its own models: engine options
+    meant for a plain model would be silently ignored (e.g. a num_classes check), so they are
+    refused."""
+    from .dual import DualSmoothing
+    if not isinstance(model, DualSmoothing):
+        return None
+    options = dict(num_classes=num_classes, channels_last=channels_last, compile=compile,
+                   noise_backend=noise_backend)
     defaults = dict(num_classes=None, channels_last=None, compile=False, noise_backend="auto")
     unused = sorted(k for k, v in options.items() if v != defaults[k])
     if unused:
         raise TypeError(f"{', '.join(unused)} cannot be used with a DualSmoothing model "
                         "(it chooses sigma per input and runs its own models)")
+    return model
 
 
 def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
@@ -80,12 +88,10 @@ def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float 
     bound on g's l2 robustness radius at x. ``model`` may also be a DualSmoothing (then
     ``sigma`` is ignored and num_classes / channels_last / compile / noise_backend refused).
     """
-    from .dual import DualSmoothing
-    if isinstance(model, DualSmoothing):
-        _refuse_unused_for_dual(num_classes=num_classes, channels_last=channels_last,
-                                compile=compile, noise_backend=noise_backend)
-        return model.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-                             ids=ids, progress=progress)
+    dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
+    if dual is not None:
+        return dual.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                            ids=ids, progress=progress)
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
     n0, n = check_positive_int("n0", n0), check_positive_int("n", n)
@@ -113,12 +119,10 @@ def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_
             ) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
     (returns ABSTAIN when unsure). -> LongTensor (B,)."""
-    from .dual import DualSmoothing
-    if isinstance(model, DualSmoothing):
-        _refuse_unused_for_dual(num_classes=num_classes, channels_last=channels_last,
-                                compile=compile, noise_backend=noise_backend)
-        return model.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
-                             progress=progress)
+    dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
+    if dual is not None:
+        return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
+                            progress=progress)
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
     n, alpha = check_positive_int("n", n), check_alpha(alpha)
