@@ -264,6 +264,7 @@ def build_smoother(args, dataset):
     from . import models
     from .dual import DualSmoothing, check_sigmas
     from .loading import check_model_on, fingerprint, load_model
+    from .training import estimator_arch
 
     device = _device(args)
     classes = int(dataset.y.max()) + 1
@@ -301,9 +302,8 @@ def build_smoother(args, dataset):
             raise ValueError(f"the embedded Dual RS estimator is smoothed at sigma "
                              f"{dual.estimator_sigma:g}; pass --estimator PATH for another "
                              "--estimator-sigma")
-        arch = (getattr(dual.estimator, "meta", None) or {}).get("arch", "")
-        where = (f"embedded Dual RS: {arch} estimator at sigma {dual.estimator_sigma:g}, "
-                 f"experts at {' '.join(f'{s:g}' for s in dual.sigmas)}")
+        where = (f"embedded Dual RS: {estimator_arch(dual.estimator)} estimator at sigma "
+                 f"{dual.estimator_sigma:g}, experts at {' '.join(f'{s:g}' for s in dual.sigmas)}")
     else:
         estimator = load_model(args.estimator, args.estimator_arch, {}, device,
                                arch_option="--estimator-arch")

