@@ -63,7 +63,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "(num_classes is read from the state_dict)")
     g.add_argument("--sigma", type=_positive_float,
                    help=SIGMA_HELP + ". Default: the sigma recorded in the checkpoint, or 0.25 "
-                        "for the embedded model (embedded: 0.25, 0.5, 1.0)")
+                        "for the embedded model (embedded: 0.25, 0.5, 1.0). Not with --dual")
     d = p.add_argument_group("Dual RS")
     d.add_argument("--dual", action="store_true",
                    help="Dual randomized smoothing: a smoothed estimator picks each input's sigma "
@@ -76,14 +76,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "1.0)")
     d.add_argument("--estimator", metavar="PATH",
                    help="the variance estimator: a model with one logit per --sigmas level "
-                        "(same formats as --model; `dualrs train --estimator` writes one). "
+                        "(same formats as --model, but a state_dict needs --estimator-arch and "
+                        "that architecture's default constructor arguments; `dualrs train "
+                        "--estimator` writes a checkpoint). "
                         "Without --model, the experts are the embedded classifiers. Default: "
                         "the embedded estimator (a TinyMLP, models.load_default_dual(); the "
                         "embedded SmallCNN one is dualrs_fast/weights/estimator_small_cnn.pt)")
     d.add_argument("--estimator-arch", help="architecture of an estimator state_dict")
     d.add_argument("--estimator-sigma", type=_positive_float,
                    help="noise level the estimator is smoothed with (default: the one recorded "
-                        "in the --estimator checkpoint, else 0.25)")
+                        "in the --estimator checkpoint, else 0.25; the embedded estimator's own "
+                        "cannot be changed)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -175,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "certified radius >= r) against r for one or more certification logs, and "
                     "print it at a few radii.")
     pl.add_argument("logs", nargs="+", metavar="LOG")
-    pl.add_argument("--out", default="certified_accuracy.png", help="PNG file")
+    pl.add_argument("--out", default="certified_accuracy.png",
+                    help="PNG file (default certified_accuracy.png)")
     pl.add_argument("--labels", nargs="+", help="legend entries (default: sigma from each "
                                                 "log's recorded arguments, else its file name)")
     pl.add_argument("--max-radius", type=_positive_float, help="right end of the radius axis")
@@ -184,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="radii of the printed table (comma-separated)")
 
     t = commands.add_parser(
-        "train", formatter_class=_Formatter, help="train a classifier with Gaussian noise",
+        "train", formatter_class=_Formatter,
+        help="train a classifier with Gaussian noise (or a Dual RS estimator)",
         description="Train a base classifier with Gaussian noise augmentation (Cohen et al.) "
                     "and save a checkpoint that `dualrs certify --model` reads (it records "
                     "sigma).\n\n"
@@ -196,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "per level (--label-rule; dualrs_fast.training.train_estimator).\nThe "
                     "checkpoint records the sigmas and estimator sigma, so `dualrs certify "
                     "--dual\n--estimator OUT` needs no more options.")
-    t.add_argument("--arch", default="small_cnn", help="tiny_mlp, small_cnn (default), resnet20")
+    t.add_argument("--arch", default="small_cnn",
+                   help="tiny_mlp, small_cnn (default), resnet20; with --estimator, the "
+                        "estimator's (the embedded default estimator is a tiny_mlp: pass --arch "
+                        "tiny_mlp to reproduce it)")
     t.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
                    help="constructor arguments (num_classes and input shape are taken from "
                         "the data unless given)")
@@ -204,9 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="mnist5k-train",
                    help="mnist5k-train (default: 4000 images), mnist5k or a .pt/.npz file")
     t.add_argument("--max", type=int, metavar="M", help="train on the first M inputs only")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--epochs", type=int, default=20, help="(default 20)")
+    t.add_argument("--batch", type=int, default=64, help="training batch size (default 64)")
+    t.add_argument("--lr", type=float, default=2e-3,
+                   help="Adam learning rate, cosine-decayed to 0 (default 0.002)")
     t.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and noise")
     t.add_argument("--out", required=True, help="checkpoint file to write")
     t.add_argument("--quiet", action="store_true")
@@ -218,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--estimator-sigma", type=_positive_float, default=0.5,
                    help="noise level of the estimator's training and smoothing (default 0.5)")
     e.add_argument("--model", nargs="+", metavar="PATH",
-                   help="the experts, one checkpoint per --sigmas level (default: the embedded "
+                   help="the experts, one per --sigmas level: dualrs_fast checkpoints or "
+                        "TorchScript files, not plain state_dicts (default: the embedded "
                         "classifiers at those sigmas)")
     e.add_argument("--label-samples", type=int, default=64,
                    help="noisy samples per input and level for the labels (default 64)")
@@ -234,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num", type=int, default=10, help="number of test images (default 10)")
     demo.add_argument("--sigma", type=float, default=0.25,
                       help=SIGMA_HELP + "; embedded: 0.25, 0.5, 1.0 (default 0.25)")
-    demo.add_argument("--n", type=int, default=10_000, help="estimation samples per input")
+    demo.add_argument("--n", type=int, default=10_000,
+                      help="estimation samples per input, for the classifier and for the Dual "
+                           "RS estimator alike (default 10000)")
     demo.add_argument("--alpha", type=float, default=0.001, help=ALPHA_HELP)
     return parser
 
@@ -269,9 +281,10 @@ def build_smoother(args, dataset):
     device = _device(args)
     classes = int(dataset.y.max()) + 1
     if not args.dual:
-        if args.estimator or args.sigmas or getattr(args, "n_estimator", None) \
-                or getattr(args, "n0_estimator", None):
-            raise ValueError("--estimator, --sigmas, --n-estimator and --n0-estimator need --dual")
+        if args.estimator or args.sigmas or args.estimator_arch or args.estimator_sigma \
+                or getattr(args, "n_estimator", None) or getattr(args, "n0_estimator", None):
+            raise ValueError("--estimator, --estimator-arch, --estimator-sigma, --sigmas, "
+                             "--n-estimator and --n0-estimator need --dual")
         if args.model:
             if len(args.model) != 1:
                 raise ValueError("give one --model (several models are experts for --dual)")
@@ -290,6 +303,9 @@ def build_smoother(args, dataset):
         check_model_on(model, dataset.x, None, min_outputs=classes)
         return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
 
+    if args.sigma:
+        raise ValueError("--sigma does not apply to --dual: the estimator picks each input's "
+                         "sigma among --sigmas (--estimator-sigma is the estimator's own)")
     if args.estimator is None and args.model:
         raise ValueError("--dual with --model needs --estimator")
     if args.estimator is None:
@@ -306,7 +322,7 @@ def build_smoother(args, dataset):
                  f"{dual.estimator_sigma:g}, experts at {' '.join(f'{s:g}' for s in dual.sigmas)}")
     else:
         estimator = load_model(args.estimator, args.estimator_arch, {}, device,
-                               arch_option="--estimator-arch")
+                               arch_option="--estimator-arch", kwargs_option=None)
         meta = getattr(estimator, "meta", None) or {}
         sigmas = check_sigmas(args.sigmas or meta.get("sigmas") or (0.25, 0.5, 1.0))
         estimator_sigma = args.estimator_sigma or meta.get("estimator_sigma") or 0.25
@@ -318,7 +334,9 @@ def build_smoother(args, dataset):
         else:
             experts = [models.load_default_classifier(s, map_location=device) for s in sigmas]
         dual = DualSmoothing(estimator, dict(zip(sigmas, experts)), sigmas=sigmas,
-                             estimator_sigma=estimator_sigma)
+                             estimator_sigma=estimator_sigma,  # alpha split as recorded, as in
+                             estimator_alpha_fraction=float(  # models.load_default_dual
+                                 meta.get("estimator_alpha_fraction", 0.5)))
         where = f"estimator {args.estimator}, experts " + (
             " ".join(args.model) if args.model else "embedded")
     check_model_on(dual.estimator, dataset.x, len(dual.sigmas), what="estimator")
@@ -385,8 +403,10 @@ def _check_run_args(args) -> None:
     for name in ("n", "batch", "chunk", "procs", "skip") + (("n0",) if hasattr(args, "n0") else ()):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max is not None and args.max < 1:
-        raise ValueError(f"--max must be >= 1, got {args.max}")
+    for name in ("max", "n0_estimator", "n_estimator"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha (failure probability) must be in (0, 1), got {args.alpha}")
     if args.procs > 1 and not args.out:
@@ -460,13 +480,14 @@ def run_train_estimator(args) -> int:
     sigmas = check_sigmas(args.sigmas or (0.25, 0.5, 1.0))
     if args.label_samples < 1 or args.epochs < 0:
         raise ValueError("need --label-samples >= 1 and --epochs >= 0")
-    data = load_dataset(args.dataset)
+    data = load_dataset(args.dataset, range_option=None)
     x, y = (data.x, data.y) if args.max is None else (data.x[:args.max], data.y[:args.max])
     if args.model:
         if len(args.model) != len(sigmas):
             raise ValueError(f"--estimator needs one --model per --sigmas level ({len(sigmas)}), "
                              f"got {len(args.model)}")
-        experts = dict(zip(sigmas, (load_model(path, None, {}, "cpu") for path in args.model)))
+        experts = dict(zip(sigmas, (load_model(path, None, {}, "cpu", arch_option=None)
+                                    for path in args.model)))
         names = list(args.model)
     else:
         experts, names = committed_experts(sigmas)
@@ -506,7 +527,7 @@ def run_train(args) -> int:
         raise ValueError("--sigmas and --model are options of --estimator training")
     if args.sigma < 0:
         raise ValueError(f"--sigma must be >= 0, got {args.sigma}")
-    data = load_dataset(args.dataset)
+    data = load_dataset(args.dataset, range_option=None)
     x, y = (data.x, data.y) if args.max is None else (data.x[:args.max], data.y[:args.max])
     torch.manual_seed(args.seed)
     kwargs = _train_kwargs(args.arch, x, int(data.y.max()) + 1, args.arch_kwargs)

@@ -31,6 +31,10 @@ from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit
 
 @dataclass
 class DualCertifyResult(CertifyResult):
+    """CertifyResult fields for Dual RS: radius = min(R_ve, R_cls) (0 where abstained); alpha
+    is the total (split by ``DualSmoothing.alphas``); sigma is the chosen level's noise (NaN
+    where the estimator's abstention decides, see the module docstring); count, p_lower and n
+    are the classifier's (count and p_lower 0 where it was not run)."""
     radius_estimator: torch.Tensor = None   # (B,) R_ve, 0 where the estimator abstained
     radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where the classifier abstained or was not run
     level: torch.Tensor = None              # (B,) index into sigmas chosen by the estimator, -1 if it abstained
@@ -303,7 +307,7 @@ class DualSmoothing:
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
                 seed: Optional[int] = 0, *, ids=None, progress: bool = False) -> torch.Tensor:
         """PREDICT for Dual RS: the estimator's level (binomial test at alpha_ve), then the
-        classifier at that level (alpha_cls); ABSTAIN if either abstains."""
+        classifier at that level (alpha_cls), n samples each; ABSTAIN if either abstains."""
         xb, _ = as_input_batch(x)
         batch = xb.shape[0]
         n = check_positive_int("n", n)

@@ -54,10 +54,17 @@ def _classes_from_state_dict(state: dict) -> Optional[int]:
 
 
 def _from_state_dict(path: Path, state: dict, arch: Optional[str], arch_kwargs: dict,
-                     arch_option: str):
+                     arch_option: Optional[str], kwargs_option: Optional[str]):
+    if arch is None and arch_option is None:
+        raise LoadError(f"{path} holds a plain state_dict, which cannot be loaded here (no option "
+                        "names its architecture): save the model with models.save_checkpoint or "
+                        "as TorchScript")
     if arch is None:
         raise LoadError(f"{path} holds a plain state_dict: name its architecture with {arch_option} "
                         f"({', '.join(sorted(models.MODEL_REGISTRY))})")
+    given = (f"pass the constructor arguments as {kwargs_option} JSON" if kwargs_option else
+             "only num_classes is read from the weights here: save the model with "
+             "models.save_checkpoint, which records its constructor arguments, or as TorchScript")
     state = _strip_prefix(state, "module.")  # saved from DataParallel / DDP
     kwargs = dict(arch_kwargs)
     if "num_classes" not in kwargs and _classes_from_state_dict(state) is not None:
@@ -65,21 +72,25 @@ def _from_state_dict(path: Path, state: dict, arch: Optional[str], arch_kwargs: 
     try:
         model = models.build_model(arch, **kwargs)
     except TypeError as exc:
-        raise LoadError(f"--arch-kwargs {kwargs} do not fit {arch}: {exc}") from None
+        raise LoadError(f"{kwargs_option or 'constructor arguments'} {kwargs} do not fit "
+                        f"{arch}: {exc}") from None
     except ValueError as exc:
         raise LoadError(str(exc)) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise LoadError(f"{path}: the state_dict does not match {arch} with arguments {kwargs} "
-                        f"(pass the constructor arguments as --arch-kwargs JSON):\n{exc}") from None
+                        f"({given}):\n{exc}") from None
     return model
 
 
 def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = None,
-               device="cpu", arch_option: str = "--arch") -> torch.nn.Module:
+               device="cpu", arch_option: Optional[str] = "--arch",
+               kwargs_option: Optional[str] = "--arch-kwargs") -> torch.nn.Module:
     """A model in eval mode from a project checkpoint, a state_dict (needs ``arch``) or a
-    TorchScript file. ``arch_option`` names the flag that sets ``arch`` in messages."""
+    TorchScript file. ``arch_option`` / ``kwargs_option`` name the flags that set ``arch`` /
+    ``arch_kwargs`` in messages; None where the caller has no such flag (then a state_dict
+    without ``arch`` is refused with advice to save a checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise LoadError(f"model file not found: {path}")
@@ -110,7 +121,8 @@ def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = N
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # e.g. {"epoch", "arch", "state_dict", "optimizer"} training snapshots
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return _from_state_dict(path, obj, arch, arch_kwargs or {}, arch_option).to(device).eval()
+        return _from_state_dict(path, obj, arch, arch_kwargs or {}, arch_option,
+                                kwargs_option).to(device).eval()
     found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
     raise LoadError(f"{path}: expected a dualrs_fast checkpoint, a state_dict or TorchScript; "
                     f"found {found}")
@@ -198,9 +210,12 @@ def _read_dataset_file(path: Path):
     raise LoadError(f"{path}: a .pt dataset must be {{'x': images, 'y': labels}} or (x, y)")
 
 
-def load_dataset(spec: str = "mnist5k", check_range: bool = True) -> Dataset:
+def load_dataset(spec: str = "mnist5k", check_range: bool = True,
+                 range_option: Optional[str] = "--any-range") -> Dataset:
     """``mnist5k`` (the 1000 held-out test images of the embedded split), ``mnist5k-train``,
-    or a path to a .pt / .npz file with ``x`` (N, ...) in [0, 1] and ``y`` (N,)."""
+    or a path to a .pt / .npz file with ``x`` (N, ...) in [0, 1] and ``y`` (N,).
+    ``range_option``: the flag that turns ``check_range`` off, named in its error (None: the
+    caller has none)."""
     from . import data
     if spec in DATASETS:
         x_train, y_train, x_test, y_test = data.load_default_split()
@@ -223,9 +238,11 @@ def load_dataset(spec: str = "mnist5k", check_range: bool = True) -> Dataset:
     if not torch.isfinite(x).all():
         raise LoadError(f"{path}: x contains NaN or inf")
     if check_range and (x.min() < 0 or x.max() > 1):
+        advice = (f"rescale, or pass {range_option} if your model's input scale is different"
+                  if range_option else "rescale them to [0, 1]")
         raise LoadError(f"{path}: pixels span [{float(x.min()):g}, {float(x.max()):g}] but sigma "
                         "is defined on [0, 1] images (normalisation belongs inside the model); "
-                        "rescale, or pass --any-range if your model's input scale is different")
+                        + advice)
     if (y < 0).any():
         raise LoadError(f"{path}: labels must be >= 0")
     return Dataset(str(path), x.float().contiguous(), y.long().contiguous())

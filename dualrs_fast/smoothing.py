@@ -83,10 +83,20 @@ def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float 
             progress: bool = False) -> CertifyResult:
     """Certify the smoothed classifier g(x) = argmax_c P(model(x + N(0, sigma^2 I)) = c).
 
-    x: one input (C,H,W) or a batch (B,C,H,W) in the model's input (pixel) scale; sigma is in
-    that scale. With probability >= 1 - alpha (per input) the returned radius is a lower
-    bound on g's l2 robustness radius at x. ``model`` may also be a DualSmoothing (then
-    ``sigma`` is ignored and num_classes / channels_last / compile / noise_backend refused).
+    x: one input (C,H,W) / (D,) or a batch (B,C,H,W) / (B,D) in the model's input (pixel)
+    scale; sigma is in that scale. With probability >= 1 - alpha (per input) the returned
+    radius is a lower bound on g's l2 robustness radius at x. ``model`` may also be a
+    DualSmoothing (then ``sigma`` is ignored and num_classes / channels_last / compile /
+    noise_backend refused; its own options, e.g. estimator_rounds, need ``model.certify``).
+
+    seed: noise seed (None: a fresh one from torch's global RNG). ids: per-input noise keys
+    (default 0..B-1; pass dataset indices so a certificate does not depend on which inputs
+    share the call). batch_size: noisy samples per forward pass (memory; the noise does not
+    depend on it). num_classes: check the model's output width. channels_last: default on for
+    (B, C, H, W) inputs. compile: opt-in torch.compile (the last batch is padded to a static
+    shape). noise_backend: 'auto' (CPU: 'numba-simd' where the CPU has AVX2 + FMA, else
+    'numba'; CUDA: 'triton' if installed; else 'torch'), or one of those names; backends agree
+    up to float rounding. progress: tqdm bar.
     """
     dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
@@ -118,7 +128,8 @@ def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_
             compile: bool = False, noise_backend: str = "auto", progress: bool = False
             ) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
-    (returns ABSTAIN when unsure). -> LongTensor (B,)."""
+    (returns ABSTAIN when unsure). -> LongTensor (B,). Options as for ``certify``; ``model``
+    may be a DualSmoothing (``sigma`` then ignored)."""
     dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
         return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,

@@ -1,4 +1,5 @@
-"""Training base classifiers with Gaussian noise augmentation (Cohen et al. 2019).
+"""Training base classifiers with Gaussian noise augmentation (Cohen et al. 2019), and Dual
+RS variance estimators against them (``train_dual``, ``train_estimator``).
 
 Every training example is perturbed as ``x + sigma * eps`` with
 ``eps ~ N(0, I)`` in pixel space (no clamping, exactly the distribution the
@@ -247,10 +248,11 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
     ``classifier_epochs`` epochs (0 keeps pretrained ones); an expert trains on all inputs
     plus, from the second round on, a second copy of the inputs the estimator's labels route
     to it, so it specialises without forgetting; a noise-conditioned model trains at each
-    sigma in turn. (2) label each input with the sigma of largest estimated radius
-    (``best_sigma_labels``). (3) train the estimator on those labels with noise at
-    ``estimator_sigma``. Returns (classifier, estimator, labels of the last round).
-    ``label_options``: keyword arguments for ``best_sigma_labels`` (e.g. its grid rule).
+    sigma in turn. (2) label each input with a level (``best_sigma_labels``: by default the
+    sigma of largest estimated radius; ``label_options`` are its keyword arguments, e.g. its
+    grid rule from ``grid_label_options``). (3) train the estimator on those labels with noise
+    at ``estimator_sigma``. Returns (classifier, estimator, labels of the last round).
+    ``train_kwargs`` go to ``train_classifier`` (e.g. batch_size, lr).
     """
     sigmas = [float(s) for s in sigmas]
     labels = None

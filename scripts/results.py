@@ -2,7 +2,7 @@
 """The committed results table (results/RESULTS.md): certified accuracy of standard RS at each
 single sigma and of Dual RS on held-out MNIST-5k test images, same models, same n.
 
-    make results            # = .venv/bin/python -P scripts/results.py  (~10 minutes on 2 cores)
+    make results            # = .venv/bin/python -P scripts/results.py  (~9 minutes on 2 cores)
     python scripts/results.py --n-test 20 --out /tmp/r.md   # quick check
 
 Rows: standard RS with the committed classifier at sigma 0.25, 0.5 and 1.0

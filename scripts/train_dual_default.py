@@ -4,9 +4,10 @@
 The estimator (one logit per noise level; ``--arch tiny_mlp``: a TinyMLP, one hidden layer of
 256, or ``--arch small_cnn``: the classifiers' SmallCNN) learns, with Gaussian noise at
 ``estimator_sigma``, which of the committed classifiers (``models.load_default_classifier``
-at 0.25, 0.5, 1.0; kept fixed: ``classifier_epochs=0``) certifies each training input with
-the largest radius (``training.best_sigma_labels``, a Monte Carlo pass of ``label_samples``
-noisy samples per input and level). Everything goes through ``training.train_estimator``
+at 0.25, 0.5, 1.0; kept fixed: ``classifier_epochs=0``) certifies each training input best
+(``training.best_sigma_labels``, a Monte Carlo pass of ``label_samples`` noisy samples per
+input and level; by default its grid rule, see below, else ``--label-rule radius``: the
+largest estimated radius). Everything goes through ``training.train_estimator``
 (``training.train_dual`` plus the checkpoint metadata; ``dualrs train --estimator`` calls it
 too) on the default MNIST-5k training split (4000 images); the test split is never touched. Writes
 ``dualrs_fast/weights/estimator_<arch>.pt``; ``models.load_default_dual()`` reads the
