@@ -27,7 +27,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -P -m dualrs_fast demo
 
-# results/RESULTS.md: standard RS at each sigma vs Dual RS on held-out images (~10 min on 2 cores).
+# results/RESULTS.md: standard RS at each sigma vs Dual RS on held-out images (~9 min on 2 cores).
 results: $(STAMP)
 	$(PY) -P scripts/results.py
 

@@ -303,7 +303,7 @@ def build_smoother(args, dataset):
         check_model_on(model, dataset.x, None, min_outputs=classes)
         return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
 
-    if args.sigma:
+    if args.sigma is not None:
         raise ValueError("--sigma does not apply to --dual: the estimator picks each input's "
                          "sigma among --sigmas (--estimator-sigma is the estimator's own)")
     if args.estimator is None and args.model:

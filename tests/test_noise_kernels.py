@@ -209,7 +209,8 @@ def test_torch_and_numba_backends_give_the_same_certificates():
     assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
 
 
-# --- the opt-in vectorised kernel (noise_backend="numba-simd"): the same noise up to rounding
+# --- the vectorised kernel (noise_backend="numba-simd", the CPU default with AVX2 + FMA): the
+# same noise as the libm kernel up to rounding
 
 from dualrs_fast.kernels import noise_numba_simd  # noqa: E402
 
