@@ -6,7 +6,7 @@ up to float rounding in log/sin/cos:
 
 - ``numba-simd`` -- CPU, fused kernel (``kernels/noise_numba_simd.py``) with vectorised
   float32 log / sin / cos (FMA polynomials); the CPU default where the CPU has AVX2 and FMA:
-  ~1.5G normals/s on 2 cores here, ~50x the torch backend (``bench/RESULTS.md``). Within
+  ~2.1G normals/s on 2 AVX-512 cores here, ~70x the torch backend (``bench/RESULTS.md``). Within
   2 ulps of the libm values, so its noise differs from ``numba``'s in the last bits.
 - ``numba``  -- CPU, the same fused kernel with the C library's logf / sincosf (scalar,
   ~270M normals/s); the CPU default on CPUs without AVX2 + FMA, where the polynomials would

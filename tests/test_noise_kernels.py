@@ -285,6 +285,50 @@ def test_simd_kernel_thread_count_invariant():
     assert torch.equal(one, many)
 
 
+@numba.njit
+def _marked():
+    noise_numba_simd._allow_512_bit_vectors()
+    return 0
+
+
+def test_simd_kernel_asks_llvm_for_512_bit_vectors():
+    _marked()
+    ir = next(iter(_marked.inspect_llvm().values()))
+    assert '"prefer-vector-width"="512"' in ir
+
+
+@numba.njit
+def _simd_rows_at_default_width(x, sigma, ids, k0, k1, row_input, row_stream, row_j, out):
+    """The simd kernel's row loop without the 512-bit attribute (LLVM's default width)."""
+    n_blocks = (x.shape[1] + 3) // 4
+    bits = np.empty((4, n_blocks), np.uint32)
+    z = np.empty(4 * n_blocks, np.float32)
+    for r in range(out.shape[0]):
+        i = row_input[r]
+        noise_numba_simd._philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
+                                     np.uint32(row_stream[r]), k0, k1)
+        noise_numba_simd._box_muller_row(bits, n_blocks, z)
+        for e in range(x.shape[1]):
+            out[r, e] = x[i, e] + sigma[i] * z[e]
+
+
+@pytest.mark.parametrize("dim", [1, 7, 33, 784, 3072])
+def test_simd_noise_does_not_depend_on_vector_width(dim):
+    # element-wise IEEE ops and FMAs: 512-bit and default-width code give the same bits
+    g = torch.Generator().manual_seed(dim)
+    x = torch.rand(4, dim, generator=g)
+    sigma, ids = torch.tensor([0.1, 0.25, 0.5, 1.0]), torch.tensor([0, 5, 2**32 - 1, 9])
+    ri, rs = torch.randint(0, 4, (97,), generator=g), torch.randint(0, 6, (97,), generator=g)
+    rj = torch.randint(0, 2**32, (97,), generator=g)
+    seed = 0xFEEDFACE12345678
+    got = _rows_with(noise_numba_simd.noisy_rows_into, x, sigma, ids, seed, ri, rs, rj)
+    want = torch.empty_like(got)
+    k0, k1 = philox_torch.split_seed(seed)
+    _simd_rows_at_default_width(x.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0),
+                                np.uint32(k1), ri.numpy(), rs.numpy(), rj.numpy(), want.numpy())
+    assert torch.equal(got, want)
+
+
 def test_simd_backend_in_certify():
     import dualrs_fast as drs
     from analytic import LinearBinary
