@@ -57,11 +57,18 @@ def triton_available(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_avx2_fma() -> bool:
-    """Does this CPU vectorise numba-simd's float32 polynomials (AVX2 + FMA)?"""
+    """Will numba-simd's float32 polynomials vectorise (AVX2 + FMA) in the code numba
+    generates? The host CPU's features, or those numba was told to target with
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (e.g. ``generic`` for portable caches)."""
     try:
+        import numba
         from llvmlite import binding
-        features = binding.get_host_cpu_features()
-    except Exception:  # llvmlite cannot tell: take the portable kernel
+        if numba.config.CPU_NAME not in (None, "host"):
+            features = {f[1:]: f[0] == "+" for f in (numba.config.CPU_FEATURES or "").split(",")
+                        if f[:1] in "+-" and len(f) > 1}
+        else:
+            features = binding.get_host_cpu_features()
+    except Exception:  # cannot tell: take the portable kernel
         return False
     return bool(features.get("avx2")) and bool(features.get("fma"))
 

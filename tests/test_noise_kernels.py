@@ -198,6 +198,25 @@ def test_noise_backend_resolution(monkeypatch):
         resolve_backend("cuda-magic", cpu)
 
 
+@pytest.mark.parametrize("cpu,features,expected", [
+    ("generic", None, False), ("haswell", "+avx,+avx2,+fma", True),
+    ("sandybridge", "+avx,-avx2,-fma", False), (None, None, None)])
+def test_simd_default_follows_numbas_target_cpu(monkeypatch, cpu, features, expected):
+    # a portable numba target (NUMBA_CPU_NAME=generic) would not vectorise numba-simd
+    from llvmlite import binding
+    from dualrs_fast import noise
+    monkeypatch.setattr(numba.config, "CPU_NAME", cpu)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    noise.cpu_has_avx2_fma.cache_clear()
+    try:
+        if expected is None:  # numba targets this host
+            host = binding.get_host_cpu_features()
+            expected = bool(host.get("avx2")) and bool(host.get("fma"))
+        assert noise.cpu_has_avx2_fma() is expected
+    finally:
+        noise.cpu_has_avx2_fma.cache_clear()
+
+
 def test_torch_and_numba_backends_give_the_same_certificates():
     import dualrs_fast as drs
     from analytic import LinearBinary
