@@ -12,6 +12,11 @@ class LinearBinary(torch.nn.Module):
         self.w = torch.nn.Parameter(w.reshape(-1).clone(), requires_grad=False)
         self.b = float(b)
 
+    @classmethod
+    def random(cls, dim: int, seed: int, b: float = 0.0) -> "LinearBinary":
+        """A hyperplane with N(0, I) normal drawn from a fresh generator seeded ``seed``."""
+        return cls(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), b=b)
+
     def forward(self, x):
         z = x.reshape(x.shape[0], -1) @ self.w.to(x.dtype) + self.b
         return torch.stack([-z, z], dim=1)

@@ -4,8 +4,6 @@ classifier forms (experts, noise-conditioned model, denoiser), the one-shot diff
 denoiser, input validation, batch-size / id invariance, drs.certify/predict dispatch, and
 the estimator's training labels (train_dual, best_sigma_labels)."""
 import functools
-import inspect
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 
 import dualrs_fast as drs
 from dualrs_fast.denoising import OneShotDiffusionDenoiser
+from dualrs_fast.dual import estimator_schedule
 from dualrs_fast.training import best_sigma_labels, train_dual
 
 from analytic import LinearBinary
@@ -23,20 +22,16 @@ D = 16                                   # flat inputs (B, D) for the analytic c
 SIGMAS = (0.25, 0.5)
 ESTIMATOR_SIGMA = 0.25
 
-HAS_ROUNDS = "estimator_rounds" in inspect.signature(drs.DualSmoothing.certify).parameters
-needs_rounds = pytest.mark.skipif(not HAS_ROUNDS, reason="DualSmoothing.certify has no "
-                                  "estimator_rounds (sequential estimator) yet")
-# The estimator's plain procedure (all n_estimator samples, one bound) where selectable.
-PLAIN = {"estimator_rounds": 1} if HAS_ROUNDS else {}
-ROUNDS = [pytest.param({}, id="default"),
-          pytest.param({"estimator_rounds": 1}, id="rounds1", marks=needs_rounds)]
+# The estimator's plain procedure (all n_estimator samples, one bound) and the default
+# sequential one.
+PLAIN = {"estimator_rounds": 1}
+ROUNDS = [pytest.param({}, id="default"), pytest.param(PLAIN, id="rounds1")]
 
 
 # ---- helpers ---------------------------------------------------------------------------------
 
 def _hyperplane(seed, b=0.0, dim=D):
-    g = torch.Generator().manual_seed(seed)
-    return LinearBinary(torch.randn(dim, generator=g), b=b)
+    return LinearBinary.random(dim, seed, b=b)
 
 
 def _experts(sigmas=SIGMAS):
@@ -220,10 +215,9 @@ def test_dual_certificates_are_sound(rounds):
     component = _component_failures(case, r.level.numpy(), r.radius_estimator.double().numpy(),
                                      r.prediction.numpy(), r.radius_classifier.double().numpy())
     assert component <= _failure_slack()
-    if HAS_ROUNDS:
-        assert ((r.estimator_samples >= 1) & (r.estimator_samples <= SOUND_n)).all()
-        if rounds.get("estimator_rounds") == 1:
-            assert (r.estimator_samples == SOUND_n).all()
+    assert ((r.estimator_samples >= 1) & (r.estimator_samples <= SOUND_n)).all()
+    if rounds.get("estimator_rounds") == 1:
+        assert (r.estimator_samples == SOUND_n).all()
 
 
 def test_soundness_checks_have_power():
@@ -236,7 +230,7 @@ def test_soundness_checks_have_power():
                                  2 * r.radius.double().numpy())
     assert doubled > slack
     level = r.level.numpy()
-    samples = r.estimator_samples.numpy() if HAS_ROUNDS else SOUND_n
+    samples = r.estimator_samples.numpy()
     r_ve = _radius_scipy(r.count_estimator.numpy(), samples, SOUND_ALPHA, ESTIMATOR_SIGMA)
     level = np.where(r_ve > 0, level, drs.ABSTAIN)
     sigma = np.asarray(SIGMAS)[np.maximum(level, 0)]
@@ -252,12 +246,6 @@ def test_soundness_checks_have_power():
     split = _component_failures(case, r.level.numpy(), r.radius_estimator.double().numpy(),
                                 r.prediction.numpy(), r.radius_classifier.double().numpy())
     assert split < unsplit
-
-
-def _checkpoint_index(samples, n, rounds):
-    """Index of a sample count in the sequential estimator's checkpoints n / 4^j."""
-    schedule = sorted({max(1, math.ceil(n / 4 ** (rounds - 1 - k))) for k in range(rounds)})
-    return schedule.index(samples)
 
 
 # ---- 2. alpha bookkeeping against scipy ------------------------------------------------------
@@ -279,16 +267,16 @@ def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
     r = dual.certify(x, n0=20, n=n, alpha=alpha, seed=4, n0_estimator=10, n_estimator=n_ve,
                      **rounds)
     assert r.alpha == alpha and r.n == n and r.n_estimator == n_ve
-    alpha_ve, samples = fraction * alpha, n_ve
-    if HAS_ROUNDS:
-        samples = r.estimator_samples.numpy()
-        # checkpoint k of K bounds at alpha_ve * 2^k / (2^K - 1) (K from the result: not
-        # every checkpoint need be reached)
-        k = np.array([_checkpoint_index(int(v), n_ve, r.estimator_rounds) for v in samples])
-        alpha_ve = alpha_ve * 2.0 ** k / (2.0 ** r.estimator_rounds - 1)
-        assert np.all((samples >= 1) & (samples <= n_ve))
-        if rounds:
-            assert r.estimator_rounds == 1 and np.all(samples == n_ve)
+    samples = r.estimator_samples.numpy()
+    # checkpoint k of K bounds at f alpha * 2^k / (2^K - 1) (K from the result: not every
+    # checkpoint need be reached; the checkpoints themselves are tested in
+    # test_dual_sequential.py)
+    schedule = estimator_schedule(n_ve, r.estimator_rounds)
+    k = np.array([schedule.index(int(v)) for v in samples])
+    alpha_ve = fraction * alpha * 2.0 ** k / (2.0 ** r.estimator_rounds - 1)
+    assert np.all((samples >= 1) & (samples <= n_ve))
+    if rounds:
+        assert r.estimator_rounds == 1 and np.all(samples == n_ve)
     c_ve = r.count_estimator.numpy()
     assert np.all((c_ve >= 0) & (c_ve <= samples)) and np.all(r.count.numpy() <= n)
     expected_ve = _radius_scipy(c_ve, samples, alpha_ve, ESTIMATOR_SIGMA)
@@ -358,7 +346,6 @@ def test_estimator_abstention_gives_no_certificate(rounds):
     assert (r.radius[6:] > 0).all() and not torch.isnan(r.sigma[6:]).any()
 
 
-@needs_rounds
 def test_classifier_is_not_run_when_the_plain_estimator_abstains():
     # estimator_rounds=1: the estimator's verdict is final before the classifier runs, so
     # abstained inputs never reach an expert (only the two far inputs' rows do).
@@ -375,9 +362,7 @@ def test_classifier_is_not_run_when_the_plain_estimator_abstains():
         assert torch.all((seen[:, 0] - x[6 + k, 0]).abs() < 10 * SIGMAS[k])
 
 
-@pytest.mark.parametrize("rounds", [
-    pytest.param({}, id="default"),
-    pytest.param({"estimator_rounds": 1}, id="rounds1", marks=needs_rounds)])
+@pytest.mark.parametrize("rounds", ROUNDS)
 def test_level_and_sigma_are_reported_where_only_the_classifier_abstains(rounds):
     # Far from the estimator's boundary its level is certain; the experts vote 50/50 (on
     # their own boundary), so the classifier abstains: ABSTAIN, radius 0, but level and

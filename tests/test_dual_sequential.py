@@ -19,8 +19,7 @@ ESTIMATOR_SIGMA = 0.5
 
 
 def _linear(seed, b=0.0):
-    g = torch.Generator().manual_seed(seed)
-    return LinearBinary(torch.randn(int(np.prod(SHAPE)), generator=g), b=b)
+    return LinearBinary.random(int(np.prod(SHAPE)), seed, b=b)
 
 
 def _dual(estimator, experts=None):
