@@ -310,16 +310,16 @@ def build_smoother(args, dataset):
         raise ValueError("--dual with --model needs --estimator")
     if args.estimator is None:
         dual = _default_dual(device)
+        levels = " ".join(f"{s:g}" for s in dual.sigmas)
         if args.sigmas and tuple(args.sigmas) != tuple(dual.sigmas):
-            raise ValueError(f"the embedded Dual RS estimator chooses among sigmas "
-                             f"{' '.join(f'{s:g}' for s in dual.sigmas)}; pass --estimator "
-                             "PATH for other --sigmas")
+            raise ValueError(f"the embedded Dual RS estimator chooses among sigmas {levels}; "
+                             "pass --estimator PATH for other --sigmas")
         if args.estimator_sigma and args.estimator_sigma != dual.estimator_sigma:
             raise ValueError(f"the embedded Dual RS estimator is smoothed at sigma "
                              f"{dual.estimator_sigma:g}; pass --estimator PATH for another "
                              "--estimator-sigma")
         where = (f"embedded Dual RS: {estimator_arch(dual.estimator)} estimator at sigma "
-                 f"{dual.estimator_sigma:g}, experts at {' '.join(f'{s:g}' for s in dual.sigmas)}")
+                 f"{dual.estimator_sigma:g}, experts at {levels}")
     else:
         estimator = load_model(args.estimator, args.estimator_arch, {}, device,
                                arch_option="--estimator-arch", kwargs_option=None)

@@ -34,9 +34,10 @@ from dualrs_fast.bounds import certified_radius
 from dualrs_fast.data import load_default_split
 from dualrs_fast.dual import DualSmoothing, checkpoint_alphas
 from dualrs_fast.models import DEFAULT_ESTIMATOR_ARCH, load_default_classifier, load_default_dual
+from dualrs_fast.training import REPORTED_RADII
 
 ROOT = Path(__file__).resolve().parents[1]
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+RADII = REPORTED_RADII
 N_TEST, N0, N, ALPHA, SEED, BATCH, CHUNK = 500, 100, 2000, 0.001, 0, 1000, 50
 TIMING_REPEATS = 3
 ESTIMATORS = (("small_cnn", "SmallCNN"), ("tiny_mlp", "TinyMLP"))  # (arch, name in the table)
@@ -149,10 +150,7 @@ def main(argv=None) -> int:
     print(f"{args.n_test} test inputs, n0={args.n0}, n={args.n}, alpha={args.alpha}; radii "
           f"{RADII}", flush=True)
     duals = {arch: load_default_dual(estimator=arch) for arch, _ in ESTIMATORS}
-    rounds_param = inspect.signature(DualSmoothing.certify).parameters.get("estimator_rounds")
-    if rounds_param is None:
-        raise SystemExit("DualSmoothing.certify has no estimator_rounds (plain vs sequential)")
-    seq_rounds = rounds_param.default
+    seq_rounds = inspect.signature(DualSmoothing.certify).parameters["estimator_rounds"].default
     # warm-up (numba kernels compile once per process) so no row pays for it
     drs.certify(load_default_classifier(0.25), x[:2], 0.25, n0=10, n=10, alpha=0.01)
     for dual in duals.values():

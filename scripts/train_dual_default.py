@@ -72,7 +72,8 @@ from pathlib import Path
 import torch
 
 from dualrs_fast.data import load_default_split
-from dualrs_fast.training import committed_experts, default_split_data, train_estimator
+from dualrs_fast.training import (REPORTED_RADII, committed_experts, default_split_data,
+                                  train_estimator)
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 
@@ -93,7 +94,7 @@ CERT_ALPHA = 0.001
 # --validate: the validation protocol of the docstring (fit on the first VAL_FIT training images,
 # certify the next VAL_SIZE with n0=VAL_N0, n=CERT_N, alpha=CERT_ALPHA).
 VAL_FIT, VAL_SIZE, VAL_N0 = 3500, 300, 100
-VAL_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+VAL_RADII = REPORTED_RADII
 
 
 def validate(estimator, experts, sigmas, estimator_sigma, X_val, y_val, first_id):
