@@ -5,9 +5,11 @@
     r.prediction, r.radius, r.count
 """
 from .bounds import BACKEND as BOUNDS_BACKEND
+from .cascade import CascadeCertifyResult, CascadeSmoothing
 from .dual import DualCertifyResult, DualSmoothing
 from .smoothing import ABSTAIN, CertifyResult, certify, predict
 
 __version__ = "0.1.0"
-__all__ = ["ABSTAIN", "BOUNDS_BACKEND", "CertifyResult", "DualCertifyResult", "DualSmoothing",
-           "certify", "predict", "__version__"]
+__all__ = ["ABSTAIN", "BOUNDS_BACKEND", "CascadeCertifyResult", "CascadeSmoothing",
+           "CertifyResult", "DualCertifyResult", "DualSmoothing", "certify", "predict",
+           "__version__"]

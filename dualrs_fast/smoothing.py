@@ -60,20 +60,21 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
 
 
 def _as_dual(model, num_classes, channels_last, compile, noise_backend):
-    """``model`` if it is a DualSmoothing (then certify / predict forward to its own method),
-    else None. DualSmoothing picks sigma per input and runs its own models: engine options
-    meant for a plain model would be silently ignored (e.g. a num_classes check), so they are
-    refused."""
+    """``model`` if it is a DualSmoothing or CascadeSmoothing (then certify / predict forward
+    to its own method), else None. Both pick sigma per input and run their own models: engine
+    options meant for a plain model would be silently ignored (e.g. a num_classes check), so
+    they are refused."""
+    from .cascade import CascadeSmoothing
     from .dual import DualSmoothing
-    if not isinstance(model, DualSmoothing):
+    if not isinstance(model, (DualSmoothing, CascadeSmoothing)):
         return None
     options = dict(num_classes=num_classes, channels_last=channels_last, compile=compile,
                    noise_backend=noise_backend)
     defaults = dict(num_classes=None, channels_last=None, compile=False, noise_backend="auto")
     unused = sorted(k for k, v in options.items() if v != defaults[k])
     if unused:
-        raise TypeError(f"{', '.join(unused)} cannot be used with a DualSmoothing model "
-                        "(it chooses sigma per input and runs its own models)")
+        raise TypeError(f"{', '.join(unused)} cannot be used with a {type(model).__name__} "
+                        "model (it chooses sigma per input and runs its own models)")
     return model
 
 
@@ -86,8 +87,9 @@ def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float 
     x: one input (C,H,W) / (D,) or a batch (B,C,H,W) / (B,D) in the model's input (pixel)
     scale; sigma is in that scale. With probability >= 1 - alpha (per input) the returned
     radius is a lower bound on g's l2 robustness radius at x. ``model`` may also be a
-    DualSmoothing (then ``sigma`` is ignored and num_classes / channels_last / compile /
-    noise_backend refused; its own options, e.g. estimator_rounds, need ``model.certify``).
+    DualSmoothing or CascadeSmoothing (then ``sigma`` is ignored and num_classes /
+    channels_last / compile / noise_backend refused; its own options, e.g. estimator_rounds,
+    need ``model.certify``).
 
     seed: noise seed (None: a fresh one from torch's global RNG). ids: per-input noise keys
     (default 0..B-1; pass dataset indices so a certificate does not depend on which inputs
@@ -129,7 +131,7 @@ def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_
             ) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
     (returns ABSTAIN when unsure). -> LongTensor (B,). Options as for ``certify``; ``model``
-    may be a DualSmoothing (``sigma`` then ignored)."""
+    may be a DualSmoothing or CascadeSmoothing (``sigma`` then ignored)."""
     dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
         return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,

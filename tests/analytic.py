@@ -34,3 +34,16 @@ def inputs_at_distances(model: LinearBinary, distances, shape, seed=0):
     d0 = model.signed_distance(base)
     flat = base.reshape(len(distances), -1) + (torch.as_tensor(distances, dtype=torch.float64) - d0)[:, None] * unit
     return flat.reshape(base.shape).float()
+
+
+def inputs_at_distances_to(models, distances, dim, seed=0):
+    """float32 inputs (N, dim) whose signed distances to the hyperplanes of ``models`` are
+    ``distances`` (N, len(models)) (up to float32 rounding; the hyperplanes must be
+    linearly independent)."""
+    distances = torch.as_tensor(distances, dtype=torch.float64)
+    base = torch.rand(distances.shape[0], dim, generator=torch.Generator().manual_seed(seed),
+                      dtype=torch.float64)
+    normals = torch.stack([m.w.double() / m.w.double().norm() for m in models])
+    now = torch.stack([m.signed_distance(base) for m in models], 1)
+    coef = torch.linalg.solve(normals @ normals.T, (distances - now).T).T
+    return (base + coef @ normals).float()
