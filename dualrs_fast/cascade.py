@@ -21,12 +21,14 @@ u_i then no class of level i reaches p0 on the ball of radius sigma_i (Phi^-1(p0
 Phi^-1(u_i)): within min(R_j, cap) no level above j is confident and level j is confident
 with A, so G = A there. (2) For each level j the statements "p^j_A(x) >= p_lower_j" (A from
 selection samples independent of the estimation samples) and "p^j_c(x) <= CP upper of c's
-votes at alpha_up_j / K for all c" fail with probability <= alpha_low_j and <= K alpha_up_j / K
-(Bonferroni over classes). They are defined for every level whether or not an input gets
+votes at alpha_up_j / K for all c" fail with probability <= alpha_low_j and <= alpha_up_j
+(Bonferroni over the K classes). They are defined for every level whether or not an input gets
 there, so by a union bound all of them hold at once with probability >= 1 - sum of the
 shares >= 1 - alpha (``alpha_shares``: exact rational sum <= alpha); no independence between
 levels is needed (they reuse the same noise streams, scaled by each sigma). (3) On that
-event every returned certificate is true by (1); abstaining is always sound.
+event every returned certificate is true by (1); abstaining is always sound. Floating point
+only ever shrinks a certificate: CP bounds are rounded outward (bounds.py), sigma Phi^-1 terms
+moved 8 ulps the safe way, differences and the float32 radius rounded down.
 
 alpha: alpha / L per level; the smallest level (tried last) needs no upper bound and spends
 its whole share on its lower bound; every other level splits its share in halves between
