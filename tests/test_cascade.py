@@ -60,10 +60,11 @@ def _cascade_class(d, t):
     return np.where(np.abs(d[:, 1]) > t[1], (d[:, 1] > 0).astype(int), small)
 
 
-def _distance_to_polyhedron(x, rows, bounds):
-    """min |y - x| over {y: rows @ y <= bounds}. The nearest point is x's projection onto the
-    affine hull of one face, so every set of active constraints is tried."""
-    best = np.inf
+def _nearest_in_polyhedron(x, rows, bounds):
+    """(distance, point) of the point y nearest x with rows @ y <= bounds. It is x's
+    projection onto the affine hull of one face, so every set of active constraints is
+    tried."""
+    best = (np.inf, None)
     for k in range(len(rows) + 1):
         for active in map(list, itertools.combinations(range(len(rows)), k)):
             a = rows[active]
@@ -72,22 +73,24 @@ def _distance_to_polyhedron(x, rows, bounds):
             except np.linalg.LinAlgError:  # parallel constraints: not a face
                 continue
             if np.all(rows @ y <= bounds + 1e-9):
-                best = min(best, float(np.linalg.norm(y - x)))
+                best = min(best, (float(np.linalg.norm(y - x)), y), key=lambda b: b[0])
     return best
 
 
-def _true_radius(x, models, t, cls):
+def _true_radius(x, models, t, cls, nearest=False):
     """Exact l2 robustness radius of G at x, whose class is ``cls`` (0 or 1): distance to
     {large level confident with the other class} or {large level not confident and small
-    level not confident with cls}, as sets of y with d_k(y) = normal_k . y + offset_k."""
+    level not confident with cls}, as sets of y with d_k(y) = normal_k . y + offset_k.
+    nearest: return (radius, the nearest point of that set) instead."""
     normals = np.stack([m.w.double().numpy() / m.w.double().norm().item() for m in models])
     offsets = np.array([m.b / m.w.double().norm().item() for m in models])
     s = 1.0 if cls == 1 else -1.0
     other_confident = (s * normals[1:2], np.array([-t[1] - s * offsets[1]]))
     in_slab = (np.stack([normals[1], -normals[1], s * normals[0]]),
                np.array([t[1] - offsets[1], t[1] + offsets[1], t[0] - s * offsets[0]]))
-    return min(_distance_to_polyhedron(x, rows, bounds)
-               for rows, bounds in (other_confident, in_slab))
+    best = min((_nearest_in_polyhedron(x, rows, bounds)
+                for rows, bounds in (other_confident, in_slab)), key=lambda b: b[0])
+    return best if nearest else best[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,6 +131,30 @@ def _level_radius(r, sigmas, p0):
     return np.where(r.level.numpy() >= 0,
                     sigma * (scipy.stats.norm.ppf(r.p_lower.numpy()) - scipy.stats.norm.ppf(p0)),
                     0.0)
+
+
+def test_exact_radius_is_the_distance_to_a_class_change():
+    # The oracle itself: just past the nearest point G no longer gives G(x)'s class, and
+    # random perturbations shorter than the radius never change it.
+    case = _sound_case()
+    rng = np.random.default_rng(5)
+
+    def cascade_class(points):
+        y = torch.from_numpy(np.atleast_2d(points))
+        return _cascade_class(torch.stack([m.signed_distance(y) for m in case.models], 1)
+                              .numpy(), case.t)
+
+    xs = case.x.double().numpy()
+    decided = np.flatnonzero(case.truth != drs.ABSTAIN)[:60]
+    for i in decided:
+        radius, y = _true_radius(xs[i], case.models, case.t, case.truth[i], nearest=True)
+        assert radius > 0
+        past = y + 1e-6 * (y - xs[i]) / radius
+        assert cascade_class(past)[0] != case.truth[i]
+        step = rng.standard_normal((200, D))
+        step *= 0.999 * radius * rng.random((200, 1)) ** (1 / D) / np.linalg.norm(step, axis=1,
+                                                                                  keepdims=True)
+        assert np.all(cascade_class(xs[i] + step) == case.truth[i])
 
 
 def test_cascade_certificates_are_sound():
@@ -264,6 +291,18 @@ def test_alpha_shares_sum_to_at_most_alpha_exactly(alpha, levels, classes):
                                    rtol=1e-12)
     if levels == 1:
         assert shares == [(alpha, 0.0)]        # one level: all of alpha, as standard RS
+
+
+def test_alpha_shares_correct_the_float_sum():
+    # alpha / L / 2 / K summed K times can exceed alpha in exact arithmetic (e.g. alpha = 1/3,
+    # 2 levels, 10 classes): the shares are lowered until the exact sum fits.
+    from fractions import Fraction
+    alpha, levels, classes = 1 / 3, 2, 10
+    per = alpha / levels
+    naive = Fraction(per) + Fraction(per / 2) + classes * Fraction(per / 2 / classes)
+    assert naive > Fraction(alpha)
+    low, up = alpha_shares(alpha, levels, classes)[1]
+    assert low < per / 2 or up < per / 2 / classes
 
 
 def test_alpha_too_small_to_split_is_refused():
