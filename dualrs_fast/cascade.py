@@ -231,10 +231,10 @@ class CascadeSmoothing:
             cap[at[passed]] = np.minimum(cap[at[passed]], r_cap[passed])
             remaining = remaining[torch.from_numpy(passed)]
 
-        sigma = torch.tensor(self.sigmas, dtype=torch.float32)[level.clamp(min=0)]
+        level_sigma = torch.tensor(self.sigmas, dtype=torch.float32)[level.clamp(min=0)]
         return CascadeCertifyResult(
             prediction=prediction, radius=float32_rounded_down(radius), count=count, n=n,
-            alpha=alpha, sigma=torch.where(level >= 0, sigma, math.nan),
+            alpha=alpha, sigma=torch.where(level >= 0, level_sigma, math.nan),
             p_lower=torch.from_numpy(p_lower), level=level,
             radius_cap=float32_rounded_down(cap), samples=samples, p0=self.p0)
 
