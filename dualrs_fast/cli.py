@@ -80,8 +80,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "that architecture's default constructor arguments; `dualrs train "
                         "--estimator` writes a checkpoint). "
                         "Without --model, the experts are the embedded classifiers. Default: "
-                        "the embedded estimator (a TinyMLP, models.load_default_dual(); the "
-                        "embedded SmallCNN one is dualrs_fast/weights/estimator_small_cnn.pt)")
+                        "the embedded estimator (models.load_default_dual(): the sigma 1.0 "
+                        "classifier routing each digit class to a level, smoothed at 1.0)")
     d.add_argument("--estimator-arch", help="architecture of an estimator state_dict")
     d.add_argument("--estimator-sigma", type=_positive_float,
                    help="noise level the estimator is smoothed with (default: the one recorded "
@@ -196,15 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "With --estimator: train a Dual RS variance estimator instead (one logit "
                     "per --sigmas\nlevel, trained with noise at --estimator-sigma) against "
                     "fixed experts (--model, one\nper level; default: the embedded "
-                    "classifiers). Each training input is labelled with the\nlevel whose "
-                    "expert certifies it best, estimated from --label-samples noisy\nsamples "
-                    "per level (--label-rule; dualrs_fast.training.train_estimator).\nThe "
+                    "classifiers). Labels: each level's estimated certified radius at each\n"
+                    "training input (--label-samples noisy samples per level, planned for n = "
+                    "--label-n).\n--arch class_group (default with --estimator): route each "
+                    "class of the largest level's\nexpert to the level of largest mean radius; "
+                    "tiny_mlp / small_cnn: the paper's soft-label\nrecipe "
+                    "(dualrs_fast.training.train_estimator).\nThe "
                     "checkpoint records the sigmas and estimator sigma, so `dualrs certify "
                     "--dual\n--estimator OUT` needs no more options.")
-    t.add_argument("--arch", default="small_cnn",
+    t.add_argument("--arch", default=None,
                    help="tiny_mlp, small_cnn (default), resnet20; with --estimator, the "
-                        "estimator's (the embedded default estimator is a tiny_mlp: pass --arch "
-                        "tiny_mlp to reproduce it)")
+                        "estimator's: class_group (default, as the embedded estimator), "
+                        "tiny_mlp, small_cnn")
     t.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
                    help="constructor arguments (num_classes and input shape are taken from "
                         "the data unless given)")
@@ -224,21 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a variance estimator (see above) instead of a classifier")
     e.add_argument("--sigmas", type=_positive_float, nargs="+", metavar="S",
                    help="increasing noise levels to choose from (default 0.25 0.5 1.0)")
-    e.add_argument("--estimator-sigma", type=_positive_float, default=0.5,
-                   help="noise level of the estimator's training and smoothing (default 0.5)")
+    e.add_argument("--estimator-sigma", type=_positive_float, default=None,
+                   help="noise level of the estimator's training and smoothing (default: the "
+                        "largest of --sigmas)")
     e.add_argument("--model", nargs="+", metavar="PATH",
                    help="the experts, one per --sigmas level: dualrs_fast checkpoints or "
                         "TorchScript files, not plain state_dicts (default: the embedded "
                         "classifiers at those sigmas)")
-    e.add_argument("--label-samples", type=int, default=64,
-                   help="noisy samples per input and level for the labels (default 64)")
-    e.add_argument("--label-rule", choices=("grid", "radius"), default="grid",
-                   help="grid (default): the level whose expert reaches the most of the radii "
-                        "0 0.25 0.5 0.75 1 1.5 2 with a certificate of --label-n samples at "
-                        "alpha 0.001, capped at the radius the estimator can certify (ties: the "
-                        "smaller sigma); radius: the largest estimated radius")
+    e.add_argument("--label-samples", type=int, default=128,
+                   help="noisy samples per input and level for the labels (default 128)")
     e.add_argument("--label-n", type=int, default=2000,
-                   help="certification samples n the grid rule plans for (default 2000)")
+                   help="certification samples n the labels' radii are planned for, at alpha "
+                        "0.001 (default 2000)")
 
     demo = commands.add_parser("demo", help="certify a few embedded MNIST test images")
     demo.add_argument("--num", type=int, default=10, help="number of test images (default 10)")
@@ -494,20 +494,22 @@ def run_train_estimator(args) -> int:
     classes = int(data.y.max()) + 1
     for s, expert in experts.items():
         check_model_on(expert, x, None, f"expert for sigma {s:g}", classes)
-    if args.label_rule == "grid" and args.label_n < 1:
+    if args.label_n < 1:
         raise ValueError(f"--label-n must be >= 1, got {args.label_n}")
     if data.name == "mnist5k-train":
         described = default_split_data(int(x.shape[0]), int(data.x.shape[0]))
     else:
         described = f"{data.name}, {int(x.shape[0])} of {int(data.x.shape[0])} inputs"
+    arch = args.arch or "class_group"
+    arch_kwargs = (args.arch_kwargs if arch == "class_group"  # its base is the largest expert
+                   else _train_kwargs(arch, x, len(sigmas), args.arch_kwargs))
     _, _, meta = train_estimator(
-        experts, x, y, expert_names=names, data=described, arch=args.arch,
-        arch_kwargs=_train_kwargs(args.arch, x, len(sigmas), args.arch_kwargs),
+        experts, x, y, expert_names=names, data=described, arch=arch, arch_kwargs=arch_kwargs,
         estimator_sigma=args.estimator_sigma, epochs=args.epochs,
-        label_samples=args.label_samples, label_rule=args.label_rule, label_n=args.label_n,
+        label_samples=args.label_samples, label_n=args.label_n,
         seed=args.seed, batch_size=args.batch, lr=args.lr, progress=not args.quiet, out=args.out)
     if not args.quiet:
-        print(f"trained {args.arch} estimator at sigma={args.estimator_sigma:g} on {x.shape[0]} "
+        print(f"trained {arch} estimator at sigma={meta['estimator_sigma']:g} on {x.shape[0]} "
               f"inputs in {meta['train_time_s']:.1f} s; labels per sigma: "
               + ", ".join(f"{s:g}: {h}" for s, h in zip(sigmas, meta["label_histogram"])))
         print(f"saved {args.out} (certify with: dualrs certify --dual --estimator {args.out})")
@@ -523,6 +525,7 @@ def run_train(args) -> int:
 
     if args.estimator:
         return run_train_estimator(args)
+    args.arch = args.arch or "small_cnn"
     if args.sigmas or args.model:
         raise ValueError("--sigmas and --model are options of --estimator training")
     if args.sigma < 0:

@@ -14,6 +14,7 @@ the last round, which every input that does not stop early uses), so by a union 
 them hold at once with probability >= 1 - alpha_ve whatever the stopping rule.
 """
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Union
 
@@ -207,6 +208,26 @@ class DualSmoothing:
         alpha_ve, alpha_cls = _within(alpha, [alpha_ve, alpha - alpha_ve])
         return alpha_ve, alpha_cls
 
+    def estimator_reach(self, n_estimator: int, alpha_estimator: float) -> float:
+        """The largest R_ve the smoothed estimator can certify: estimator_sigma * Phi^-1 of the
+        Clopper-Pearson bound of n_estimator / n_estimator votes at alpha_estimator."""
+        return float(certified_radius(n_estimator, n_estimator, alpha_estimator,
+                                      self.estimator_sigma)[0])
+
+    def _warn_if_estimator_caps(self, n_ve: int, alpha_ve: float, n: int, alpha_cls: float):
+        """Every radius is min(R_ve, R_cls): an estimator_sigma whose largest R_ve is below
+        what the largest level's expert can certify silently cuts that expert's reach."""
+        reach_ve = self.estimator_reach(n_ve, alpha_ve)
+        reach_cls = float(certified_radius(n, n, alpha_cls, self.sigmas[-1])[0])
+        if reach_ve < reach_cls:
+            needed = self.estimator_sigma * reach_cls / reach_ve
+            warnings.warn(
+                f"estimator_sigma={self.estimator_sigma:g} caps every Dual RS radius at "
+                f"{reach_ve:.3f} (n_estimator={n_ve}), below the {reach_cls:.3f} the "
+                f"sigma={self.sigmas[-1]:g} expert can certify at n={n} (short by "
+                f"{reach_cls - reach_ve:.3f}); an estimator_sigma >= {needed:.3g} removes the cap",
+                stacklevel=3)
+
     def _check_estimator_width(self, x: torch.Tensor):
         with torch.inference_mode():
             out = self.estimator(x[:1].to(model_device(self.estimator, x.device)))
@@ -262,6 +283,8 @@ class DualSmoothing:
         seed, ids = check_seed(seed), check_ids(ids, batch)
         batch_size = check_positive_int("batch_size", batch_size)
         self._check_estimator_width(xb)
+        self._warn_if_estimator_caps(n_ve, checkpoint_alphas(alpha_ve, len(schedule))[-1], n,
+                                     alpha_cls)
         ve = _SequentialEstimate(self, xb, ids, seed, batch_size, schedule, alpha_ve, progress)
         ve.start(n0_ve)
 

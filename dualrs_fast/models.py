@@ -30,6 +30,7 @@ __all__ = [
     "TinyMLP",
     "SmallCNN",
     "ResNet20",
+    "ClassGroupEstimator",
     "MODEL_REGISTRY",
     "build_model",
     "save_checkpoint",
@@ -229,10 +230,52 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
+class ClassGroupEstimator(nn.Module):
+    """A Dual RS variance estimator that routes by class: a base classifier (the largest
+    noise level's expert, trained under that noise) and a fixed map ``groups[c]`` = the level
+    class ``c`` goes to. Level logits are log of the class probabilities summed per level, so
+    its vote on a noisy sample is (up to ties) the level of the base classifier's predicted class.
+
+    Why: an estimator's R_ve is bounded by the distance to its own routing boundary. This
+    router's boundary between levels is a class boundary of a classifier trained at the
+    estimator's noise, so its smoothed votes are as concentrated as that classifier's and
+    R_ve is about as large as the 1.0 expert's own radius; routers that split inputs by
+    confidence put their boundary next to the input (``scripts/train_dual_default.py``
+    measures both).
+    """
+
+    def __init__(self, base_arch: str = "small_cnn", base_kwargs: Mapping[str, Any] | None = None,
+                 groups: Sequence[int] = (), num_levels: int = 1):
+        super().__init__()
+        if base_arch == "class_group":
+            raise ValueError("base_arch cannot be class_group itself")
+        base_kwargs = dict(base_kwargs or {})
+        self.base = build_model(base_arch, **base_kwargs)
+        groups = [int(g) for g in groups]
+        num_levels = int(num_levels)
+        classes = getattr(self.base, "config", {}).get("num_classes", len(groups))
+        if len(groups) != classes:
+            raise ValueError(f"groups needs one level per class of the base model ({classes}), "
+                             f"got {len(groups)}")
+        if num_levels < 1 or any(not 0 <= g < num_levels for g in groups):
+            raise ValueError(f"groups must be levels in 0..{num_levels - 1}, got {groups}")
+        self.config = dict(base_arch=base_arch, base_kwargs=base_kwargs, groups=groups,
+                           num_levels=num_levels)
+        self.register_buffer("membership", nn.functional.one_hot(
+            torch.tensor(groups, dtype=torch.int64), num_levels).float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.base(x), dim=1)
+        membership = self.membership.to(device=probs.device, dtype=probs.dtype)
+        # log of a level's probability mass; an empty level gets the smallest normal float
+        return (probs @ membership).clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "tiny_mlp": TinyMLP,
     "small_cnn": SmallCNN,
     "resnet20": ResNet20,
+    "class_group": ClassGroupEstimator,
 }
 
 
@@ -245,8 +288,18 @@ def _check_arch(name: str) -> type[nn.Module]:
         ) from None
 
 
+def registered_arch(model: nn.Module) -> str:
+    """The registry name of ``model``'s architecture (ValueError if it is not registered)."""
+    for name, cls in MODEL_REGISTRY.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered architecture "
+                     f"({', '.join(sorted(MODEL_REGISTRY))})")
+
+
 def build_model(name: str, **kw: Any) -> nn.Module:
-    """Instantiate a registered architecture: ``"tiny_mlp"``, ``"small_cnn"`` or ``"resnet20"``."""
+    """Instantiate a registered architecture: ``"tiny_mlp"``, ``"small_cnn"``, ``"resnet20"``
+    or ``"class_group"`` (a Dual RS estimator over a base classifier)."""
     return _check_arch(name)(**kw)
 
 
@@ -372,12 +425,12 @@ def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
 
 
 #: Architectures of the committed Dual RS variance estimators
-#: (``scripts/train_dual_default.py --arch ARCH`` reproduces each).
-ESTIMATOR_ARCHS: tuple[str, ...] = ("tiny_mlp", "small_cnn")
-#: The one :func:`load_default_estimator` and :func:`load_default_dual` use by default: the
-#: TinyMLP certifies within 0.01 of the SmallCNN at every radius on the validation split
-#: (``scripts/train_dual_default.py``) at ~1/6 of the cost per sample.
-DEFAULT_ESTIMATOR_ARCH = "tiny_mlp"
+#: (``scripts/train_dual_default.py`` reproduces them).
+ESTIMATOR_ARCHS: tuple[str, ...] = ("class_group",)
+#: The one :func:`load_default_estimator` and :func:`load_default_dual` use: a
+#: :class:`ClassGroupEstimator` over the committed sigma = 1.0 classifier, chosen on the
+#: validation split (``scripts/train_dual_default.py``).
+DEFAULT_ESTIMATOR_ARCH = "class_group"
 
 
 def estimator_weights_path(arch: str = DEFAULT_ESTIMATOR_ARCH) -> Path:
@@ -398,8 +451,8 @@ def load_default_estimator(map_location: str | torch.device = "cpu", *,
     ``model.meta["sigmas"]``, trained with noise at ``model.meta["estimator_sigma"]`` against
     the committed classifiers (eval mode; training metadata in ``model.meta``).
 
-    ``arch``: ``"tiny_mlp"`` (default: a one-hidden-layer MLP, ~6x cheaper per sample than
-    the classifiers) or ``"small_cnn"`` (the classifiers' architecture)."""
+    ``arch``: ``"class_group"`` (the default and only one: a :class:`ClassGroupEstimator`
+    over the committed sigma = 1.0 classifier, smoothed at sigma 1.0)."""
     path = estimator_weights_path(arch)
     if not path.is_file():
         raise FileNotFoundError(f"no committed Dual RS estimator at {path} "

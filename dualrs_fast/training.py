@@ -14,11 +14,14 @@ import platform
 import time
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["train_classifier", "evaluate_accuracy", "best_sigma_labels", "grid_label_options",
+__all__ = ["train_classifier", "evaluate_accuracy", "estimated_radii", "cached_estimated_radii",
+           "soft_level_targets", "level_balance_weights", "consistency_losses",
+           "train_soft_estimator", "route_inputs", "class_group_levels", "class_group_estimator",
            "train_dual", "train_estimator", "committed_experts", "default_split_data",
            "estimator_arch"]
 
@@ -169,108 +172,252 @@ def _expert_at(classifier, sigma: float):
     return _SigmaFixed(classifier, sigma)
 
 
-def best_sigma_labels(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, n: int = 64,
-                      seed: int = 0, batch_size: int = 1000, progress: bool = False, *,
-                      radii=None, p_max: float | None = None, max_radius: float | None = None,
-                      default_level: int | None = None, margin: int = 1) -> torch.Tensor:
-    """Index of the noise level with the largest estimated certified radius per input.
+#: The radii certified accuracy is reported at (results/RESULTS.md, validation).
+REPORTED_RADII = tuple(0.25 * k for k in range(11))  # 0, 0.25, ..., 2.5
 
-    A cheap Monte Carlo pass: p = fraction of ``n`` noisy samples classified correctly at
-    each sigma (clipped to 1 - 1/(2n)), radius estimate sigma * Phi^-1(p) where p > 1/2.
-    Inputs no level gets right go to the smallest sigma (the most accurate one).
-    ``classifier``: dict {sigma: expert} or a noise-conditioned model(x, sigma).
 
-    Grid rule (``radii`` given, e.g. the radii certified accuracy is reported at): p is
-    clipped at ``p_max`` instead (e.g. the Clopper-Pearson lower bound of n/n successes at
-    the certification budget: the largest p a certificate can use), the radius estimate is
-    capped at ``max_radius`` (e.g. the largest radius the smoothed estimator can certify,
-    estimator_sigma * Phi^-1(p_max)), and each level scores the number of ``radii`` its
-    estimate reaches. The label is ``default_level`` unless another level scores at least
-    ``margin`` more (then the best-scoring one, ties to the smaller sigma); without
-    ``default_level``, the best score, ties to the smaller sigma. Levels that are
-    indistinguishable on the grid thus get one consistent label, which the smoothed
-    estimator can certify with a larger radius.
-    """
+def estimated_radii(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, samples: int = 512, *,
+                    budget_n: int = 2000, budget_alpha: float = 0.0005, seed: int = 0,
+                    batch_size: int = 1000, progress: bool = False) -> torch.Tensor:
+    """Each level's certified radius at each input, as CERTIFY with ``budget_n`` samples at
+    ``budget_alpha`` (the classifier's share of alpha) would give it if the expert's
+    probability of the true class were its Monte Carlo estimate from ``samples`` noisy samples:
+    (levels, N) float64, 0 where the expert is wrong or would abstain. The estimated count is
+    rounded to the budget, so each level's radius saturates where a certificate of that
+    budget does (sigma * Phi^-1 of the Clopper-Pearson bound of budget_n/budget_n): at
+    n = 2000 the 1.0 expert can reach 2.67, the 0.5 expert 1.33. ``classifier``: dict
+    {sigma: expert} or a noise-conditioned model(x, sigma).
+
+    These are the soft labels' inputs (``soft_level_targets``). How many samples are enough
+    is measured in ``scripts/train_dual_default.py`` (docstring)."""
+    from .bounds import certified_radius
     from .noise import Stream
     from .sampling import Draw, count_votes
 
+    samples = int(samples)
     ids = torch.arange(X.shape[0])
-    radius = torch.full((len(sigmas), X.shape[0]), -math.inf, dtype=torch.float64)
+    radii = torch.zeros((len(sigmas), X.shape[0]), dtype=torch.float64)
     for k, sigma in enumerate(sigmas):
         counts = count_votes(_expert_at(classifier, sigma), X,
                              torch.full((X.shape[0],), float(sigma), dtype=torch.float64),
-                             [Draw(Stream.PREDICT, n)], seed=seed, ids=ids,
+                             [Draw(Stream.PREDICT, samples)], seed=seed, ids=ids,
                              batch_size=batch_size, progress=progress, desc=f"labels s={sigma:g}")
-        p = counts[0].gather(1, y.reshape(-1, 1).to(counts.device)).reshape(-1).double().cpu() / n
-        p = p.clamp(max=1 - 0.5 / n if p_max is None else float(p_max))
-        z = torch.special.ndtri(p)
-        radius[k] = torch.where(p > 0.5, sigma * z, torch.tensor(-math.inf, dtype=torch.float64))
-    if radii is None:
-        labels = radius.argmax(0)
-        labels[torch.isinf(radius.max(0).values)] = 0
-        return labels
-    if max_radius is not None:
-        radius = radius.clamp(max=float(max_radius))
-    score = sum((radius >= float(r)).long() for r in radii)  # (levels, N) grid radii reached
-    labels = score.argmax(0)  # first maximum: ties go to the smaller sigma
-    if default_level is not None:
-        gain = score.gather(0, labels.reshape(1, -1)).reshape(-1) - score[int(default_level)]
-        labels = torch.where(gain >= int(margin), labels, torch.full_like(labels, int(default_level)))
-    return labels
+        correct = counts[0].gather(1, y.reshape(-1, 1).to(counts.device)).reshape(-1).cpu()
+        at_budget = torch.round(correct.double() / samples * budget_n).long().numpy()
+        radius, abstain = certified_radius(at_budget, int(budget_n), float(budget_alpha),
+                                           float(sigma))
+        radius = torch.from_numpy(np.where(np.asarray(abstain), 0.0, np.asarray(radius)))
+        radii[k] = radius.reshape(-1).double()
+    return radii
 
 
-REPORTED_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+def soft_level_targets(radii: torch.Tensor, temperature: float = 1.0):
+    """The paper's soft labels: target over levels = softmax_j(R_j / temperature) of the
+    estimated radii (levels, N). Returns (targets (N, levels), keep (N,) bool): inputs with
+    radius 0 at every level carry no information about the best level and are dropped."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    keep = radii.max(0).values > 0
+    return torch.softmax(radii.T.float() / float(temperature), dim=1), keep
 
 
-def grid_label_options(estimator_sigma: float, n: int = 2000, alpha: float = 0.001,
-                       estimator_alpha_fraction: float = 0.5, radii=REPORTED_RADII) -> dict:
-    """``best_sigma_labels`` keyword arguments for its grid rule, planned for certificates with
-    ``n`` estimation samples at ``alpha`` (split as in DualSmoothing): p clipped at the
-    Clopper-Pearson lower bound of n/n successes at the classifier's alpha, radii capped at the
-    largest R_ve the estimator smoothed at ``estimator_sigma`` can certify."""
-    from .bounds import clopper_pearson_lower
+def level_balance_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per-level loss weights 1 / (the level's share of the soft labels), scaled to mean 1
+    (class balance: a rare level is not drowned by the common ones)."""
+    share = targets.mean(0).clamp_min(1e-6)
+    weights = 1.0 / share
+    return weights * (weights.numel() / weights.sum())
 
-    alpha_ve = alpha * estimator_alpha_fraction
-    p_max = float(clopper_pearson_lower(n, n, alpha - alpha_ve))
-    p_max_ve = float(clopper_pearson_lower(n, n, alpha_ve))
-    max_radius = float(estimator_sigma) * float(
-        torch.special.ndtri(torch.tensor(p_max_ve, dtype=torch.float64)))
-    return {"radii": [float(r) for r in radii], "p_max": p_max, "max_radius": max_radius}
+
+def consistency_losses(log_probs: torch.Tensor):
+    """(KL, entropy) of predictions on several noise draws of the same inputs, log_probs
+    (draws, N, levels): mean over draws of KL(mean prediction || draw's prediction), and the
+    entropy of the mean prediction (Jeong & Shin 2020's consistency regularisation, which the
+    Dual RS paper applies to its estimator: a smoothed estimator whose votes agree across
+    noise certifies a large R_ve)."""
+    mean = log_probs.exp().mean(0)
+    log_mean = mean.clamp_min(1e-12).log()
+    kl = (mean.unsqueeze(0) * (log_mean.unsqueeze(0) - log_probs)).sum(-1).mean()
+    entropy = -(mean * log_mean).sum(-1).mean()
+    return kl, entropy
+
+
+def train_soft_estimator(estimator: nn.Module, X: torch.Tensor, targets: torch.Tensor,
+                         estimator_sigma: float, epochs: int = 20, batch_size: int = 64,
+                         lr: float = 2e-3, consistency: float = 40.0, entropy: float = 0.5,
+                         balance: bool = True, draws: int = 2, seed: int = 0,
+                         progress: bool = True) -> nn.Module:
+    """Train the variance estimator on soft level targets (N, levels) with noise at
+    ``estimator_sigma``: per input ``draws`` noise draws, loss = soft cross-entropy (levels
+    weighted by ``level_balance_weights`` if ``balance``) on every draw + ``consistency`` *
+    KL to the mean prediction + ``entropy`` * entropy of the mean (``consistency_losses``).
+    Adam with a cosine schedule; deterministic given ``seed`` and the initial weights.
+    Returns the estimator in eval mode."""
+    if X.shape[0] != targets.shape[0]:
+        raise ValueError(f"X and targets have different lengths: {X.shape[0]} vs "
+                         f"{targets.shape[0]}")
+    if epochs < 0 or batch_size < 1 or draws < 1:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1, draws >= 1; got {epochs}, "
+                         f"{batch_size}, {draws}")
+    first = next(estimator.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    X, targets = X.to(device, torch.float32), targets.to(device, torch.float32)
+    weights = (level_balance_weights(targets) if balance
+               else torch.ones(targets.shape[1], device=device))
+    n = X.shape[0]
+    total_steps = max(1, epochs * math.ceil(n / batch_size))
+    opt = torch.optim.Adam(estimator.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    shuffle_gen = torch.Generator().manual_seed(int(seed))
+    noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
+
+    from tqdm.auto import tqdm  # lazy: keep module import light
+
+    bar = tqdm(range(epochs), desc=f"estimator sigma={estimator_sigma:g}", disable=not progress,
+               leave=False)
+    estimator.train()
+    for _ in bar:
+        perm = torch.randperm(n, generator=shuffle_gen).to(device)
+        loss_sum = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            xb, tb = X[idx], targets[idx]
+            noisy = xb.repeat((draws,) + (1,) * (xb.dim() - 1))
+            noisy = noisy + estimator_sigma * torch.randn(noisy.shape, generator=noise_gen,
+                                                          device=device)
+            log_probs = F.log_softmax(estimator(noisy), 1).reshape(draws, idx.numel(), -1)
+            cross_entropy = -(tb * weights * log_probs).sum(-1).mean()
+            kl, ent = consistency_losses(log_probs)
+            loss = cross_entropy + consistency * kl + entropy * ent
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * idx.numel()
+        bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+    return estimator.eval()
+
+
+def route_inputs(estimator: nn.Module, X: torch.Tensor, estimator_sigma: float, draws: int = 8,
+                 seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+    """The level each input goes to: argmax of the estimator's mean softmax over ``draws``
+    noise draws at ``estimator_sigma`` (a cheap stand-in for the smoothed estimator's vote,
+    used to pick the inputs an expert is fine-tuned on)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    levels = []
+    with torch.no_grad():
+        for start in range(0, X.shape[0], batch_size):
+            xb = X[start:start + batch_size].float()
+            probs = sum(torch.softmax(estimator(xb + estimator_sigma * torch.randn(
+                xb.shape, generator=gen)), 1) for _ in range(draws))
+            levels.append(probs.argmax(1))
+    return torch.cat(levels)
+
+
+def class_group_levels(radii: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[int]:
+    """Each class's level for a ``ClassGroupEstimator``: the level with the largest mean
+    estimated radius (``estimated_radii``, (levels, N)) over the inputs of that class (ties
+    to the smaller sigma; a class with no inputs goes to the smallest sigma)."""
+    levels = []
+    for c in range(int(num_classes)):
+        members = y == c
+        levels.append(int(radii[:, members].mean(1).argmax()) if members.any() else 0)
+    return levels
+
+
+def class_group_estimator(base: nn.Module, groups: Sequence[int], num_levels: int) -> nn.Module:
+    """A ``models.ClassGroupEstimator`` over a copy of ``base`` (a registered architecture,
+    usually the largest level's expert) routing class c to level ``groups[c]``."""
+    from .models import build_model, registered_arch
+
+    arch = registered_arch(base)
+    estimator = build_model("class_group", base_arch=arch, base_kwargs=base.config,
+                            groups=list(groups), num_levels=num_levels)
+    estimator.base.load_state_dict(base.state_dict())
+    return estimator.eval()
+
+
+def _radii_key(classifier, X, y, sigmas, samples, budget_n, budget_alpha, seed) -> dict:
+    """What the cached radii depend on: the experts' weights and the data by digest."""
+    import hashlib
+
+    def digest(tensors):
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    models = [_expert_at(classifier, s) for s in sigmas]
+    return {"sigmas": [float(s) for s in sigmas], "samples": int(samples),
+            "budget_n": int(budget_n), "budget_alpha": float(budget_alpha), "seed": int(seed),
+            "data": digest([X, y]),
+            "experts": [digest(m.state_dict().values()) for m in models]}
+
+
+def cached_estimated_radii(cache, classifier, X, y, sigmas, samples=512, *, budget_n=2000,
+                           budget_alpha=0.0005, seed=0, batch_size=1000, progress=False):
+    """``estimated_radii``, read from the file ``cache`` when it was computed for the same
+    experts (weights by digest), data, samples, budget and seed, else computed and written
+    there. ``cache=None`` always computes. The file is read with ``weights_only=True``."""
+    from pathlib import Path
+
+    key = _radii_key(classifier, X, y, sigmas, samples, budget_n, budget_alpha, seed)
+    if cache is not None and Path(cache).is_file():
+        stored = torch.load(cache, weights_only=True)
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored["radii"]
+    radii = estimated_radii(classifier, X, y, sigmas, samples, budget_n=budget_n,
+                            budget_alpha=budget_alpha, seed=seed, batch_size=batch_size,
+                            progress=progress)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "radii": radii}, cache)
+    return radii
 
 
 def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tensor, sigmas,
                estimator_sigma: float, rounds: int = 1, classifier_epochs: int = 0,
-               estimator_epochs: int = 20, label_samples: int = 64, seed: int = 0,
-               progress: bool = True, label_options: dict | None = None, **train_kwargs):
-    """Alternate the two halves of Dual RS for ``rounds`` rounds.
+               estimator_epochs: int = 20, label_samples: int = 512, budget_n: int = 2000,
+               budget_alpha: float = 0.0005, temperature: float = 1.0,
+               consistency: float = 40.0, entropy: float = 0.5, balance: bool = True,
+               classifier_lr: float = 2e-4, seed: int = 0, progress: bool = True,
+               radii_cache=None, batch_size: int = 64, lr: float = 2e-3):
+    """The paper's alternating optimisation of the two halves of Dual RS, ``rounds`` rounds.
 
-    Each round: (1) train the classifier(s) with Gaussian noise augmentation,
-    ``classifier_epochs`` epochs (0 keeps pretrained ones); an expert trains on all inputs
-    plus, from the second round on, a second copy of the inputs the estimator's labels route
-    to it, so it specialises without forgetting; a noise-conditioned model trains at each
-    sigma in turn. (2) label each input with a level (``best_sigma_labels``: by default the
-    sigma of largest estimated radius; ``label_options`` are its keyword arguments, e.g. its
-    grid rule from ``grid_label_options``). (3) train the estimator on those labels with noise
-    at ``estimator_sigma``. Returns (classifier, estimator, labels of the last round).
-    ``train_kwargs`` go to ``train_classifier`` (e.g. batch_size, lr).
-    """
+    Each round: (1) soft labels: each level's certified radius at each input
+    (``estimated_radii`` with ``label_samples`` samples, planned for certificates of
+    ``budget_n`` samples at ``budget_alpha``), softmax over levels at ``temperature``; inputs
+    with radius 0 at every level are dropped. (2) the estimator is trained on them with noise
+    at ``estimator_sigma`` (``train_soft_estimator``: class balance, consistency and entropy
+    terms). (3) except in the last round, with ``classifier_epochs`` > 0, each expert is
+    fine-tuned (lr ``classifier_lr``) on all inputs plus a second copy of the inputs the
+    estimator routes to it (``route_inputs``), so it specialises without forgetting; a
+    noise-conditioned model is fine-tuned at each sigma in turn. The last round's estimator
+    is thus trained against the final experts. ``radii_cache``: a file for the first round's
+    radii (``cached_estimated_radii``).
+
+    Returns (classifier, estimator, radii of the last round (levels, N))."""
     sigmas = [float(s) for s in sigmas]
-    labels = None
     for r in range(rounds):
-        if classifier_epochs > 0:
+        radii = cached_estimated_radii(radii_cache if r == 0 else None, classifier, X, y,
+                                       sigmas, label_samples, budget_n=budget_n,
+                                       budget_alpha=budget_alpha, seed=seed + r,
+                                       progress=progress)
+        targets, keep = soft_level_targets(radii, temperature)
+        train_soft_estimator(estimator, X[keep], targets[keep], estimator_sigma,
+                             epochs=estimator_epochs, batch_size=batch_size, lr=lr,
+                             consistency=consistency, entropy=entropy, balance=balance,
+                             seed=seed + 1000 + r, progress=progress)
+        if classifier_epochs > 0 and r < rounds - 1:
+            routes = route_inputs(estimator, X, estimator_sigma, seed=seed + 2000 + r)
             for k, sigma in enumerate(sigmas):
-                Xk, yk = X, y
-                if labels is not None:
-                    routed = labels == k
-                    Xk, yk = torch.cat([X, X[routed]]), torch.cat([y, y[routed]])
-                train_classifier(_expert_at(classifier, sigma), Xk, yk, sigma,
-                                 epochs=classifier_epochs, seed=seed + 97 * r + k,
-                                 progress=progress, **train_kwargs)
-        labels = best_sigma_labels(classifier, X, y, sigmas, n=label_samples, seed=seed + r,
-                                   progress=progress, **(label_options or {}))
-        train_classifier(estimator, X, labels, estimator_sigma, epochs=estimator_epochs,
-                         seed=seed + 1000 + r, progress=progress, **train_kwargs)
-    return classifier, estimator, labels
+                routed = routes == k
+                train_classifier(_expert_at(classifier, sigma), torch.cat([X, X[routed]]),
+                                 torch.cat([y, y[routed]]), sigma, epochs=classifier_epochs,
+                                 seed=seed + 97 * r + k, progress=progress,
+                                 batch_size=batch_size, lr=classifier_lr)
+    return classifier, estimator, radii
 
 
 def committed_experts(sigmas) -> tuple[dict, list]:
@@ -299,62 +446,94 @@ def estimator_arch(estimator) -> str:
 
 
 def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torch.Tensor, *,
-                    expert_names: Sequence[str], data: str, arch: str = "tiny_mlp",
-                    arch_kwargs: dict | None = None, estimator_sigma: float = 0.5,
-                    epochs: int = 20, label_samples: int = 64, label_rule: str = "grid",
-                    label_n: int = 2000, label_alpha: float = 0.001,
-                    estimator_alpha_fraction: float = 0.5, seed: int = 0, batch_size: int = 64,
-                    lr: float = 2e-3, progress: bool = True, out=None):
-    """Train a Dual RS variance estimator against fixed experts: the pipeline behind the
-    committed estimators (``scripts/train_dual_default.py``) and ``dualrs train --estimator``.
+                    expert_names: Sequence[str], data: str, arch: str = "class_group",
+                    arch_kwargs: dict | None = None, estimator_sigma: float | None = None,
+                    epochs: int = 20, label_samples: int = 512, label_n: int = 2000,
+                    label_alpha: float = 0.001, estimator_alpha_fraction: float = 0.5,
+                    temperature: float = 1.0, consistency: float = 40.0, entropy: float = 0.5,
+                    balance: bool = True, rounds: int = 1, classifier_epochs: int = 0,
+                    seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
+                    progress: bool = True, radii_cache=None, out=None):
+    """Build or train a Dual RS variance estimator against the experts: the pipeline behind
+    the committed estimator (``scripts/train_dual_default.py``) and ``dualrs train
+    --estimator``. Both kinds start from the paper's soft labels, each level's estimated
+    certified radius at each training input (``estimated_radii`` with ``label_samples``
+    samples per input and level, planned for certificates of ``label_n`` samples at
+    ``label_alpha``'s classifier share, cached in ``radii_cache``).
 
-    ``experts``: {sigma: model}, increasing sigmas, kept fixed (``train_dual`` with
-    ``rounds=1, classifier_epochs=0``). The estimator, ``models.build_model(arch,
-    **arch_kwargs)`` with one logit per sigma, is initialised after ``torch.manual_seed(seed)``
-    and trained ``epochs`` epochs with noise at ``estimator_sigma`` (Adam, cosine schedule) on
-    labels from ``best_sigma_labels`` with ``label_samples`` samples per input and level:
-    ``label_rule="grid"``: its grid rule planned for certificates of ``label_n`` samples at
-    ``label_alpha`` (``grid_label_options``), ``"radius"``: the largest estimated radius.
-    ``expert_names`` and ``data`` (e.g. ``default_split_data(len(X))``) describe the experts
-    and the training inputs in the metadata.
+    ``arch="class_group"`` (default): a ``models.ClassGroupEstimator`` over a copy of the
+    largest level's expert, each class routed to the level of largest mean estimated radius
+    (``class_group_levels``); nothing is trained. Any other registered ``arch``: the paper's
+    recipe, ``models.build_model(arch, **arch_kwargs)`` with one logit per sigma,
+    initialised after ``torch.manual_seed(seed)`` and trained by ``train_dual`` (soft labels
+    at ``temperature``, inputs with no positive radius dropped, class ``balance``,
+    ``consistency`` and ``entropy`` terms; ``rounds`` rounds, experts fine-tuned
+    ``classifier_epochs`` epochs between rounds, in place). ``estimator_sigma`` defaults to
+    the largest sigma. ``experts``: {sigma: model}, increasing sigmas. ``expert_names`` and
+    ``data`` (e.g. ``default_split_data(len(X))``) describe the experts and the training
+    inputs in the metadata.
 
-    Returns ``(estimator in eval mode, labels, meta)``; with ``out``, also writes the
-    checkpoint (``models.save_checkpoint(out, estimator, arch, meta)``).
+    Returns ``(estimator in eval mode, radii (levels, N), meta)``; with ``out``, also writes
+    the checkpoint (``models.save_checkpoint(out, estimator, arch, meta)``).
     """
     from .models import build_model, save_checkpoint
 
     sigmas = [float(s) for s in experts]
-    if label_rule not in ("grid", "radius"):
-        raise ValueError(f"unknown label_rule {label_rule!r}; valid: 'grid', 'radius'")
     if len(expert_names) != len(sigmas):
         raise ValueError(f"{len(expert_names)} expert_names for {len(sigmas)} experts")
-    kwargs = {**(arch_kwargs or {}), "num_classes": len(sigmas)}
-    torch.manual_seed(seed)  # the estimator's initialisation
-    try:
-        estimator = build_model(arch, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"arch_kwargs {kwargs} do not fit {arch}: {exc}") from None
-    options = (grid_label_options(estimator_sigma, label_n, label_alpha, estimator_alpha_fraction)
-               if label_rule == "grid" else {})
+    if estimator_sigma is None:
+        estimator_sigma = sigmas[-1]
+    if not 0 < estimator_alpha_fraction < 1:
+        raise ValueError(f"estimator_alpha_fraction must be in (0, 1), got "
+                         f"{estimator_alpha_fraction}")
+    budget_alpha = label_alpha * (1.0 - estimator_alpha_fraction)  # the classifier's share
+    options = {"label_samples": label_samples, "budget_n": label_n,
+               "budget_alpha": budget_alpha, "temperature": temperature,
+               "consistency": consistency, "entropy": entropy, "balance": balance}
+    experts = dict(zip(sigmas, experts.values()))
     start = time.perf_counter()
-    _, estimator, labels = train_dual(
-        dict(zip(sigmas, experts.values())), estimator, X, y, sigmas, estimator_sigma, rounds=1,
-        classifier_epochs=0, estimator_epochs=epochs, label_samples=label_samples, seed=seed,
-        progress=progress, label_options=options, batch_size=batch_size, lr=lr)
+    if arch == "class_group":
+        if arch_kwargs:
+            raise ValueError("arch_kwargs do not apply to class_group (its base is the largest "
+                             "level's expert)")
+        radii = cached_estimated_radii(radii_cache, experts, X, y, sigmas, label_samples,
+                                       budget_n=label_n, budget_alpha=budget_alpha, seed=seed,
+                                       progress=progress)
+        base = experts[sigmas[-1]]
+        classes = int(getattr(base, "config", {}).get("num_classes", int(y.max()) + 1))
+        groups = class_group_levels(radii, y, classes)
+        estimator = class_group_estimator(base, groups, len(sigmas))
+        recipe = {"labels": "class groups by mean estimated radius", "groups": groups,
+                  "label_samples": label_samples, "budget_n": label_n,
+                  "budget_alpha": budget_alpha, "seed": seed}
+    else:
+        kwargs = {**(arch_kwargs or {}), "num_classes": len(sigmas)}
+        torch.manual_seed(seed)  # the estimator's initialisation
+        try:
+            estimator = build_model(arch, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"arch_kwargs {kwargs} do not fit {arch}: {exc}") from None
+        _, estimator, radii = train_dual(
+            experts, estimator, X, y, sigmas, estimator_sigma, rounds=rounds,
+            classifier_epochs=classifier_epochs, estimator_epochs=epochs, seed=seed,
+            progress=progress, radii_cache=radii_cache, batch_size=batch_size, lr=lr, **options)
+        recipe = {"rounds": rounds, "classifier_epochs": classifier_epochs,
+                  "estimator_epochs": epochs, "seed": seed, "batch_size": batch_size,
+                  "lr": lr, "optimizer": "adam", "schedule": "cosine",
+                  "labels": "soft radius", **options}
     seconds = time.perf_counter() - start
+    targets, keep = soft_level_targets(radii, temperature)
     meta = {
         "sigmas": sigmas,
         "estimator_sigma": float(estimator_sigma),
         "estimator_alpha_fraction": estimator_alpha_fraction,
         "arch": arch,
         "experts": list(expert_names),
-        "train_dual": {"rounds": 1, "classifier_epochs": 0, "estimator_epochs": epochs,
-                       "label_samples": label_samples, "seed": seed,
-                       "batch_size": batch_size, "lr": lr, "optimizer": "adam",
-                       "schedule": "cosine", "label_rule": label_rule,
-                       "label_options": options,
-                       "label_budget": {"n": label_n, "alpha": label_alpha}},
-        "label_histogram": torch.bincount(labels, minlength=len(sigmas)).tolist(),
+        "train_dual": {**recipe, "label_budget": {"n": label_n, "alpha": label_alpha}},
+        # the level of largest estimated radius, over the inputs kept
+        "label_histogram": torch.bincount(targets[keep].argmax(1),
+                                          minlength=len(sigmas)).tolist(),
+        "inputs_dropped": int((~keep).sum()),
         "data": data,
         "train_time_s": round(seconds, 1),
         "torch_version": str(torch.__version__),
@@ -362,7 +541,7 @@ def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torc
     }
     if out is not None:
         save_checkpoint(out, estimator, arch, meta)
-    return estimator, labels, meta
+    return estimator, radii, meta
 
 
 class _SigmaFixed(nn.Module):
