@@ -146,8 +146,8 @@ def _fmt_rate(v: float) -> str:
 
 
 REQUIRED = ("tiny_mlp", "small_cnn", "resnet20", "cohen:tiny_mlp", "cohen:small_cnn",
-            "dual:tiny_mlp-plain", "dual:tiny_mlp-sequential",
-            "dual:small_cnn-plain", "dual:small_cnn-sequential", "noise:numba", "noise:torch",
+            "dual:class_group-plain", "dual:class_group-sequential",
+            "noise:numba", "noise:torch",
             "noise:numba-simd", "votes:numba", "votes:torch", "tiny_mlp@numba",
             "small_cnn@numba", "cohen:tiny_mlp@numba", "cohen:small_cnn@numba")
 
@@ -209,20 +209,16 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         f"{ratio_b('small_cnn@numba'):.2f} | - |",
         f"| (b) with noise_backend='numba' (libm) | tiny MLP | "
         f"{ratio_b('tiny_mlp@numba'):.2f} | - |",
-        f"| (c) Dual RS time / standard RS time | tiny-MLP estimator (default), sequential "
-        f"(default) | {ratio_c('dual:tiny_mlp-sequential'):.2f} | < 1.6, aim <= 1.2 |",
-        f"| (c) Dual RS time / standard RS time | tiny-MLP estimator, plain "
-        f"(estimator_rounds=1) | {ratio_c('dual:tiny_mlp-plain'):.2f} | < 1.6 |",
-        f"| (c) Dual RS time / standard RS time | small-CNN estimator (experts' size), "
-        f"sequential | {ratio_c('dual:small_cnn-sequential'):.2f} | < 1.6 |",
-        f"| (c) Dual RS time / standard RS time | small-CNN estimator, plain | "
-        f"{ratio_c('dual:small_cnn-plain'):.2f} | < 1.6 |",
+        f"| (c) Dual RS time / standard RS time | class-group estimator (default), sequential "
+        f"(default) | {ratio_c('dual:class_group-sequential'):.2f} | < 1.6, aim <= 1.2 |",
+        f"| (c) Dual RS time / standard RS time | class-group estimator, plain "
+        f"(estimator_rounds=1) | {ratio_c('dual:class_group-plain'):.2f} | < 1.6 |",
         "",
         "(a) and (b) are throughput ratios (higher is better), (c) a time ratio (lower is "
         "better). Forward-only runs the model on the very batches certify builds (same "
         "values, packing and channels_last layout). The Cohen-style loop certifies one input "
         "at a time: `x.repeat`, `randn_like * sigma`, `argmax`, host `bincount`, NCHW. Dual RS "
-        "is the embedded default (`models.load_default_dual(estimator=...)`: trained estimator, "
+        "is the embedded default (`models.load_default_dual()`: class-group estimator, "
         "committed small-CNN experts at sigma 0.25 / 0.5 / 1.0) with the same n0 / n for "
         "estimator and classifier; standard RS is the sigma-0.25 expert on the same inputs. "
         "Certified accuracy of each on 500 test images: results/RESULTS.md.",
@@ -270,10 +266,8 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         "| inputs routed / certified | mean radius |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for key, name in (("dual:tiny_mlp-sequential", "tiny MLP, sequential (default)"),
-                      ("dual:tiny_mlp-plain", "tiny MLP, plain"),
-                      ("dual:small_cnn-sequential", "small CNN, sequential"),
-                      ("dual:small_cnn-plain", "small CNN, plain")):
+    for key, name in (("dual:class_group-sequential", "class group, sequential (default)"),
+                      ("dual:class_group-plain", "class group, plain")):
         d = r[key]
         lines.append(f"| {name} | {d['dual_s']:.2f} | {d['standard_s']:.2f} | "
                      f"{ratio_c(key):.2f} | {d['estimator_samples']:,.0f} of {N} | "

@@ -128,11 +128,11 @@ def _ratio(benchmark, key, ratio, backend, tag):
               f"{samples / certify.median:,.0f} samples/s, (b) = {value:.2f}")
 
 
-# The embedded Dual RS (trained estimator + the three experts), with the default tiny-MLP
-# estimator and with the small-CNN one (the experts' size, as in the paper), each with the
-# plain procedure (estimator_rounds=1: all n estimator samples) and the default sequential one.
-DUAL_CASES = {"tiny_mlp-plain": ("tiny_mlp", 1), "tiny_mlp-sequential": ("tiny_mlp", None),
-              "small_cnn-plain": ("small_cnn", 1), "small_cnn-sequential": ("small_cnn", None)}
+# The embedded Dual RS (the class-group estimator over the sigma-1.0 classifier + the three
+# experts) with the plain procedure (estimator_rounds=1: all n estimator samples) and the
+# default sequential one.
+DUAL_CASES = {"class_group-plain": ("class_group", 1),
+              "class_group-sequential": ("class_group", None)}
 
 
 @pytest.mark.parametrize("name", list(DUAL_CASES))

@@ -233,8 +233,9 @@ class ResNet20(nn.Module):
 class ClassGroupEstimator(nn.Module):
     """A Dual RS variance estimator that routes by class: a base classifier (the largest
     noise level's expert, trained under that noise) and a fixed map ``groups[c]`` = the level
-    class ``c`` goes to. Level logits are log of the class probabilities summed per level, so
-    its vote on a noisy sample is (up to ties) the level of the base classifier's predicted class.
+    class ``c`` goes to. Level logits are log of the class probabilities summed per level: its
+    vote on a noisy sample is the level holding most of the base classifier's probability mass
+    (the level of its predicted class wherever it is confident).
 
     Why: an estimator's R_ve is bounded by the distance to its own routing boundary. This
     router's boundary between levels is a class boundary of a classifier trained at the

@@ -295,7 +295,7 @@ def train_soft_estimator(estimator: nn.Module, X: torch.Tensor, targets: torch.T
             opt.step()
             sched.step()
             loss_sum += loss.item() * idx.numel()
-        bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+        bar.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}")
     return estimator.eval()
 
 
@@ -405,6 +405,10 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
                                        budget_alpha=budget_alpha, seed=seed + r,
                                        progress=progress)
         targets, keep = soft_level_targets(radii, temperature)
+        if not keep.any():
+            raise ValueError("no training input has a positive estimated radius at any level "
+                             "(the experts are wrong or abstain everywhere): nothing to learn "
+                             "the levels from; train the experts first")
         train_soft_estimator(estimator, X[keep], targets[keep], estimator_sigma,
                              epochs=estimator_epochs, batch_size=batch_size, lr=lr,
                              consistency=consistency, entropy=entropy, balance=balance,

@@ -239,14 +239,14 @@ def test_certify_dual_uses_the_embedded_estimator(tmp_path, capsys):
     code, out, err = dualrs(capsys, "certify", "--dual", "--max", 2, "--n0", 10, "--n", 100,
                             "--out", tmp_path / "d.tsv")
     assert code == 0, err
-    assert "embedded Dual RS: tiny_mlp estimator" in out and "certified accuracy" in out
+    assert "embedded Dual RS: class_group estimator" in out and "certified accuracy" in out
     table = rows(tmp_path / "d.tsv")
     assert table[0][5:] == ["sigma", "radius_estimator", "radius_classifier"] and len(table) == 3
     import json
     config = json.loads((tmp_path / "d.tsv.args.json").read_text())["config"]
     assert config["sigmas"] == list(default.sigmas)
     assert config["estimator_sigma"] == default.estimator_sigma
-    from dualrs_fast.loading import fingerprint  # the default estimator (TinyMLP) and experts
+    from dualrs_fast.loading import fingerprint  # the default estimator and experts
     assert config["model_sha256"] == fingerprint(default.estimator, *dict.fromkeys(default.routes))
     code, _, err = dualrs(capsys, "certify", "--dual", "--sigmas", 0.25, 0.5, *QUICK)
     assert code == 2 and "pass --estimator PATH for other --sigmas" in err
@@ -264,7 +264,8 @@ def test_train_estimator_then_certify_with_it(toy, tmp_path, capsys):
     from dualrs_fast.models import load_checkpoint
     model, meta = load_checkpoint(est)
     assert meta["sigmas"] == [0.25, 0.5] and meta["estimator_sigma"] == 0.25
-    assert sum(meta["label_histogram"]) == 12 and model.config["num_classes"] == 2
+    assert sum(meta["label_histogram"]) + meta["inputs_dropped"] == 12
+    assert model.config["num_classes"] == 2
     # certify reads the sigmas and the estimator sigma from the checkpoint
     log = tmp_path / "d.tsv"
     code, _, err = dualrs(capsys, "certify", "--dataset", toy / "toy.pt", "--dual", "--estimator",
@@ -282,16 +283,18 @@ def test_train_estimator_then_certify_with_it(toy, tmp_path, capsys):
 
 def test_train_estimator_with_embedded_experts(tmp_path, capsys):
     est = tmp_path / "est.pt"
-    code, out, err = dualrs(capsys, "train", "--estimator", "--max", 100, "--epochs", 1,
+    code, out, err = dualrs(capsys, "train", "--estimator", "--max", 100,
                             "--label-samples", 4, "--quiet", "--out", est)
     assert code == 0, err
-    from dualrs_fast.models import load_checkpoint
+    from dualrs_fast.models import ClassGroupEstimator, load_checkpoint
     model, meta = load_checkpoint(est)
-    assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["estimator_sigma"] == 0.5
-    assert model.config["num_classes"] == 3 and meta["train_dual"]["label_rule"] == "grid"
-    assert 1.3 < meta["train_dual"]["label_options"]["max_radius"] < 1.4  # 0.5 * Phi^-1(p_max)
-    # the same pipeline and metadata as the committed estimators (training.train_estimator)
-    _, committed = load_checkpoint(Path(cli.__file__).parent / "weights" / "estimator_tiny_mlp.pt")
+    assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["estimator_sigma"] == 1.0
+    assert isinstance(model, ClassGroupEstimator) and len(meta["train_dual"]["groups"]) == 10
+    assert meta["train_dual"]["budget_n"] == 2000
+    assert meta["train_dual"]["budget_alpha"] == pytest.approx(0.0005)
+    # the same pipeline and metadata as the committed estimator (training.train_estimator)
+    _, committed = load_checkpoint(Path(cli.__file__).parent / "weights" /
+                                   "estimator_class_group.pt")
     assert list(meta) == list(committed) and meta["experts"] == committed["experts"]
     assert meta["data"].endswith("the first 100 of 4000 training images")
     code, out, err = dualrs(capsys, "certify", "--dual", "--estimator", est, "--max", 2,

@@ -12,6 +12,7 @@ from dualrs_fast.models import (
     DEFAULT_ESTIMATOR_ARCH,
     DEFAULT_ESTIMATOR_PATH,
     MODEL_REGISTRY,
+    ClassGroupEstimator,
     ResNet20,
     SmallCNN,
     TinyMLP,
@@ -137,8 +138,8 @@ def test_normalisation_inside_model():
 
 
 def test_build_model_unknown_name():
-    assert set(MODEL_REGISTRY) == {"tiny_mlp", "small_cnn", "resnet20"}
-    with pytest.raises(ValueError, match="resnet20, small_cnn, tiny_mlp"):
+    assert set(MODEL_REGISTRY) == {"tiny_mlp", "small_cnn", "resnet20", "class_group"}
+    with pytest.raises(ValueError, match="class_group, resnet20, small_cnn, tiny_mlp"):
         build_model("resnet50")
 
 
@@ -218,20 +219,24 @@ def test_default_classifier_unknown_sigma():
         load_default_classifier(0.3)
 
 
-@pytest.mark.parametrize("arch", ["tiny_mlp", "small_cnn"])
-def test_default_dual_loads_and_certifies(arch):
+def test_default_dual_loads_and_certifies():
     from dualrs_fast.dual import DualSmoothing
-    dual = load_default_dual(estimator=arch)
+    dual = load_default_dual()
     assert isinstance(dual, DualSmoothing)
     assert dual.sigmas == (0.25, 0.5, 1.0)
     est = dual.estimator
     meta = est.meta
-    assert dual.estimator_sigma == meta["estimator_sigma"] == 0.5
-    assert meta["arch"] == arch and meta["label_histogram"] and len(meta["label_histogram"]) == 3
-    assert meta["sigmas"] == [0.25, 0.5, 1.0] and meta["train_dual"]["classifier_epochs"] == 0
-    assert isinstance(est, {"tiny_mlp": TinyMLP, "small_cnn": SmallCNN}[arch]) and not est.training
-    if arch == "tiny_mlp":
-        assert est.config["in_shape"] == [1, 28, 28] and est.config["hidden"] == 256
+    assert dual.estimator_sigma == meta["estimator_sigma"] == 1.0  # >= the largest level
+    assert meta["arch"] == "class_group" and len(meta["label_histogram"]) == 3
+    assert meta["sigmas"] == [0.25, 0.5, 1.0]
+    assert isinstance(est, ClassGroupEstimator) and not est.training
+    groups = est.config["groups"]
+    assert len(groups) == 10 and {1, 2} <= set(groups)  # routes to at least two levels
+    assert groups == meta["train_dual"]["groups"]
+    # its base is the committed sigma = 1.0 classifier
+    base = load_default_classifier(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(est.base.state_dict().values(),
+                                                  base.state_dict().values()))
     assert est(torch.rand(2, 1, 28, 28)).shape == (2, 3)
     for s, route in zip(dual.sigmas, dual.routes):  # the experts are the committed classifiers
         assert route.classifier.meta["sigma"] == s and not route.classifier.training
@@ -241,16 +246,29 @@ def test_default_dual_loads_and_certifies(arch):
     assert torch.all(r.radius == torch.minimum(r.radius_estimator, r.radius_classifier))
     assert torch.equal(r.prediction, y[:2])  # two easy digits: both routed and right
     assert set(r.sigma.tolist()) <= set(dual.sigmas)
-    assert load_default_estimator(arch=arch).meta == meta
+    assert load_default_estimator().meta == meta
 
 
-def test_default_estimator_is_the_tiny_mlp():
-    assert DEFAULT_ESTIMATOR_ARCH == "tiny_mlp" and DEFAULT_ESTIMATOR_PATH.name == "estimator_tiny_mlp.pt"
-    est = load_default_estimator()
-    assert isinstance(est, TinyMLP) and est.meta["arch"] == "tiny_mlp"
-    assert isinstance(load_default_dual().estimator, TinyMLP)
-    with pytest.raises(ValueError, match="available: tiny_mlp, small_cnn"):
-        load_default_estimator(arch="resnet20")
+def test_default_estimator_is_the_class_group_router():
+    assert DEFAULT_ESTIMATOR_ARCH == "class_group"
+    assert DEFAULT_ESTIMATOR_PATH.name == "estimator_class_group.pt"
+    assert isinstance(load_default_dual().estimator, ClassGroupEstimator)
+    with pytest.raises(ValueError, match="available: class_group"):
+        load_default_estimator(arch="tiny_mlp")
+
+
+def test_default_estimator_reproduces_from_its_recipe():
+    # the committed class map is what train_estimator derives from the recorded recipe
+    from dualrs_fast.training import class_group_levels, committed_experts, estimated_radii
+    meta = load_default_estimator().meta
+    recipe = meta["train_dual"]
+    Xtr, ytr, _, _ = load_default_split()
+    experts, _ = committed_experts(meta["sigmas"])
+    idx = torch.arange(0, 4000, 8)  # a subsample: the per-class means are robust
+    radii = estimated_radii(experts, Xtr[idx], ytr[idx], meta["sigmas"], 64,
+                            budget_n=recipe["budget_n"], budget_alpha=recipe["budget_alpha"],
+                            seed=recipe["seed"])
+    assert class_group_levels(radii, ytr[idx], 10) == recipe["groups"]
 
 
 # --------------------------------------------------------------------------- training
@@ -274,26 +292,3 @@ def test_train_classifier_deterministic_and_learns():
         train_classifier(m1, Xtr, ytr, sigma=-1.0, progress=False)
 
 
-class _Constant(torch.nn.Module):
-    """Always votes class 0 (two classes)."""
-
-    def forward(self, x):
-        return torch.stack([torch.ones(x.shape[0]), torch.zeros(x.shape[0])], 1)
-
-
-def test_best_sigma_labels_grid_rule():
-    from dualrs_fast.training import best_sigma_labels
-    experts = {0.25: _Constant().eval(), 0.5: _Constant().eval()}
-    X, y = torch.rand(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)
-    # every level always right: p clipped at p_max = 0.99 -> radii 0.58 and 1.16
-    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8).tolist() == [1, 1, 1]
-    grid = dict(radii=(0.0, 0.5, 1.0), p_max=0.99)
-    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, **grid).tolist() == [1, 1, 1]
-    # capped at what the estimator can certify, both reach the same radii: the smaller sigma
-    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, max_radius=0.6,
-                             **grid).tolist() == [0, 0, 0]
-    # ... unless a default level is given; a margin of 2 radii keeps the default
-    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, max_radius=0.6, default_level=1,
-                             **grid).tolist() == [1, 1, 1]
-    assert best_sigma_labels(experts, X, y, (0.25, 0.5), n=8, default_level=0, margin=2,
-                             **grid).tolist() == [0, 0, 0]

@@ -8,13 +8,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 import torch
 
 import dualrs_fast as drs
 from dualrs_fast.denoising import OneShotDiffusionDenoiser
 from dualrs_fast.dual import estimator_schedule
-from dualrs_fast.training import best_sigma_labels, train_dual
+from dualrs_fast import training
+from dualrs_fast.models import ClassGroupEstimator, SmallCNN, load_checkpoint, save_checkpoint
+from dualrs_fast.training import (cached_estimated_radii, class_group_estimator,
+                                  class_group_levels, consistency_losses, estimated_radii,
+                                  level_balance_weights, soft_level_targets, train_dual)
 
 from analytic import LinearBinary
 
@@ -698,51 +703,160 @@ def test_engine_options_are_refused_for_dual_smoothing(option):
 LABEL_SIGMAS = (0.25, 0.5, 1.0)
 
 
-@pytest.mark.parametrize("votes,expected", [
-    ((0, 0, 0), 2),      # right at every sigma: the largest sigma has the largest radius
-    ((0, 1, 1), 0),      # right only at the smallest sigma
-    ((1, 0, 1), 1),      # right only at the middle one
-    ((1, 1, 1), 0),      # never right: the smallest sigma
-])
-def test_best_sigma_labels_known_answers(votes, expected):
+def _reference_radius(k, n, alpha, sigma):
+    """scipy: CERTIFY's radius from k of n votes (0 where it abstains)."""
+    p = scipy.stats.beta.ppf(alpha, k, n - k + 1) if k > 0 else 0.0
+    return sigma * scipy.stats.norm.ppf(p) if p >= 0.5 else 0.0
+
+
+@pytest.mark.parametrize("votes", [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 1)])
+def test_estimated_radii_known_answers(votes):
+    # Constant experts: always right (count = samples -> the budget's saturated radius,
+    # sigma * Phi^-1(alpha^(1/n))) or always wrong (0).
     X = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(5, dtype=torch.int64)
     experts = {s: ConstantClass(v, 2) for s, v in zip(LABEL_SIGMAS, votes)}
-    labels = best_sigma_labels(experts, X, y, LABEL_SIGMAS, n=16)
-    assert labels.tolist() == [expected] * 5
+    radii = estimated_radii(experts, X, y, LABEL_SIGMAS, samples=16, budget_n=2000,
+                            budget_alpha=0.0005)
+    assert radii.shape == (3, 5) and radii.dtype == torch.float64
+    for k, (s, v) in enumerate(zip(LABEL_SIGMAS, votes)):
+        want = _reference_radius(2000, 2000, 0.0005, s) if v == 0 else 0.0
+        assert radii[k].tolist() == pytest.approx([want] * 5, rel=1e-9, abs=1e-12)
 
 
-def test_best_sigma_labels_match_a_brute_force_reference():
-    # Linear experts: the radius estimate at sigma_k tends to the distance d_k to expert k's
-    # hyperplane (toward the true class), so the label is argmax_k of
-    # sigma_k Phi^-1(min(Phi(d_k / sigma_k), 1 - 1/(2n))) over the correct levels, 0 if none.
+def test_estimated_radii_match_a_reference_on_linear_experts():
+    # Linear experts: the probability of the true class at sigma_k is Phi(d_k / sigma_k), d_k
+    # the distance to expert k's hyperplane toward the true class. With 4000 samples the
+    # estimate is within a few standard errors of the reference radius at the budget.
     experts = [_hyperplane(30 + k) for k in range(3)]
     rng = np.random.default_rng(4)
-    N, n = 30, 300
+    N, samples, budget, alpha = 30, 4000, 2000, 0.0005
     y = rng.integers(0, 2, N)
-    margin = rng.choice([-0.3, 0.05], size=(N, 3))
-    best = rng.integers(0, 3, N)
-    margin[np.arange(N), best] = 0.45
-    margin[:4] = -0.3                                   # nothing right: label 0
+    margin = rng.choice([-0.3, 0.05, 0.3], size=(N, 3))
     dist = np.where(y[:, None] == 1, margin, -margin)  # signed distance toward class 1
     x = _inputs_at(experts, dist, seed=5)
     true = torch.stack([e.signed_distance(x) for e in experts], 1).numpy()
     toward_y = np.where(y[:, None] == 1, true, -true)
     sig = np.asarray(LABEL_SIGMAS)
-    p = np.minimum(scipy.stats.norm.cdf(toward_y / sig), 1 - 0.5 / n)
-    radius = np.where(p > 0.5, sig * scipy.stats.norm.ppf(p), -np.inf)
-    reference = np.where(np.isinf(radius.max(1)), 0, radius.argmax(1))
-    assert set(reference.tolist()) == {0, 1, 2}
+    p = scipy.stats.norm.cdf(toward_y / sig)
+    reference = np.array([[_reference_radius(round(p[i, k] * budget), budget, alpha, sig[k])
+                           for k in range(3)] for i in range(N)]).T
     y_t = torch.from_numpy(y)
-    by_dict = best_sigma_labels(dict(zip(LABEL_SIGMAS, experts)), x, y_t, LABEL_SIGMAS, n=n)
-    assert np.array_equal(by_dict.numpy(), reference)
+    by_dict = estimated_radii(dict(zip(LABEL_SIGMAS, experts)), x, y_t, LABEL_SIGMAS, samples,
+                              budget_n=budget, budget_alpha=alpha)
+    # 4 standard errors of p, turned into radius through the slope of sigma * Phi^-1
+    slope = sig[:, None] / np.maximum(scipy.stats.norm.pdf(scipy.stats.norm.ppf(
+        np.clip(p.T, 1e-3, 1 - 1e-3))), 1e-3)
+    tolerance = 4 * np.sqrt(p.T * (1 - p.T) / samples) * slope + 0.02
+    assert np.all(np.abs(by_dict.numpy() - reference) <= tolerance)
+    assert (reference == 0).any() and (reference > 0).any()
 
     def conditioned(rows, sigma):             # the same experts as one noise-conditioned model
         out = torch.stack([e(rows) for e in experts])
         k = torch.searchsorted(torch.tensor(LABEL_SIGMAS, dtype=sigma.dtype), sigma)
         return out[k, torch.arange(rows.shape[0])]
-    by_model = best_sigma_labels(conditioned, x, y_t, LABEL_SIGMAS, n=n)
+    by_model = estimated_radii(conditioned, x, y_t, LABEL_SIGMAS, samples, budget_n=budget,
+                               budget_alpha=alpha)
     assert torch.equal(by_model, by_dict)
+
+
+def test_soft_level_targets_and_balance_weights():
+    radii = torch.tensor([[0.5, 0.0, 0.2], [1.0, 0.0, 0.2], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    targets, keep = soft_level_targets(radii, temperature=0.5)
+    assert keep.tolist() == [True, False, True]
+    expected = scipy.special.softmax(radii.numpy().T / 0.5, axis=1)
+    assert np.allclose(targets.numpy(), expected, atol=1e-6)
+    weights = level_balance_weights(targets[keep])
+    share = targets[keep].mean(0)
+    assert float(weights.mean()) == pytest.approx(1.0)
+    assert np.allclose((weights * share).numpy(), float((weights * share)[0]), rtol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_level_targets(radii, temperature=0.0)
+
+
+def test_consistency_losses_against_scipy():
+    g = torch.Generator().manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(2, 4, 3, generator=g), -1)
+    kl, entropy = consistency_losses(log_probs)
+    probs = log_probs.exp().numpy()
+    mean = probs.mean(0)
+    want_kl = np.mean([scipy.stats.entropy(mean[i], probs[d, i]) for d in range(2)
+                       for i in range(4)])
+    want_entropy = np.mean([scipy.stats.entropy(mean[i]) for i in range(4)])
+    assert float(kl) == pytest.approx(want_kl, rel=1e-5)
+    assert float(entropy) == pytest.approx(want_entropy, rel=1e-5)
+    same = log_probs[:1].expand(3, -1, -1)
+    assert float(consistency_losses(same)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_class_group_levels_and_estimator():
+    # radii (levels, N): class 0's inputs are best at level 1, class 1's at level 0
+    y = torch.tensor([0, 0, 1, 1])
+    radii = torch.tensor([[0.1, 0.2, 0.6, 0.5], [0.9, 0.3, 0.1, 0.2]], dtype=torch.float64)
+    assert class_group_levels(radii, y, num_classes=3) == [1, 0, 0]  # class 2: no inputs
+    base = SmallCNN(num_classes=3).eval()
+    est = class_group_estimator(base, [1, 0, 0], num_levels=2)
+    assert isinstance(est, ClassGroupEstimator) and not est.training
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        probs = torch.softmax(base(x), 1)
+        out = est(x)
+    want = torch.stack([probs[:, 1:].sum(1), probs[:, 0]], 1).log()
+    assert torch.allclose(out, want, atol=1e-6)
+    with torch.no_grad():  # a confident base: the vote is the level of its predicted class
+        base.classifier[3].weight.mul_(1e4)
+        est.base.load_state_dict(base.state_dict())
+        assert torch.equal(est(x).argmax(1), torch.tensor([1, 0, 0])[base(x).argmax(1)])
+    with pytest.raises(ValueError, match="one level per class"):
+        ClassGroupEstimator(base_kwargs={"num_classes": 3}, groups=[0, 1], num_levels=2)
+    with pytest.raises(ValueError, match="levels in 0..1"):
+        ClassGroupEstimator(base_kwargs={"num_classes": 3}, groups=[0, 1, 2], num_levels=2)
+
+
+def test_class_group_estimator_checkpoint_round_trip(tmp_path):
+    est = class_group_estimator(SmallCNN(num_classes=10).eval(), [2, 2, 1, 1, 1, 0, 2, 1, 1, 1], 3)
+    save_checkpoint(tmp_path / "e.pt", est, "class_group", {"estimator_sigma": 1.0})
+    loaded, meta = load_checkpoint(tmp_path / "e.pt")
+    x = torch.rand(3, 1, 28, 28)
+    assert isinstance(loaded, ClassGroupEstimator) and meta["estimator_sigma"] == 1.0
+    assert torch.equal(loaded(x), est(x)) and loaded.config["groups"] == est.config["groups"]
+
+
+def test_cached_estimated_radii_reuses_and_invalidates(tmp_path, monkeypatch):
+    from dualrs_fast import training
+    X = torch.rand(4, 1, 4, 4)
+    y = torch.zeros(4, dtype=torch.int64)
+    experts = {0.25: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)).eval()}
+    cache = tmp_path / "radii.pt"
+    first = cached_estimated_radii(cache, experts, X, y, (0.25,), 8)
+    calls = []
+    real = training.estimated_radii
+    monkeypatch.setattr(training, "estimated_radii",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.equal(cached_estimated_radii(cache, experts, X, y, (0.25,), 8), first)
+    assert not calls  # read from the cache
+    with torch.no_grad():
+        experts[0.25][1].bias.add_(1.0)  # other weights: recomputed
+    cached_estimated_radii(cache, experts, X, y, (0.25,), 8)
+    cached_estimated_radii(cache, experts, X, y, (0.25,), 16)  # other samples: recomputed
+    assert len(calls) == 2
+
+
+def test_warns_when_estimator_sigma_caps_the_largest_expert():
+    experts = {s: ConstantClass(0, 2) for s in LABEL_SIGMAS}
+    x = torch.rand(2, 4)
+    capped = drs.DualSmoothing(ConstantClass(2, 3), experts, sigmas=LABEL_SIGMAS,
+                               estimator_sigma=0.5)
+    with pytest.warns(UserWarning, match=r"caps every Dual RS radius at 1\.3\d+ .* the 2\.6\d+"):
+        r = capped.certify(x, n0=10, n=2000, alpha=0.001, seed=0)
+    assert torch.all(r.radius <= 1.34)  # the cap is real
+    import warnings
+    wide = drs.DualSmoothing(ConstantClass(2, 3), experts, sigmas=LABEL_SIGMAS,
+                             estimator_sigma=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = wide.certify(x, n0=10, n=2000, alpha=0.001, seed=0)
+    assert torch.all(r.radius > 2.6)
 
 
 class CondLinear(torch.nn.Module):
@@ -770,15 +884,23 @@ def test_train_dual_smoke(form):
                       for s in sigmas}
     else:
         classifier = CondLinear()
+    for k, s in enumerate(sigmas):  # experts that get some inputs right: labels to learn from
+        model = classifier[s] if form == "experts" else training._SigmaFixed(classifier, s)
+        training.train_classifier(model, X, y, s, epochs=5, batch_size=16, seed=k,
+                                  progress=False)
     estimator = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, len(sigmas)))
     before = estimator[1].weight.detach().clone()
-    out_cls, out_est, labels = train_dual(classifier, estimator, X, y, sigmas, estimator_sigma=0.25,
-                                          rounds=2, classifier_epochs=1, estimator_epochs=2,
-                                          label_samples=8, progress=False, batch_size=32)
+    experts_before = [p.detach().clone() for p in (
+        classifier[0.25][1].weight if form == "experts" else classifier.fc.weight,)]
+    out_cls, out_est, radii = train_dual(classifier, estimator, X, y, sigmas, estimator_sigma=0.25,
+                                         rounds=2, classifier_epochs=1, estimator_epochs=2,
+                                         label_samples=8, progress=False, batch_size=32)
     assert out_cls is classifier and out_est is estimator and not estimator.training
-    assert labels.shape == (64,) and labels.dtype == torch.int64
-    assert set(labels.tolist()) <= set(range(len(sigmas)))
+    assert radii.shape == (len(sigmas), 64) and radii.dtype == torch.float64
+    assert bool((radii >= 0).all())
     assert not torch.equal(before, estimator[1].weight)
+    after = classifier[0.25][1].weight if form == "experts" else classifier.fc.weight
+    assert not torch.equal(experts_before[0], after)  # fine-tuned between the two rounds
     if isinstance(classifier, dict):
         for m in classifier.values():
             m.eval()
@@ -787,3 +909,13 @@ def test_train_dual_smoke(form):
     dual = drs.DualSmoothing(estimator, classifier, sigmas=sigmas, estimator_sigma=0.25)
     r = dual.certify(X[:4], n0=4, n=32, alpha=0.1)
     assert r.prediction.shape == (4,) and set(r.level.tolist()) <= {-1, 0, 1}
+
+
+def test_train_dual_refuses_experts_that_are_never_right():
+    X = torch.rand(8, 1, 4, 4)
+    y = torch.ones(8, dtype=torch.int64)
+    experts = {0.25: ConstantClass(0, 2)}
+    estimator = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    with pytest.raises(ValueError, match="no training input has a positive estimated radius"):
+        train_dual(experts, estimator, X, y, (0.25,), estimator_sigma=0.25, label_samples=4,
+                   progress=False)
