@@ -168,7 +168,8 @@ class DualSmoothing:
     """Dual RS over the noise levels ``sigmas`` (pixel scale).
 
     estimator: model (N, ...) -> (N, len(sigmas)) logits over the noise levels, smoothed at
-        ``estimator_sigma``.
+        ``estimator_sigma`` (default: the largest of ``sigmas``; a smaller one caps every
+        radius below what the largest expert can certify, and certify warns).
     classifier: a noise-conditioned model called as ``classifier(x_noisy, sigma)`` (sigma a
         float32 tensor (N,)), or a dict {sigma: expert model} with one plain model per level.
     denoiser: optional ``denoiser(x_noisy, sigma) -> x`` applied before the classifier; with
@@ -177,10 +178,13 @@ class DualSmoothing:
     """
 
     def __init__(self, estimator: Callable, classifier: Union[Callable, Dict[float, Callable]],
-                 sigmas: Sequence[float] = (0.25, 0.5, 1.0), estimator_sigma: float = 0.25,
+                 sigmas: Sequence[float] = (0.25, 0.5, 1.0),
+                 estimator_sigma: Optional[float] = None,
                  denoiser: Optional[Callable] = None, estimator_alpha_fraction: float = 0.5):
         self.sigmas = check_sigmas(sigmas)
-        self.estimator_sigma = check_sigma(estimator_sigma, "estimator_sigma")
+        # default: the largest level, so R_ve can reach what the largest expert certifies
+        self.estimator_sigma = check_sigma(self.sigmas[-1] if estimator_sigma is None
+                                           else estimator_sigma, "estimator_sigma")
         self.estimator_alpha_fraction = check_open_unit("estimator_alpha_fraction",
                                                         estimator_alpha_fraction)
         if not callable(estimator):
