@@ -208,10 +208,16 @@ class DualSmoothing:
         alpha_ve, alpha_cls = _within(alpha, [alpha_ve, alpha - alpha_ve])
         return alpha_ve, alpha_cls
 
+    @staticmethod
+    def _width_probe(x: torch.Tensor) -> torch.Tensor:
+        """Two clean rows to learn a model's output width (two, so that a model normalising
+        by batch statistics reaches the engine's clearer batch probe instead of failing here)."""
+        return x[torch.arange(2) % x.shape[0]]
+
     def _check_estimator_width(self, x: torch.Tensor):
         check_model_input_dtype(self.estimator, x.dtype)
         with torch.inference_mode():
-            out = self.estimator(x[:1].to(model_device(self.estimator, x.device)))
+            out = self.estimator(self._width_probe(x).to(model_device(self.estimator, x.device)))
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != len(self.sigmas):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"estimator must return (N, len(sigmas)={len(self.sigmas)}) logits, "
@@ -227,8 +233,8 @@ class DualSmoothing:
             check_model_input_dtype(route, x.dtype)
             device = model_device(route, x.device)
             with torch.inference_mode():
-                out = route(x[:1].to(device),
-                            torch.full((1,), self.sigmas[k], dtype=torch.float32, device=device))
+                out = route(self._width_probe(x).to(device),
+                            torch.full((2,), self.sigmas[k], dtype=torch.float32, device=device))
             if not isinstance(out, torch.Tensor) or out.dim() != 2:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"classifier at sigma {self.sigmas[k]} must return (N, K) "
