@@ -182,7 +182,7 @@ class CascadeSmoothing:
         return passed, np.where(passed, radius, 0.0)
 
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
+                batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 progress: bool = False) -> CascadeCertifyResult:
         """Certify the cascade G at x (one input or a batch): with probability >= 1 - alpha
         (per input) each returned radius is a lower bound on G's l2 robustness radius. Each
@@ -236,10 +236,10 @@ class CascadeSmoothing:
             prediction=prediction, radius=float32_rounded_down(radius), count=count, n=n,
             alpha=alpha, sigma=torch.where(level >= 0, level_sigma, math.nan),
             p_lower=torch.from_numpy(p_lower), level=level,
-            radius_cap=float32_rounded_down(cap), samples=samples, p0=self.p0)
+            radius_cap=float32_rounded_down(cap), samples=samples, p0=self.p0, seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
-                seed: Optional[int] = 0, *, ids=None, progress: bool = False) -> torch.Tensor:
+                seed: Optional[int] = None, *, ids=None, progress: bool = False) -> torch.Tensor:
         """G(x) with probability >= 1 - alpha of not returning a wrong class (ABSTAIN when
         unsure) -> LongTensor (B,). Like certify, but each level draws only n samples and
         picks its top class from them, so its lower bound is Bonferroni-corrected over the

@@ -1,8 +1,10 @@
 """Drop-in replacement for Cohen et al.'s ``core.Smooth`` (locuslab/smoothing).
 
 Same constructor, methods and return values; the sampling runs on dualrs_fast's packed,
-counter-based engine. Like the original, each call draws fresh noise from torch's global RNG
-(so ``torch.manual_seed`` makes a run reproducible) unless a fixed ``seed`` is given.
+counter-based engine. Like the original, each call draws fresh noise, here from a secret seed
+the OS provides (not torch's global RNG: a seed a model could guess, e.g. after
+``torch.manual_seed(0)``, makes the noise public). Give ``seed=`` to make calls reproducible
+(each call then reuses that seed's noise).
 """
 from typing import Optional
 

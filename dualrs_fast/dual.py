@@ -26,8 +26,9 @@ from .noise import Stream
 from .sampling import Draw, count_votes, model_device
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
-from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit,
-                         check_positive_int, check_seed, check_sigma)
+from .validation import (as_input_batch, check_alpha, check_ids, check_model_input_dtype,
+                         check_open_unit, check_positive_int, check_sample_count, check_seed,
+                         check_sigma)
 
 
 @dataclass
@@ -234,13 +235,41 @@ class DualSmoothing:
                 f"{reach_cls - reach_ve:.3f}); an estimator_sigma >= {needed:.3g} removes the cap",
                 stacklevel=3)
 
+    @staticmethod
+    def _width_probe(x: torch.Tensor) -> torch.Tensor:
+        """Two clean rows to learn a model's output width (two, so that a model normalising
+        by batch statistics reaches the engine's clearer batch probe instead of failing here)."""
+        return x[torch.arange(2) % x.shape[0]]
+
     def _check_estimator_width(self, x: torch.Tensor):
+        check_model_input_dtype(self.estimator, x.dtype)
         with torch.inference_mode():
-            out = self.estimator(x[:1].to(model_device(self.estimator, x.device)))
+            out = self.estimator(self._width_probe(x).to(model_device(self.estimator, x.device)))
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != len(self.sigmas):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"estimator must return (N, len(sigmas)={len(self.sigmas)}) logits, "
                              f"got {shape}")
+
+    def _check_classifier_widths(self, x: torch.Tensor):
+        """Every route must return the same number of classes, whichever levels this call
+        uses (a route that is never run must not hide a mismatch)."""
+        widths = {}
+        for k, route in enumerate(self.routes):
+            if id(route) in widths:
+                continue
+            check_model_input_dtype(route, x.dtype)
+            device = model_device(route, x.device)
+            with torch.inference_mode():
+                out = route(self._width_probe(x).to(device),
+                            torch.full((2,), self.sigmas[k], dtype=torch.float32, device=device))
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"classifier at sigma {self.sigmas[k]} must return (N, K) "
+                                 f"logits, got {shape}")
+            widths[id(route)] = (self.sigmas[k], out.shape[1])
+        if len({w for _, w in widths.values()}) > 1:
+            raise ValueError("all classifier experts must return the same number of classes, "
+                             f"got {', '.join(f'{w} at sigma {s}' for s, w in widths.values())}")
 
     def _classifier_counts(self, xb, level, draws, seed, ids, batch_size, progress):
         """Counts (len(draws), B, K) of each input's route at its sigma; routes sharing one
@@ -264,7 +293,7 @@ class DualSmoothing:
         return counts
 
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
+                batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
                 estimator_rounds: int = 4, progress: bool = False) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
@@ -276,12 +305,15 @@ class DualSmoothing:
         checkpoint's bound holds at once);
         an input stops drawing once R_ve >= R_cls, when more samples cannot raise the radius
         min(R_ve, R_cls). 1 = the plain procedure (all n_estimator samples at
-        alpha_estimator, before the classifier)."""
+        alpha_estimator, before the classifier).
+
+        seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
+        (pass it back to reproduce the result); an explicit seed is deterministic."""
         xb, _ = as_input_batch(x)
         batch = xb.shape[0]
-        n0, n = check_positive_int("n0", n0), check_positive_int("n", n)
-        n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
-        n_ve = check_positive_int("n_estimator", n if n_estimator is None else n_estimator)
+        n0, n = check_sample_count("n0", n0), check_sample_count("n", n)
+        n0_ve = check_sample_count("n0_estimator", n0 if n0_estimator is None else n0_estimator)
+        n_ve = check_sample_count("n_estimator", n if n_estimator is None else n_estimator)
         schedule = estimator_schedule(n_ve, check_positive_int("estimator_rounds",
                                                                estimator_rounds))
         alpha = check_alpha(alpha)
@@ -290,6 +322,7 @@ class DualSmoothing:
         batch_size = check_positive_int("batch_size", batch_size)
         self._check_estimator_width(xb)
         self._warn_if_estimator_caps(n_ve, alpha_ve, n, alpha_cls)
+        self._check_classifier_widths(xb)
         ve = _SequentialEstimate(self, xb, ids, seed, batch_size, schedule, alpha_ve, progress)
         ve.start(n0_ve)
 
@@ -330,19 +363,21 @@ class DualSmoothing:
             level=torch.where(estimator_abstains, ABSTAIN, ve.level),
             count_estimator=ve.count, n_estimator=n_ve,
             estimator_samples=ve.drawn.clone(), estimator_alpha=ve.alpha.clone(),
-            estimator_rounds=len(schedule))
+            estimator_rounds=len(schedule), seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
-                seed: Optional[int] = 0, *, ids=None, progress: bool = False) -> torch.Tensor:
+                seed: Optional[int] = None, *, ids=None, progress: bool = False) -> torch.Tensor:
         """PREDICT for Dual RS: the estimator's level (binomial test at alpha_ve), then the
-        classifier at that level (alpha_cls), n samples each; ABSTAIN if either abstains."""
+        classifier at that level (alpha_cls), n samples each; ABSTAIN if either abstains.
+        seed=None (default) is a fresh secret seed, not returned: pass one to reproduce."""
         xb, _ = as_input_batch(x)
         batch = xb.shape[0]
-        n = check_positive_int("n", n)
+        n = check_sample_count("n", n)
         alpha_ve, alpha_cls = self.alphas(check_alpha(alpha))
         seed, ids = check_seed(seed), check_ids(ids, batch)
         batch_size = check_positive_int("batch_size", batch_size)
         self._check_estimator_width(xb)
+        self._check_classifier_widths(xb)
         sigma_ve = torch.full((batch,), self.estimator_sigma, dtype=torch.float64)
         ve_counts = count_votes(self.estimator, xb, sigma_ve, [Draw(Stream.ESTIMATOR_PREDICT, n)],
                                 seed=seed, ids=ids, batch_size=batch_size,

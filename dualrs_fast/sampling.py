@@ -18,8 +18,10 @@ from typing import Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from .batch_probe import PROBE_ROWS, check_batch_independent
 from .noise import Stream, fill_noisy_rows, resolve_backend, triton_available
-from .validation import check_logits, check_model_is_deterministic
+from .validation import (MAX_SAMPLES, check_logits, check_model_input_dtype,
+                         check_model_is_deterministic, check_sigma_resolution)
 
 VOTES_BACKENDS = ("auto", "numba", "torch", "triton")
 
@@ -130,6 +132,15 @@ def _compiled(model):
     return _COMPILED[key][1]
 
 
+def _model_input(rows: torch.Tensor, x_shape, use_cl: bool) -> torch.Tensor:
+    """View flat noisy rows (m, D) as the model's batch: (m, C, H, W) channels_last, or x's
+    shape."""
+    if use_cl:
+        c, h, w = x_shape[1:]
+        return rows.view(-1, h, w, c).permute(0, 3, 1, 2)
+    return rows.view((-1,) + tuple(x_shape[1:]))
+
+
 def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                 ids: torch.Tensor, batch_size: int, num_classes=None, channels_last=None,
                 compile: bool = False, noise_backend: str = "auto", progress: bool = False,
@@ -146,8 +157,14 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     noise_backend / votes_backend: 'auto' (numba-simd / numba on the CPU, triton on CUDA) or a
     name from ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba', the libm
     kernel, equal to 'numba-simd' up to float rounding).
+
+    Refused before any sampling: a model in training mode, parameters of another dtype than
+    x, sigma within MIN_SIGMA_STEPS float steps of an input's magnitude, more than 2**32
+    samples of one stream per input, and a model whose rows depend on each other within a
+    batch (``batch_probe``).
     """
     check_model_is_deterministic(model)
+    check_model_input_dtype(model, x.dtype)
     batch = x.shape[0]
     device = model_device(model, x.device)
     backend = resolve_backend(noise_backend, device)
@@ -156,6 +173,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     sigma = sigma.to(device=gen_device, dtype=x_flat.dtype).contiguous()
     ids = ids.to(gen_device).contiguous()
     dim = x_flat.shape[1]
+    check_sigma_resolution(x_flat, sigma)
 
     # One segment per (draw, input): its samples occupy a contiguous range of rows.
     def per_segment(values):  # an int or one value per input, for each draw -> (draws * B,)
@@ -163,6 +181,10 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                             for v in values]).reshape(-1)
 
     per_input = per_segment(d.num_samples for d in draws)
+    first_j = per_segment(d.start for d in draws)
+    if int((first_j + per_input).max()) > MAX_SAMPLES + 1 or int(first_j.min()) < 0:
+        raise ValueError("sample indices must lie in [0, 2**32) (32-bit noise counter): at most "
+                         f"{MAX_SAMPLES} samples of one stream per input")
     seg_end = torch.cumsum(per_input, 0)
     total = int(seg_end[-1])
     if total == 0:  # nothing to draw: the model is never called
@@ -171,7 +193,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
         return torch.zeros((len(draws), batch, int(num_classes)), dtype=torch.int64,
                            device=device)
     seg_start = (seg_end - per_input).to(gen_device)
-    seg_first_j = per_segment(d.start for d in draws).to(gen_device)
+    seg_first_j = first_j.to(gen_device)
     seg_stream = torch.tensor([int(d.stream) for d in draws]).repeat_interleave(batch)
     seg_stream = seg_stream.to(gen_device)
     seg_end = seg_end.to(gen_device)
@@ -186,7 +208,33 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     forward = _compiled(model) if compile else model
     sigma_dev = sigma.to(device=device, dtype=torch.float32)
 
+    def call(model_fn, noisy, row_input):
+        if pass_sigma:
+            sigma_rows = sigma_dev[row_input.to(device)]
+            if noisy.shape[0] > sigma_rows.shape[0]:  # compile padding
+                pad = noisy.shape[0] - sigma_rows.shape[0]
+                sigma_rows = torch.cat([sigma_rows, sigma_rows[-1:].expand(pad)])
+            return model_fn(noisy, sigma_rows)
+        return model_fn(noisy)
+
+    # The batch probe: PROBE_ROWS samples of the first draw's stream, cycling over the inputs,
+    # through the plain (never the compiled: its shape is static) model.
+    probe_input = torch.arange(PROBE_ROWS, device=gen_device) % batch
+    probe_j = torch.arange(PROBE_ROWS, device=gen_device) // batch
+    probe = torch.empty(PROBE_ROWS, dim, dtype=x_flat.dtype, device=gen_device)
+    fill_noisy_rows(probe, x_flat, sigma, ids, seed, probe_input,
+                    torch.full_like(probe_input, int(draws[0].stream)), probe_j, dest, backend,
+                    channels_last_shape=cl_shape)
+    probe = _model_input(probe, x.shape, use_cl).to(device)
+
+    def probe_call(rows: slice) -> torch.Tensor:
+        logits = call(model, probe[rows], probe_input[rows])
+        check_logits(logits, probe[rows].shape[0], num_classes)
+        return logits
+
     counts = bad = votes = None
+    with torch.inference_mode():
+        check_batch_independent(probe_call)
     with torch.inference_mode(), tqdm(total=total, unit="samples", unit_scale=True, desc=desc,
                                       disable=not progress, leave=False) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,
@@ -196,20 +244,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
             fill_noisy_rows(buf[:m], x_flat, sigma, ids, seed, row_input, row_stream, row_j,
                             dest, backend, channels_last_shape=cl_shape)
             # compile: keep one static shape; the tail rows of a short last batch are ignored.
-            noisy = buf if compile else buf[:m]
-            if use_cl:
-                c, h, w = x.shape[1:]
-                noisy = noisy.view(-1, h, w, c).permute(0, 3, 1, 2)
-            else:
-                noisy = noisy.view((-1,) + tuple(x.shape[1:]))
-            noisy = noisy.to(device, non_blocking=True)
-            if pass_sigma:
-                sigma_rows = sigma_dev[row_input.to(device)]
-                if noisy.shape[0] > m:  # compile padding
-                    sigma_rows = torch.cat([sigma_rows, sigma_rows[-1:].expand(noisy.shape[0] - m)])
-                logits = forward(noisy, sigma_rows)
-            else:
-                logits = forward(noisy)
+            noisy = _model_input(buf if compile else buf[:m], x.shape, use_cl)
+            logits = call(forward, noisy.to(device, non_blocking=True), row_input)
             num_classes = check_logits(logits, noisy.shape[0], num_classes)
             logits = logits[:m]
             if counts is None:  # counts live where the logits are

@@ -13,10 +13,13 @@ import torch
 from .bounds import binomial_test_abstains, certified_radius, clopper_pearson_lower
 from .noise import Stream
 from .sampling import Draw, count_votes
-from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int, check_seed,
-                         check_sigma)
+from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int,
+                         check_sample_count, check_seed, check_sigma)
 
 ABSTAIN = -1
+#: sigma of ``certify`` / ``predict`` when none is given (a plain model; a DualSmoothing
+#: takes none: it picks sigma per input)
+DEFAULT_SIGMA = 0.25
 
 
 @dataclass
@@ -28,6 +31,8 @@ class CertifyResult:
     alpha: float
     sigma: torch.Tensor       # (B,) noise level used for each input
     p_lower: torch.Tensor     # (B,) float64 Clopper-Pearson lower bound of the top-class probability
+    seed: Optional[int] = None  # the noise seed used (a fresh secret one unless given): pass
+                                # it back as seed= to reproduce the result
 
     def __len__(self):
         return self.prediction.shape[0]
@@ -42,11 +47,12 @@ def float32_rounded_down(values: np.ndarray) -> torch.Tensor:
 
 
 def _sigma_per_input(sigma, batch: int) -> torch.Tensor:
+    sigma = DEFAULT_SIGMA if sigma is None else sigma
     return torch.full((batch,), check_sigma(sigma), dtype=torch.float64)
 
 
 def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, alpha: float,
-                   sigma: torch.Tensor) -> CertifyResult:
+                   sigma: torch.Tensor, seed: Optional[int] = None) -> CertifyResult:
     """CERTIFY's decision from vote counts (B, K) of the selection and estimation samples."""
     top = selection.argmax(1)
     count = estimation.gather(1, top.unsqueeze(1)).squeeze(1).cpu()
@@ -56,21 +62,22 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
     return CertifyResult(prediction=torch.where(abstain, ABSTAIN, top.cpu()),
                          radius=float32_rounded_down(np.asarray(radius, np.float64).reshape(-1)),
                          count=count, n=n, alpha=alpha, sigma=sigma.float().cpu(),
-                         p_lower=torch.from_numpy(p_lower.reshape(-1)))
+                         p_lower=torch.from_numpy(p_lower.reshape(-1)), seed=seed)
 
 
-def _as_dual(model, num_classes, channels_last, compile, noise_backend):
+def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend):
     """``model`` if it is a DualSmoothing or CascadeSmoothing (then certify / predict forward
-    to its own method), else None. Both pick sigma per input and run their own models: engine
-    options meant for a plain model would be silently ignored (e.g. a num_classes check), so
-    they are refused."""
+    to its own method), else None. Both pick sigma per input and run their own models: a sigma
+    or engine options meant for a plain model would be silently ignored (e.g. a num_classes
+    check), so they are refused."""
     from .cascade import CascadeSmoothing
     from .dual import DualSmoothing
     if not isinstance(model, (DualSmoothing, CascadeSmoothing)):
         return None
-    options = dict(num_classes=num_classes, channels_last=channels_last, compile=compile,
-                   noise_backend=noise_backend)
-    defaults = dict(num_classes=None, channels_last=None, compile=False, noise_backend="auto")
+    options = dict(sigma=sigma, num_classes=num_classes, channels_last=channels_last,
+                   compile=compile, noise_backend=noise_backend)
+    defaults = dict(sigma=None, num_classes=None, channels_last=None, compile=False,
+                    noise_backend="auto")
     unused = sorted(k for k, v in options.items() if v != defaults[k])
     if unused:
         raise TypeError(f"{', '.join(unused)} cannot be used with a {type(model).__name__} "
@@ -78,20 +85,25 @@ def _as_dual(model, num_classes, channels_last, compile, noise_backend):
     return model
 
 
-def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-            batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None, num_classes=None,
+def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+            batch_size: int = 1000, seed: Optional[int] = None, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
             progress: bool = False) -> CertifyResult:
     """Certify the smoothed classifier g(x) = argmax_c P(model(x + N(0, sigma^2 I)) = c).
 
     x: one input (C,H,W) / (D,) or a batch (B,C,H,W) / (B,D) in the model's input (pixel)
-    scale; sigma is in that scale. With probability >= 1 - alpha (per input) the returned
+    scale; sigma is in that scale (None: DEFAULT_SIGMA, 0.25), at least MIN_SIGMA_STEPS float
+    steps of the input's magnitude. With probability >= 1 - alpha (per input) the returned
     radius is a lower bound on g's l2 robustness radius at x. ``model`` may also be a
-    DualSmoothing or CascadeSmoothing (then ``sigma`` is ignored and num_classes /
-    channels_last / compile / noise_backend refused; its own options, e.g. estimator_rounds,
-    need ``model.certify``).
+    DualSmoothing or CascadeSmoothing (then sigma, num_classes, channels_last, compile and
+    noise_backend are refused; its own options, e.g. estimator_rounds, need
+    ``model.certify``).
 
-    seed: noise seed (None: a fresh one from torch's global RNG). ids: per-input noise keys
+    x is float32 or float64; the noise is drawn at x's precision, and the model's parameters
+    must have x's dtype. n0, n < 2**32.
+    seed: noise seed; None (default) draws a fresh secret one from the OS, so a model cannot
+    know the noise; it is returned as ``r.seed`` (pass it back to reproduce the run bit for
+    bit; an explicit seed is deterministic). ids: per-input noise keys, distinct
     (default 0..B-1; pass dataset indices so a certificate does not depend on which inputs
     share the call). batch_size: noisy samples per forward pass (memory; the noise does not
     depend on it). num_classes: check the model's output width. channels_last: default on for
@@ -100,20 +112,21 @@ def certify(model, x, sigma=0.25, n0: int = 100, n: int = 100_000, alpha: float 
     'numba'; CUDA: 'triton' if installed; else 'torch'), or one of those names; backends agree
     up to float rounding. progress: tqdm bar.
     """
-    dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
+    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
         return dual.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                             ids=ids, progress=progress)
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
-    n0, n = check_positive_int("n0", n0), check_positive_int("n", n)
+    n0, n = check_sample_count("n0", n0), check_sample_count("n", n)
     alpha = check_alpha(alpha)
+    seed = check_seed(seed)
     counts = count_votes(model, xb, sig, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)],
-                         seed=check_seed(seed), ids=check_ids(ids, xb.shape[0]),
+                         seed=seed, ids=check_ids(ids, xb.shape[0]),
                          batch_size=check_positive_int("batch_size", batch_size),
                          num_classes=num_classes, channels_last=channels_last, compile=compile,
                          noise_backend=noise_backend, progress=progress, desc="certify")
-    return certify_counts(counts[0], counts[1], n, alpha, sig)
+    return certify_counts(counts[0], counts[1], n, alpha, sig, seed=seed)
 
 
 def predict_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -125,20 +138,22 @@ def predict_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.where(abstain.reshape(-1), ABSTAIN, top2.indices[:, 0].cpu())
 
 
-def predict(model, x, sigma=0.25, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
-            seed: Optional[int] = 0, *, ids=None, num_classes=None, channels_last=None,
+def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+            seed: Optional[int] = None, *, ids=None, num_classes=None, channels_last=None,
             compile: bool = False, noise_backend: str = "auto", progress: bool = False
             ) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
     (returns ABSTAIN when unsure). -> LongTensor (B,). Options as for ``certify``; ``model``
-    may be a DualSmoothing or CascadeSmoothing (``sigma`` then ignored)."""
-    dual = _as_dual(model, num_classes, channels_last, compile, noise_backend)
+    may be a DualSmoothing or CascadeSmoothing (then without sigma). The default seed=None is
+    a fresh secret one, which is not returned: pass an explicit seed to make a prediction
+    reproducible."""
+    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
         return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
                             progress=progress)
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
-    n, alpha = check_positive_int("n", n), check_alpha(alpha)
+    n, alpha = check_sample_count("n", n), check_alpha(alpha)
     counts = count_votes(model, xb, sig, [Draw(Stream.PREDICT, n)], seed=check_seed(seed),
                          ids=check_ids(ids, xb.shape[0]),
                          batch_size=check_positive_int("batch_size", batch_size),

@@ -2,12 +2,20 @@
 produce a certificate."""
 import math
 import numbers
+import secrets
 
 import numpy as np
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 MAX_SEED = 2**64
+#: sample indices are 32-bit Philox counter words (``kernels/__init__.py``): a larger count
+#: would wrap around and reuse noise
+MAX_SAMPLES = 2**32 - 1
+#: sigma must span at least this many float steps (eps * the input's largest |value|): below
+#: that the noisy input is the float-rounded model's input, not x + Gaussian noise, and the
+#: certificate describes rounding (README "Limits")
+MIN_SIGMA_STEPS = 512
 
 
 def check_positive_int(name: str, value) -> int:
@@ -42,9 +50,24 @@ def check_sigma(sigma, name: str = "sigma") -> float:
     return sigma
 
 
+def check_sample_count(name: str, value) -> int:
+    """A number of noise samples per input: >= 1 and below 2**32 (the sample counter's range)."""
+    value = check_positive_int(name, value)
+    if value > MAX_SAMPLES:
+        raise ValueError(f"{name} must be < 2**32 (noise sample indices are 32-bit), got {value}")
+    return value
+
+
+def fresh_seed() -> int:
+    """A secret 63-bit seed from the OS: a model that knows the noise algorithm cannot know
+    the noise (a fixed default seed would make it public)."""
+    return secrets.randbits(63)
+
+
 def check_seed(seed) -> int:
-    if seed is None:  # reproducible under torch.manual_seed, like Cohen et al.'s code
-        return int(torch.randint(0, 2**62, ()).item())
+    """An explicit seed in [0, 2**64), or None: a fresh secret one (``fresh_seed``)."""
+    if seed is None:
+        return fresh_seed()
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if not 0 <= seed < MAX_SEED:
@@ -87,7 +110,38 @@ def check_ids(ids, batch: int) -> torch.Tensor:
         raise ValueError(f"ids must have one entry per input ({batch}), got {ids.numel()}")
     if (ids < 0).any() or (ids >= 2**32).any():
         raise ValueError("ids must be in [0, 2**32)")
+    if ids.unique().numel() != ids.numel():
+        raise ValueError("ids must be distinct: inputs with the same id would share their noise")
     return ids.to(torch.int64).cpu()
+
+
+def check_model_input_dtype(model, dtype: torch.dtype) -> None:
+    """The noise is drawn at x's precision and fed to the model as is: a model whose floating
+    point parameters have another dtype would fail inside torch (or round the noise)."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    dtypes = {t.dtype for t in list(model.parameters()) + list(model.buffers())
+              if t.is_floating_point()}
+    if dtypes and dtype not in dtypes:
+        want = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        have = str(dtype).replace("torch.", "")
+        raise TypeError(f"x is {have} but the model's parameters are {want}: pass x in the "
+                        f"model's dtype (float64 x gets float64 noise) or convert the model")
+
+
+def check_sigma_resolution(x_flat: torch.Tensor, sigma: torch.Tensor) -> None:
+    """Refuse sigma below MIN_SIGMA_STEPS float steps of each input's largest |value|: the
+    float-rounded noisy input would no longer be x + Gaussian noise (a certificate could be
+    false). x_flat (B, D), sigma (B,)."""
+    info = torch.finfo(x_flat.dtype)
+    step = (x_flat.abs().amax(1).double() * info.eps).clamp_min(info.tiny)
+    low = sigma.double().cpu() < MIN_SIGMA_STEPS * step.cpu()
+    if low.any():
+        i = int(torch.nonzero(low)[0])
+        raise ValueError(f"sigma {float(sigma[i]):.3g} is below {MIN_SIGMA_STEPS} float steps of "
+                         f"input {i}'s magnitude ({MIN_SIGMA_STEPS * float(step[i]):.3g} in "
+                         f"{str(x_flat.dtype).replace('torch.', '')}): the certificate would "
+                         "reflect float rounding; use a larger sigma (or float64 inputs)")
 
 
 def check_model_is_deterministic(model) -> None:
@@ -113,6 +167,8 @@ def check_logits(logits, rows: int, num_classes) -> int:
                          "with one logit z, return torch.stack([-z, z], 1))")
     if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"model returned {logits.shape[1]} classes, expected {num_classes}")
-    if logits.dtype == torch.bool or logits.is_complex():
-        raise TypeError(f"model logits must be real numbers, got {logits.dtype}")
+    if not logits.dtype.is_floating_point:
+        # integer outputs are class indices or counts, not scores: refuse rather than guess
+        raise TypeError(f"model logits must be floating point (float32/64, float16 or "
+                        f"bfloat16), got {logits.dtype}")
     return int(logits.shape[1])

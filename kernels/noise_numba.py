@@ -35,6 +35,12 @@ _HALF = np.float32(0.5)
 _SCALE = np.float32(2.0**-32)
 _MINUS2 = np.float32(-2.0)
 _TWO_PI = np.float32(2.0 * math.pi)
+# float64 noise (float64 inputs): 53-bit uniforms, Box-Muller in float64
+_S21 = np.uint64(21)
+_S11 = np.uint64(11)
+_HALF_F64 = 0.5
+_SCALE_F64 = 2.0**-53
+_TWO_PI_F64 = 2.0 * math.pi
 _CHUNK = 16  # rows per parallel task: amortises the scratch buffers
 
 
@@ -83,6 +89,47 @@ def _box_muller_row(bits, n_blocks, z):
         z[4 * b + 3] = rad * math.sin(th)
 
 
+@numba.njit(inline="always")
+def _unit_f64(hi, lo):
+    """Two uint32 words -> float64 in (0, 1] from their top 53 bits (the specification's)."""
+    k = (np.uint64(hi) << _S21) | (np.uint64(lo) >> _S11)
+    return (np.float64(k) + _HALF_F64) * _SCALE_F64
+
+
+@numba.njit(inline="always")
+def _box_muller_row_f64(bits, n_blocks, z):
+    """z[2b + k] = float64 normal k of block b: u0 from words 0-1, u1 from words 2-3."""
+    for b in range(n_blocks):
+        rad = math.sqrt(-2.0 * math.log(_unit_f64(bits[0, b], bits[1, b])))
+        th = _TWO_PI_F64 * _unit_f64(bits[2, b], bits[3, b])
+        z[2 * b] = rad * math.cos(th)
+        z[2 * b + 1] = rad * math.sin(th)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _noisy_rows_kernel_f64(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity,
+                           out):
+    """The float64 kernel (float64 x, sigma and out): 2 normals per Philox block."""
+    n_rows = out.shape[0]
+    dim = x.shape[1]
+    n_blocks = (dim + 1) // 2
+    for chunk in numba.prange((n_rows + _CHUNK - 1) // _CHUNK):
+        bits = np.empty((4, n_blocks), np.uint32)
+        z = np.empty(2 * n_blocks, np.float64)
+        for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
+            i = row_input[r]
+            s = sigma[i]
+            _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
+                        np.uint32(row_stream[r]), k0, k1)
+            _box_muller_row_f64(bits, n_blocks, z)
+            if identity:
+                for e in range(dim):
+                    out[r, e] = x[i, e] + s * z[e]
+            else:
+                for e in range(dim):
+                    out[r, dest[e]] = x[i, e] + s * z[e]
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, out):
     n_rows = out.shape[0]
@@ -110,10 +157,12 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
                     row_j: torch.Tensor, dest=None) -> None:
     """Fill ``out`` (R, D) in place. ``dest[e]`` is where element e lands in a row, which lets
     the kernel write channels_last batches directly (None: identity). All tensors on the CPU,
-    contiguous; ``out`` may be a contiguous row range of a larger buffer."""
+    contiguous; ``out`` may be a contiguous row range of a larger buffer. float64 x (and
+    out) get float64 noise, float32 x float32 noise (``kernels/__init__.py``)."""
     k0, k1 = split_seed(seed)
     identity = dest is None
     dest_np = np.zeros(1, np.int64) if identity else dest.numpy()
-    _noisy_rows_kernel(x_flat.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
+    kernel = _noisy_rows_kernel_f64 if x_flat.dtype == torch.float64 else _noisy_rows_kernel
+    kernel(x_flat.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
                        row_input.numpy(), row_stream.numpy(), row_j.numpy(), dest_np, identity,
                        out.numpy())

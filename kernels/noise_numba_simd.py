@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .noise_numba import _CHUNK, _philox_row
+from .noise_numba import _CHUNK, _noisy_rows_kernel_f64, _philox_row
 from .philox_torch import split_seed
 
 F = np.float32
@@ -225,10 +225,13 @@ def cos_sin(th: np.ndarray):
 def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor,
                     row_j: torch.Tensor, dest=None) -> None:
-    """Same contract as ``noise_numba.noisy_rows_into``."""
+    """Same contract as ``noise_numba.noisy_rows_into``. float64 x takes ``noise_numba``'s
+    float64 kernel (the C library's double log / sin / cos): the float32 polynomials here
+    would put float64 inputs' noise on a float32 lattice."""
     k0, k1 = split_seed(seed)
     identity = dest is None
     dest_np = np.zeros(1, np.int64) if identity else dest.numpy()
-    _noisy_rows_kernel(x_flat.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
+    kernel = _noisy_rows_kernel_f64 if x_flat.dtype == torch.float64 else _noisy_rows_kernel
+    kernel(x_flat.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
                        row_input.numpy(), row_stream.numpy(), row_j.numpy(), dest_np, identity,
                        out.numpy())

@@ -62,6 +62,15 @@ def _log(x, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
+def _sqrt_f64(x, LIBDEVICE: tl.constexpr):
+    """IEEE float64 sqrt (tl.sqrt_rn takes float32 only)."""
+    if LIBDEVICE:
+        return libdevice.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
 def _cos(x, LIBDEVICE: tl.constexpr):
     if LIBDEVICE:
         return libdevice.cos(x)
@@ -114,6 +123,41 @@ def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr,
            CHANNELS_LAST)
 
 
+@triton.jit
+def _unit_f64(hi, lo):
+    """Two uint32 words -> float64 in (0, 1] from their top 53 bits (the specification's)."""
+    k = (hi.to(tl.uint64) << 21) | (lo.to(tl.uint64) >> 11)
+    return (k.to(tl.float64) + 0.5) * 1.1102230246251565e-16  # 2**-53
+
+
+@triton.jit(do_not_specialize=["k0", "k1"])
+def _noisy_rows_kernel_f64(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
+                           out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
+                           CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+                           N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """float64 noise for float64 rows: 2 normals per Philox block (``philox_torch``)."""
+    r = tl.program_id(0).to(tl.int64)
+    i = tl.load(row_input_ptr + r)
+    s = tl.load(sigma_ptr + i)
+    c1 = tl.load(row_j_ptr + r).to(tl.uint32)
+    c2 = tl.load(ids_ptr + i).to(tl.uint32)
+    c3 = tl.load(row_stream_ptr + r).to(tl.uint32)
+    b = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    c0 = b.to(tl.uint32)
+    zero = c0 * 0
+    r0, r1, r2, r3 = _philox(c0, zero + c1, zero + c2, zero + c3, k0.to(tl.uint32),
+                             k1.to(tl.uint32), N_ROUNDS)
+    rad = _sqrt_f64(-2.0 * _log(_unit_f64(r0, r1), LIBDEVICE), LIBDEVICE)
+    # float64 2 pi as a float64 tensor: a bare literal could be rounded to float32
+    th = tl.full([BLOCK], 6.283185307179586, tl.float64) * _unit_f64(r2, r3)
+    e = 2 * b.to(tl.int64)
+    x_row = x_ptr + i * x_row_stride
+    out_row = out_ptr + r * out_row_stride
+    _store(x_row, out_row, s, rad * _cos(th, LIBDEVICE), e, dim, channels, hw, CHANNELS_LAST)
+    _store(x_row, out_row, s, rad * _sin(th, LIBDEVICE), e + 1, dim, channels, hw,
+           CHANNELS_LAST)
+
+
 @triton.jit(do_not_specialize=["k0", "k1"])
 def _philox_words_kernel(c_ptr, out_ptr, n, k0, k1, BLOCK: tl.constexpr, N_ROUNDS: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -148,7 +192,8 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor,
                     row_j: torch.Tensor, channels_last_shape=None) -> None:
     """Fill ``out`` (R, D) in place, all tensors on one device (CUDA; CPU under
-    TRITON_INTERPRET=1). ``channels_last_shape=(C, H, W)`` writes each row in NHWC order."""
+    TRITON_INTERPRET=1). ``channels_last_shape=(C, H, W)`` writes each row in NHWC order.
+    float64 x gets float64 noise (2 normals per Philox block), float32 x float32 noise."""
     rows, dim = out.shape
     if rows == 0 or dim == 0:
         return
@@ -161,8 +206,10 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
         channels, hw = int(c), int(h) * int(w)
         if channels * hw != dim:
             raise ValueError(f"channels_last_shape {tuple(channels_last_shape)} does not match {dim}")
-    grid = (rows, triton.cdiv(triton.cdiv(dim, 4), BLOCK))
-    _noisy_rows_kernel[grid](x_flat, sigma, ids, row_input, row_stream, row_j, out, k0, k1, dim,
+    per_block = 2 if x_flat.dtype == torch.float64 else 4  # normals per Philox block
+    kernel = _noisy_rows_kernel_f64 if per_block == 2 else _noisy_rows_kernel
+    grid = (rows, triton.cdiv(triton.cdiv(dim, per_block), BLOCK))
+    kernel[grid](x_flat, sigma, ids, row_input, row_stream, row_j, out, k0, k1, dim,
                              x_flat.stride(0), out.stride(0), channels, hw,
                              CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK,
                              N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED)

@@ -57,6 +57,10 @@ def votes_into(counts: torch.Tensor, bad: torch.Tensor, logits: torch.Tensor,
     m, k = logits.shape
     if m == 0:
         return
+    if logits.dtype == torch.bfloat16:
+        # exact in float32 (ties stay ties); Triton's interpreter misreads bfloat16 loads
+        # (every row voted class 0), so no bfloat16 load is trusted here
+        logits = logits.float()
     if not counts.is_contiguous():
         raise ValueError("counts must be contiguous")
     block_k = triton.next_power_of_2(k)

@@ -90,12 +90,15 @@ def test_counts_do_not_depend_on_batch_size_or_packing(linear_model):
 def test_ids_and_seed_key_the_noise(linear_model):
     x = inputs_at_distances(linear_model, torch.tensor([0.05, 0.05]), (1, 28, 28))
     x[1] = x[0]
-    same = drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=2000, seed=0, ids=[3, 3])
     diff = drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=2000, seed=0, ids=[3, 4])
-    other_seed = drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=2000, seed=1, ids=[3, 3])
-    assert same.count[0] == same.count[1]
+    same = drs.certify(linear_model, x[1], sigma=SIGMA, n0=10, n=2000, seed=0, ids=[3])
+    other_seed = drs.certify(linear_model, x[1], sigma=SIGMA, n0=10, n=2000, seed=1, ids=[3])
+    assert same.count[0] == diff.count[0]
     assert diff.count[0] != diff.count[1]
     assert other_seed.count[0] != same.count[0]
+    # one id for two inputs would give them the same noise: refused
+    with pytest.raises(ValueError, match="distinct"):
+        drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=20, seed=0, ids=[3, 3])
 
 
 def test_selection_and_estimation_samples_are_separate():
@@ -112,8 +115,8 @@ def test_channels_last_gives_identical_certificates():
     g = torch.Generator().manual_seed(2)
     model = LinearBinary(torch.randn(3 * 8 * 8, generator=g), 0.1)
     x = torch.rand(3, 3, 8, 8, generator=g)
-    a = drs.certify(model, x, sigma=0.25, n0=10, n=500, channels_last=True)
-    b = drs.certify(model, x, sigma=0.25, n0=10, n=500, channels_last=False)
+    a = drs.certify(model, x, sigma=0.25, n0=10, n=500, seed=0, channels_last=True)
+    b = drs.certify(model, x, sigma=0.25, n0=10, n=500, seed=0, channels_last=False)
     assert torch.equal(a.count, b.count)
 
 
@@ -148,10 +151,10 @@ def test_single_input_returns_batch_of_one(linear_model):
 def test_compile_path_matches_eager(linear_model):
     pytest.importorskip("torch._inductor")
     x = inputs_at_distances(linear_model, torch.tensor([0.1, -0.2]), (1, 28, 28))
-    eager = drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=90, batch_size=64)
+    eager = drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=90, batch_size=64, seed=0)
     try:
         compiled = drs.certify(linear_model, x, sigma=SIGMA, n0=10, n=90, batch_size=64,
-                               compile=True)
+                               seed=0, compile=True)
     except Exception as e:  # no working C compiler for inductor on this machine
         pytest.skip(f"torch.compile unavailable: {e}")
     assert torch.equal(eager.count, compiled.count)
@@ -183,6 +186,7 @@ class NaNLogits(torch.nn.Module):
     (dict(n=10.5), TypeError), (dict(n0=True), TypeError), (dict(batch_size=0), ValueError),
     (dict(seed=-1), ValueError), (dict(seed=1.5), TypeError), (dict(ids=[0, 1]), ValueError),
     (dict(noise_backend="cuda-magic"), ValueError),
+    (dict(n=2**32), ValueError), (dict(n0=2**32), ValueError), (dict(n=2**40), ValueError),
 ])
 def test_bad_arguments_raise(linear_model, kwargs, error):
     x = torch.rand(1, 28, 28)

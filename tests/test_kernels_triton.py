@@ -169,3 +169,63 @@ def test_engine_with_triton_backends_matches_cpu_backends():
     tri = count_votes(model, x, sigma, draws, noise_backend="triton", votes_backend="triton", **kw)
     assert torch.equal(cpu, tri)
     assert int(cpu.sum()) == 3 * 57
+
+
+# ---- float64 inputs: float64 noise (issue 10, item 1)
+
+@pytest.mark.parametrize("shape", [(1,), (5,), (3, 7, 9)])
+def test_triton_float64_noise_matches_reference_and_numba(shape):
+    g = torch.Generator().manual_seed(6)
+    B, R = 3, 9
+    x = torch.rand((B,) + shape, generator=g, dtype=torch.float64)
+    flat = x.reshape(B, -1).contiguous()
+    sigma = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
+    ids = torch.tensor([0, 2**32 - 1, 12345])
+    ri, rs, rj = _rows(g, B, R)
+    seed = 0xDEADBEEFCAFEF00D
+    ref = philox_torch.noisy_rows(x, sigma, ids, seed, ri, rs, rj).reshape(R, -1)
+    got = torch.full_like(ref, float("nan"))
+    K["noise_triton"].noisy_rows_into(got, flat, sigma, ids, seed, ri, rs, rj)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-13)   # float32 noise: off by 1e-8
+    cpu = torch.empty_like(ref)
+    numba_noisy_rows_into(cpu, flat, sigma, ids, seed, ri, rs, rj)
+    torch.testing.assert_close(got, cpu, rtol=0, atol=1e-13)
+    if len(shape) == 3:
+        nhwc = torch.empty_like(ref)
+        K["noise_triton"].noisy_rows_into(nhwc, flat, sigma, ids, seed, ri, rs, rj,
+                                          channels_last_shape=shape)
+        c, h, w = shape
+        assert torch.equal(nhwc.view(R, h, w, c).permute(0, 3, 1, 2).reshape(R, -1), got)
+
+
+def test_triton_float32_lattice_model_gets_no_certificate_for_float64_inputs():
+    import dualrs_fast as drs
+    from test_float64_noise import SIGMA, Float32LatticeDetector, _image_like_float64
+    x = _image_like_float64()
+    model = Float32LatticeDetector(x, SIGMA)
+    r = drs.certify(model, x[None], sigma=SIGMA, n0=10, n=200, alpha=0.001, seed=0,
+                    noise_backend="triton")
+    assert r.prediction.tolist() == [0] and int(r.count[0]) == 200   # float32 noise: class 1
+
+
+def test_triton_float32_lattice_model_through_dual_smoothing(monkeypatch):
+    import dualrs_fast as drs
+    from dualrs_fast import sampling
+    from test_float64_noise import SIGMA, Float32LatticeDetector, _image_like_float64, _Level0
+    monkeypatch.setattr(sampling, "resolve_backend", lambda name, device: "triton")
+    x = _image_like_float64()
+    experts = {SIGMA: Float32LatticeDetector(x, SIGMA), 0.5: Float32LatticeDetector(x, 0.5)}
+    dual = drs.DualSmoothing(_Level0(), experts, sigmas=(SIGMA, 0.5), estimator_sigma=SIGMA)
+    r = dual.certify(x[None], n0=10, n=200, alpha=0.001, seed=0, estimator_rounds=1)
+    assert r.level.tolist() == [0] and r.prediction.tolist() == [0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_votes_count_half_precision_ties_like_the_reference(dtype):
+    g = torch.Generator().manual_seed(8)
+    logits = _tied_logits(g, 90, 6, dtype)
+    seg = torch.randint(0, 4, (90,), generator=g)
+    want, got = (torch.zeros(4, 6, dtype=torch.int64) for _ in range(2))
+    votes_torch.votes_into(want, torch.zeros(1, dtype=torch.int64), logits, seg)
+    K["votes_triton"].votes_into(got, torch.zeros(1, dtype=torch.int64), logits, seg)
+    assert torch.equal(got, want)

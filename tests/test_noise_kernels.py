@@ -142,7 +142,7 @@ def _one_pass_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, 
 
 
 @pytest.mark.parametrize("dim", [1, 3, 4, 5, 63, 784, 3073])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32])  # float64 noise: test_float64_noise.py
 @pytest.mark.parametrize("permuted", [False, True])
 def test_numba_kernel_is_bit_identical_to_the_one_pass_kernel(dim, dtype, permuted):
     g = torch.Generator().manual_seed(dim)
@@ -223,8 +223,10 @@ def test_torch_and_numba_backends_give_the_same_certificates():
     g = torch.Generator().manual_seed(6)
     model = LinearBinary(torch.randn(2 * 5 * 5, generator=g), 0.05)
     x = torch.rand(4, 2, 5, 5, generator=g)
-    a = drs.certify(model, x, sigma=0.5, n0=10, n=300, batch_size=128, noise_backend="numba")
-    b = drs.certify(model, x, sigma=0.5, n0=10, n=300, batch_size=77, noise_backend="torch")
+    a = drs.certify(model, x, sigma=0.5, n0=10, n=300, batch_size=128, seed=0,
+                    noise_backend="numba")
+    b = drs.certify(model, x, sigma=0.5, n0=10, n=300, batch_size=77, seed=0,
+                    noise_backend="torch")
     assert torch.equal(a.count, b.count) and torch.equal(a.prediction, b.prediction)
 
 
@@ -354,6 +356,7 @@ def test_simd_backend_in_certify():
     g = torch.Generator().manual_seed(7)
     model = LinearBinary(torch.randn(3 * 6 * 6, generator=g), 0.1)
     x = torch.rand(4, 3, 6, 6, generator=g)
-    a = drs.certify(model, x, sigma=0.5, n0=10, n=400, noise_backend="numba")
-    b = drs.certify(model, x, sigma=0.5, n0=10, n=400, noise_backend="numba-simd", batch_size=91)
+    a = drs.certify(model, x, sigma=0.5, n0=10, n=400, seed=0, noise_backend="numba")
+    b = drs.certify(model, x, sigma=0.5, n0=10, n=400, seed=0, noise_backend="numba-simd",
+                    batch_size=91)
     assert torch.equal(a.count, b.count)  # no sample of this run sits within rounding of a tie

@@ -105,8 +105,8 @@ class _Quantized(torch.nn.Module):
         return (x.reshape(len(x), -1) @ self.w).round().to(self.dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
-def test_engine_counts_do_not_depend_on_votes_backend(dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_engine_counts_do_not_depend_on_votes_backend(dtype):  # integer logits: refused
     model = _Quantized(dtype).eval()
     x = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     sigma = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)
