@@ -45,7 +45,7 @@ import scipy.special as sc
 import torch
 
 from .bounds import certified_radius, clopper_pearson_lower, clopper_pearson_upper
-from .dual import _Route, check_sigmas
+from .dual import build_routes, check_sigmas
 from .noise import Stream
 from .sampling import Draw, count_votes
 from .smoothing import ABSTAIN, CertifyResult, float32_rounded_down
@@ -130,22 +130,7 @@ class CascadeSmoothing:
                  sigmas: Sequence[float] = (0.25, 0.5, 1.0), p0: float = 0.5):
         self.sigmas = check_sigmas(sigmas)
         self.p0 = check_p0(p0)
-        self.routes = self._build_routes(classifier)
-
-    def _build_routes(self, classifier):
-        if isinstance(classifier, dict):
-            experts = {float(k): v for k, v in classifier.items()}
-            missing = [s for s in self.sigmas if s not in experts]
-            extra = sorted(set(experts) - set(self.sigmas))
-            if missing or extra:
-                raise ValueError(f"classifier experts must match sigmas {self.sigmas}: missing "
-                                 f"{missing}, unexpected {extra}")
-            if not all(callable(experts[s]) for s in self.sigmas):
-                raise TypeError("every expert in the classifier dict must be a model (callable)")
-            return [_Route(experts[s], conditioned=False) for s in self.sigmas]
-        if not callable(classifier):
-            raise TypeError("classifier must be a model or a dict {sigma: model}")
-        return [_Route(classifier, conditioned=True)] * len(self.sigmas)
+        self.routes = build_routes(classifier, self.sigmas)
 
     def _level_counts(self, level, xb, members, draws, seed, ids, batch_size, num_classes,
                       progress):

@@ -165,6 +165,26 @@ class _Route(torch.nn.Module):
         return self.classifier(x, sigma_rows) if self.conditioned else self.classifier(x)
 
 
+def build_routes(classifier, sigmas, denoiser=None) -> list:
+    """One route per level: a dict {sigma: expert} (keys must match ``sigmas``) gives each
+    level its expert; a single model is noise-conditioned, model(x, sigma_rows), shared by all
+    levels (with a denoiser, an off-the-shelf model(x) after it)."""
+    if isinstance(classifier, dict):
+        experts = {float(k): v for k, v in classifier.items()}
+        missing = [s for s in sigmas if s not in experts]
+        extra = sorted(set(experts) - set(sigmas))
+        if missing or extra:
+            raise ValueError(f"classifier experts must match sigmas {tuple(sigmas)}: missing "
+                             f"{missing}, unexpected {extra}")
+        if not all(callable(experts[s]) for s in sigmas):
+            raise TypeError("every expert in the classifier dict must be a model (callable)")
+        return [_Route(experts[s], conditioned=False, denoiser=denoiser) for s in sigmas]
+    if not callable(classifier):
+        raise TypeError("classifier must be a model or a dict {sigma: model}")
+    route = _Route(classifier, conditioned=denoiser is None, denoiser=denoiser)
+    return [route] * len(sigmas)
+
+
 class DualSmoothing:
     """Dual RS over the noise levels ``sigmas`` (pixel scale).
 
@@ -191,21 +211,7 @@ class DualSmoothing:
         if not callable(estimator):
             raise TypeError("estimator must be a model (callable)")
         self.estimator, self.denoiser = estimator, denoiser
-        self.routes = self._build_routes(classifier, denoiser)
-
-    def _build_routes(self, classifier, denoiser):
-        if isinstance(classifier, dict):
-            experts = {float(k): v for k, v in classifier.items()}
-            missing = [s for s in self.sigmas if s not in experts]
-            extra = sorted(set(experts) - set(self.sigmas))
-            if missing or extra:
-                raise ValueError(f"classifier experts must match sigmas {self.sigmas}: missing "
-                                 f"{missing}, unexpected {extra}")
-            return [_Route(experts[s], conditioned=False, denoiser=denoiser) for s in self.sigmas]
-        if not callable(classifier):
-            raise TypeError("classifier must be a model or a dict {sigma: model}")
-        route = _Route(classifier, conditioned=denoiser is None, denoiser=denoiser)
-        return [route] * len(self.sigmas)
+        self.routes = build_routes(classifier, self.sigmas, denoiser)
 
     def alphas(self, alpha: float):
         """(alpha_estimator, alpha_classifier), summing to at most alpha in floating point."""

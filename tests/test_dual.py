@@ -21,7 +21,7 @@ from dualrs_fast.training import (cached_estimated_radii, class_group_estimator,
                                   class_group_levels, consistency_losses, estimated_radii,
                                   level_balance_weights, soft_level_targets, train_dual)
 
-from analytic import LinearBinary
+from analytic import LinearBinary, inputs_at_distances_to
 
 D = 16                                   # flat inputs (B, D) for the analytic cases
 SIGMAS = (0.25, 0.5)
@@ -51,15 +51,8 @@ def _off_the_shelf(rows):
 
 
 def _inputs_at(models, distances, seed=0):
-    """float32 inputs (N, D) whose signed distances to the hyperplanes of ``models`` are
-    ``distances`` (N, len(models)) (up to float32 rounding)."""
-    distances = torch.as_tensor(distances, dtype=torch.float64)
-    base = torch.rand(distances.shape[0], D, generator=torch.Generator().manual_seed(seed),
-                      dtype=torch.float64)
-    normals = torch.stack([m.w.double() / m.w.double().norm() for m in models])
-    now = torch.stack([m.signed_distance(base) for m in models], 1)
-    coef = torch.linalg.solve(normals @ normals.T, (distances - now).T).T
-    return (base + coef @ normals).float()
+    """float32 inputs (N, D) at the given signed distances to the models' hyperplanes."""
+    return inputs_at_distances_to(models, distances, D, seed)
 
 
 def _cp_lower(k, n, alpha):
