@@ -243,6 +243,20 @@ def _check_or_record_config(log: Path, task: Task, overwrite: bool) -> None:
     os.replace(tmp, sidecar)
 
 
+def recorded_seed(log: Path) -> Optional[int]:
+    """The seed recorded for LOG when there is a log to resume (LOG or its shards exist);
+    None otherwise or when the record is unusable (the resume check then says why)."""
+    if not (log.exists() or shard_paths(log)):
+        return None
+    try:
+        seed = json.loads(sidecar_path(log).read_text())["config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        return None
+    return seed
+
+
 @contextmanager
 def _exclusive(log: Path):
     """An flock on LOG.lock for the run's duration (released by the OS if we are killed)."""
@@ -285,6 +299,9 @@ def _broadcast(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+broadcast_object = _broadcast  # rank 0's value on every rank
 
 
 def _all_gather(value) -> list:
@@ -416,8 +433,32 @@ def init_from_env(device: str = "cpu", timeout_hours: float = 24.0) -> bool:
     return True
 
 
-def _spawned(rank: int, world: int, init_file: str, threads: int, target, args) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker when the process that spawned it dies: a parent killed by SIGKILL
+    cannot stop its workers, which would go on certifying into the shard files."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        try:  # the kernel sends SIGKILL when the parent dies
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still works
+    if os.getppid() != parent_pid:  # it died before we could ask
+        os._exit(1)
+
+    def watch():  # portable backup: an orphan is re-parented, so its parent pid changes
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+    import threading
+    threading.Thread(target=watch, name="dualrs-parent-watchdog", daemon=True).start()
+
+
+def _spawned(rank: int, world: int, init_file: str, threads: int, target, args,
+             parent_pid: Optional[int] = None) -> None:
     import torch.distributed as dist
+    _exit_with_parent(os.getppid() if parent_pid is None else parent_pid)
     os.environ.setdefault("LOCAL_RANK", str(rank))  # as under torchrun: picks cuda:rank
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -435,5 +476,5 @@ def spawn(world: int, target, args=(), threads: Optional[int] = None) -> None:
     import torch.multiprocessing as mp
     threads = threads or max(1, torch.get_num_threads() // world)
     with tempfile.TemporaryDirectory(prefix="dualrs_dist_") as tmp:
-        mp.spawn(_spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args)),
-                 nprocs=world, join=True)
+        mp.spawn(_spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args),
+                                 os.getpid()), nprocs=world, join=True)

@@ -35,13 +35,14 @@ def files(tmp_path_factory):
 
 def standard_args(files, out):
     return ["certify", "--dataset", files / "data.pt", "--model", files / "a.pt", "--n0", 20,
-            "--n", 300, "--alpha", 0.01, "--chunk", 2, "--quiet", "--out", out]
+            "--n", 300, "--alpha", 0.01, "--chunk", 2, "--seed", 0, "--quiet", "--out", out]
 
 
 def dual_args(files, out):
     return ["certify", "--dataset", files / "data.pt", "--dual", "--sigmas", 0.25, 0.5,
             "--estimator", files / "est.pt", "--model", files / "a.pt", files / "b.pt",
-            "--n0", 20, "--n", 300, "--alpha", 0.01, "--chunk", 3, "--quiet", "--out", out]
+            "--n0", 20, "--n", 300, "--alpha", 0.01, "--chunk", 3, "--seed", 0, "--quiet",
+            "--out", out]
 
 
 def parse(argv):
