@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dualrs_fast import cli, runner, smoothing
+from dualrs_fast.log_seal import Seal
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
 QUICK = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--quiet"]
@@ -89,7 +90,10 @@ def test_resume_without_seed_reuses_the_recorded_one(toy, tmp_path, capsys):
     full = rows(log)
     lines = log.read_text().splitlines(keepends=True)  # as if killed after 3 rows
     log.write_text("".join(lines[:4]))
-    runner.reseal(log)
+    sidecar = Path(str(log) + ".args.json")
+    recorded = json.loads(sidecar.read_text())
+    recorded["seal"] = Seal(recorded["config"]).update(log.read_bytes()).record()
+    sidecar.write_text(json.dumps(recorded))
     code, _, err = dualrs(capsys, *common, "--out", log)
     assert code == 0, err
     assert printed_seed(err) == seed and "recorded" in err
