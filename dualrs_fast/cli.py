@@ -44,6 +44,17 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+def _seed(text: str) -> int:
+    from .validation import MAX_SEED
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
@@ -51,16 +62,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+TORCHSCRIPT_HELP = ("load TorchScript model files. WARNING: a TorchScript file carries code "
+                    "that this command executes when it calls the model (it can read, write or "
+                    "delete your files); use it only for files you trust. Checkpoints and "
+                    "state_dicts hold weights only and need no flag")
+
+
+def _add_torchscript_option(group) -> None:
+    group.add_argument("--allow-torchscript", action="store_true", help=TORCHSCRIPT_HELP)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", nargs="+", metavar="PATH",
                    help="a checkpoint saved by `dualrs train` (models.save_checkpoint), a plain "
-                        "state_dict (give --arch) or a TorchScript file; with --dual, one expert "
+                        "state_dict (give --arch) or, with --allow-torchscript, a TorchScript "
+                        "file; with --dual, one expert "
                         "per --sigmas level. Default: the embedded small CNN trained at --sigma")
     g.add_argument("--arch", help="architecture of a state_dict: tiny_mlp, small_cnn, resnet20")
     g.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
                    help="constructor arguments for --arch, e.g. '{\"in_channels\": 3}' "
                         "(num_classes is read from the state_dict)")
+    _add_torchscript_option(g)
     g.add_argument("--sigma", type=_positive_float,
                    help=SIGMA_HELP + ". Default: the sigma recorded in the checkpoint, or 0.25 "
                         "for the embedded model (embedded: 0.25, 0.5, 1.0). Not with --dual")
@@ -111,9 +134,13 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
                         "Rerunning the same command resumes it; a log written with other "
                         "arguments is refused. Default: print rows to stdout (no resume)")
     g.add_argument("--overwrite", action="store_true", help="start LOG afresh")
-    g.add_argument("--seed", type=int, default=0,
-                   help="noise seed; each input's noise is keyed by (seed, its dataset index), "
-                        "so rows do not depend on --batch, --chunk or --procs (default 0)")
+    g.add_argument("--seed", type=_seed, default=None,
+                   help="noise seed, an integer in [0, 2**64); each input's noise is keyed by "
+                        "(seed, its dataset index), so rows do not depend on --batch, --chunk "
+                        "or --procs. Default: a fresh secret seed from the OS for each run "
+                        "(a model that knew the noise could fake robustness), printed on "
+                        "stderr and recorded in LOG.args.json; resuming LOG reuses its "
+                        "recorded seed. Pass the printed seed to reproduce a run")
     g.add_argument("--batch", type=int, default=1000,
                    help="noisy samples per forward pass (memory; default 1000)")
     g.add_argument("--chunk", type=int, default=16,
@@ -219,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=64, help="training batch size (default 64)")
     t.add_argument("--lr", type=float, default=2e-3,
                    help="Adam learning rate, cosine-decayed to 0 (default 0.002)")
-    t.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and noise")
+    t.add_argument("--seed", type=int, default=0,
+                   help="initialisation, shuffling and noise (default 0: training yields no "
+                        "certificate, so a public default seed is harmless here; certify and "
+                        "predict default to a secret one)")
     t.add_argument("--out", required=True, help="checkpoint file to write")
     t.add_argument("--quiet", action="store_true")
     e = t.add_argument_group("Dual RS estimator")
@@ -232,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "largest of --sigmas)")
     e.add_argument("--model", nargs="+", metavar="PATH",
                    help="the experts, one per --sigmas level: dualrs_fast checkpoints or "
-                        "TorchScript files, not plain state_dicts (default: the embedded "
-                        "classifiers at those sigmas)")
+                        "(with --allow-torchscript) TorchScript files, not plain state_dicts "
+                        "(default: the embedded classifiers at those sigmas)")
+    _add_torchscript_option(e)
     e.add_argument("--label-samples", type=int, default=128,
                    help="noisy samples per input and level for the labels (default 128)")
     e.add_argument("--label-n", type=int, default=2000,
@@ -288,7 +319,8 @@ def build_smoother(args, dataset):
         if args.model:
             if len(args.model) != 1:
                 raise ValueError("give one --model (several models are experts for --dual)")
-            model = load_model(args.model[0], args.arch, args.arch_kwargs, device)
+            model = load_model(args.model[0], args.arch, args.arch_kwargs, device,
+                               allow_torchscript=args.allow_torchscript)
             sigma = args.sigma or getattr(model, "meta", {}).get("sigma")
             if sigma is None:
                 raise ValueError("pass --sigma: the noise level to smooth the model with, in "
@@ -322,7 +354,8 @@ def build_smoother(args, dataset):
                  f"{dual.estimator_sigma:g}, experts at {levels}")
     else:
         estimator = load_model(args.estimator, args.estimator_arch, {}, device,
-                               arch_option="--estimator-arch", kwargs_option=None)
+                               arch_option="--estimator-arch", kwargs_option=None,
+                               allow_torchscript=args.allow_torchscript)
         meta = getattr(estimator, "meta", None) or {}
         sigmas = check_sigmas(args.sigmas or meta.get("sigmas") or (0.25, 0.5, 1.0))
         estimator_sigma = args.estimator_sigma or meta.get("estimator_sigma") or 0.25
@@ -330,7 +363,8 @@ def build_smoother(args, dataset):
             if len(args.model) != len(sigmas):
                 raise ValueError(f"--dual needs one --model per --sigmas level ({len(sigmas)}), "
                                  f"got {len(args.model)}")
-            experts = [load_model(p, args.arch, args.arch_kwargs, device) for p in args.model]
+            experts = [load_model(p, args.arch, args.arch_kwargs, device,
+                                  allow_torchscript=args.allow_torchscript) for p in args.model]
         else:
             experts = [models.load_default_classifier(s, map_location=device) for s in sigmas]
         dual = DualSmoothing(estimator, dict(zip(sigmas, experts)), sigmas=sigmas,
@@ -413,6 +447,33 @@ def _check_run_args(args) -> None:
         raise ValueError("--procs needs --out (each process writes its rows to a shard file)")
 
 
+def _resolve_seed(args) -> None:
+    """Without --seed: the seed recorded with the log being resumed, else a fresh secret one
+    from the OS (a public default would let a model memorise its noise). Every rank of a
+    multi-process run gets rank 0's choice. Sets args.seed and says which seed on stderr."""
+    if args.seed is not None:
+        return
+    from . import runner
+    rank, world = runner.rank_and_world()
+    choice = None
+    if rank == 0:
+        import secrets
+        from pathlib import Path
+        recorded = None
+        if args.out and not args.overwrite:
+            recorded = runner.recorded_seed(Path(args.out))
+        if recorded is not None:
+            choice = (recorded, f"seed {recorded} (recorded in {args.out}.args.json; resuming)")
+        else:
+            fresh = secrets.randbits(63)
+            choice = (fresh, f"seed {fresh} (fresh secret seed; pass --seed {fresh} to "
+                             "reproduce this run)")
+        print(f"dualrs {args.command}: {choice[1]}", file=sys.stderr, flush=True)
+    if world > 1:
+        choice = runner.broadcast_object(choice)
+    args.seed = choice[0]
+
+
 def run_smoothing(args) -> int:
     """certify / predict in this process (a rank of a multi-process run, or the only one)."""
     import torch.distributed as dist
@@ -420,12 +481,14 @@ def run_smoothing(args) -> int:
     joined = not dist.is_initialized() and runner.init_from_env(_device(args))
     if args.procs > 1 and not dist.is_initialized():
         import torch.multiprocessing as mp
+        _resolve_seed(args)  # here, so that every spawned rank gets the same seed
         try:
             runner.spawn(args.procs, _rank_main, (args,), threads=args.threads)
         except mp.ProcessExitedException:
             return 2  # the failing rank printed why
         return 0
     try:
+        _resolve_seed(args)
         task, where = _task(args, args.command)
         rank, _ = runner.rank_and_world()
         rows = runner.run(task, args.out, chunk=args.chunk, progress=not args.quiet and rank == 0,
@@ -486,7 +549,8 @@ def run_train_estimator(args) -> int:
         if len(args.model) != len(sigmas):
             raise ValueError(f"--estimator needs one --model per --sigmas level ({len(sigmas)}), "
                              f"got {len(args.model)}")
-        experts = dict(zip(sigmas, (load_model(path, None, {}, "cpu", arch_option=None)
+        experts = dict(zip(sigmas, (load_model(path, None, {}, "cpu", arch_option=None,
+                                               allow_torchscript=args.allow_torchscript)
                                     for path in args.model)))
         names = list(args.model)
     else:

@@ -1,8 +1,10 @@
 """Loading models and datasets for the command line, with errors that say what to do.
 
 Models: a checkpoint saved by ``models.save_checkpoint``, a plain ``state_dict`` plus an
-architecture name, or a TorchScript file. Nothing is unpickled beyond tensors and plain
-containers (``weights_only=True``): a checkpoint file must not be able to run code.
+architecture name, or (opt-in) a TorchScript file. Nothing is unpickled beyond tensors and
+plain containers (``weights_only=True``): a checkpoint file must not be able to run code.
+TorchScript files carry code that runs when the model is called (it can read and write
+files), so they load only when the caller passes ``allow_torchscript=True``.
 
 Datasets: the embedded MNIST-5k split, or a ``.pt`` / ``.npz`` file holding images ``x``
 ``(N, ...)`` in [0, 1] and integer labels ``y`` ``(N,)``.
@@ -39,6 +41,14 @@ def _is_torchscript(path: Path) -> bool:
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") or "/code/" in name
                    for name in archive.namelist())
+
+
+def _check_torchscript_allowed(path: Path, allowed: bool) -> None:
+    if not allowed:
+        raise LoadError(f"{path} is a TorchScript file: it carries code that runs when the model "
+                        "is called (it can read and write your files). Pass --allow-torchscript "
+                        "only if you trust its author, or save the model as a checkpoint "
+                        "(models.save_checkpoint) or a state_dict, which hold weights only")
 
 
 def _strip_prefix(state: dict, prefix: str) -> dict:
@@ -86,15 +96,18 @@ def _from_state_dict(path: Path, state: dict, arch: Optional[str], arch_kwargs: 
 
 def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = None,
                device="cpu", arch_option: Optional[str] = "--arch",
-               kwargs_option: Optional[str] = "--arch-kwargs") -> torch.nn.Module:
-    """A model in eval mode from a project checkpoint, a state_dict (needs ``arch``) or a
-    TorchScript file. ``arch_option`` / ``kwargs_option`` name the flags that set ``arch`` /
-    ``arch_kwargs`` in messages; None where the caller has no such flag (then a state_dict
-    without ``arch`` is refused with advice to save a checkpoint)."""
+               kwargs_option: Optional[str] = "--arch-kwargs", *,
+               allow_torchscript: bool = False) -> torch.nn.Module:
+    """A model in eval mode from a project checkpoint, a state_dict (needs ``arch``) or, with
+    ``allow_torchscript``, a TorchScript file (its code runs). ``arch_option`` /
+    ``kwargs_option`` name the flags that set ``arch`` / ``arch_kwargs`` in messages; None
+    where the caller has no such flag (then a state_dict without ``arch`` is refused with
+    advice to save a checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise LoadError(f"model file not found: {path}")
     if _is_torchscript(path):
+        _check_torchscript_allowed(path, allow_torchscript)
         try:
             with warnings.catch_warnings():  # deprecated in recent torch, still widely used
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -66,10 +66,27 @@ def read_log(path) -> dict:
     return table
 
 
+def check_certificates(table: dict, where="the log") -> None:
+    """Refuse rows that cannot be certificates: a radius that is not a finite number >= 0
+    (inf would count as certified at every r), or correct other than 0 / 1."""
+    radius = np.asarray(table["radius"], dtype=np.float64)
+    bad = ~np.isfinite(radius) | ~(radius >= 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"{where}: {int(bad.sum())} row(s) with a radius that is not a finite "
+                         f"number >= 0 (first: line {k + 2}, radius {radius[k]!r}); they are "
+                         "no certificates: the log is corrupt or was edited")
+    correct = np.asarray(table["correct"])
+    if not np.isin(correct, (0, 1)).all():
+        raise ValueError(f"{where}: the correct column must hold 0 or 1")
+
+
 def certified_accuracy(log: Union[str, dict], radii: Iterable[float]) -> np.ndarray:
     """Fraction of inputs that are correctly classified with certified radius >= r, per r
-    (Cohen et al.'s approximate certified test accuracy)."""
+    (Cohen et al.'s approximate certified test accuracy). A row whose radius is not a finite
+    number >= 0 is refused (ValueError), never counted."""
     table = read_log(log) if not isinstance(log, dict) else log
+    check_certificates(table, log if not isinstance(log, dict) else "the log")
     correct = table["correct"].astype(bool)
     radius = table["radius"]
     if correct.size == 0:

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .logs import certified_accuracy, read_log
+from .logs import certified_accuracy, check_certificates, read_log
 from .runner import sidecar_path
 
 
@@ -26,6 +26,7 @@ def load(path) -> dict:
         raise ValueError(f"{path}: a row is incomplete (is the run still writing it?)") from None
     if table["idx"].size == 0:
         raise ValueError(f"{path}: the log has no rows")
+    check_certificates(table, path)  # a nan / inf radius is no certificate: never plotted
     return table
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -29,8 +30,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import smoothing
+from . import log_rows, smoothing
 from .dual import DualSmoothing
+from .log_seal import Seal, SealError, sealed_length
 from .logs import COLUMNS, format_row
 
 DUAL_COLUMNS = COLUMNS + ("sigma", "radius_estimator", "radius_classifier")
@@ -54,6 +56,8 @@ class Task:
     samples_per_input: int = 0                    # for the samples/s readout
     info: dict = field(default_factory=dict)      # recorded, never compared (paths, version)
     resumed: int = 0                              # set by run(): rows found in an earlier log
+    check_row: Optional[Callable[[List[str]], int]] = None  # raises ValueError for a row
+                                                  # this task could not have written
 
 
 def select_indices(size: int, skip: int = 1, max_index: Optional[int] = None) -> List[int]:
@@ -69,11 +73,43 @@ def select_indices(size: int, skip: int = 1, max_index: Optional[int] = None) ->
 # --------------------------------------------------------------------------- row computation
 
 
+def output_classes(smoother, x: torch.Tensor) -> int:
+    """Classes the model (Dual RS: its widest expert) scores, from one forward pass."""
+    from .sampling import model_device
+    one = x[:1]
+    with torch.inference_mode():
+        if not isinstance(smoother, DualSmoothing):
+            return int(smoother(one.to(model_device(smoother, one.device))).shape[1])
+        widths = []
+        for route, sigma in dict(zip(smoother.routes, smoother.sigmas)).items():
+            device = model_device(route.classifier, one.device)
+            widths.append(int(route(one.to(device), torch.full((1,), sigma, device=device))
+                              .shape[1]))
+        return max(widths)
+
+
+def _row_rules(smoother, dataset, indices, columns, num_classes, n, alpha, sigma=None,
+               n_estimator=None):
+    """The checks a resumed row of this task must pass (log_rows)."""
+    labels = dataset.y.tolist()
+    if num_classes is None:
+        num_classes = output_classes(smoother, dataset.x)
+    if "radius" not in columns:
+        return log_rows.predict_rules(columns, labels, indices, num_classes)
+    if isinstance(smoother, DualSmoothing):
+        return log_rows.dual_rules(columns, labels, indices, num_classes, n, n_estimator or n,
+                                   smoother.alphas(alpha), smoother.sigmas,
+                                   smoother.estimator_sigma)
+    return log_rows.certify_rules(columns, labels, indices, num_classes, n, alpha, sigma)
+
+
 def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alpha: float,
                  batch_size: int, seed: int, n0_estimator=None, n_estimator=None,
-                 config=None, info=None) -> Task:
+                 config=None, info=None, num_classes: Optional[int] = None) -> Task:
     """CERTIFY every input; ``smoother`` is a model (standard RS at ``sigma``) or a
-    DualSmoothing (adds columns sigma, radius_estimator, radius_classifier)."""
+    DualSmoothing (adds columns sigma, radius_estimator, radius_classifier). num_classes:
+    the model's output width (default: measured on one input), which bounds the
+    predictions a resumed log may hold."""
     dual = isinstance(smoother, DualSmoothing)
     per_input = n0 + n + ((n0_estimator or n0) + (n_estimator or n) if dual else 0)
 
@@ -99,12 +135,16 @@ def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alp
                                    seconds, **extra))
         return rows
 
-    return Task(DUAL_COLUMNS if dual else COLUMNS, config or {}, list(indices), compute,
-                per_input, info or {})
+    columns = DUAL_COLUMNS if dual else COLUMNS
+    rules = _row_rules(smoother, dataset, indices, columns, num_classes, n, alpha, sigma,
+                       n_estimator)
+    return Task(columns, config or {}, list(indices), compute, per_input, info or {},
+                check_row=rules.check)
 
 
 def predict_task(smoother, dataset, indices, *, sigma=None, n: int, alpha: float,
-                 batch_size: int, seed: int, config=None, info=None) -> Task:
+                 batch_size: int, seed: int, config=None, info=None,
+                 num_classes: Optional[int] = None) -> Task:
     """PREDICT every input (Cohen's predict.py log: idx label predict correct time)."""
     dual = isinstance(smoother, DualSmoothing)
 
@@ -122,8 +162,9 @@ def predict_task(smoother, dataset, indices, *, sigma=None, n: int, alpha: float
         return [f"{i}\t{int(labels[k])}\t{int(pred[k])}\t{int(int(pred[k]) == int(labels[k]))}"
                 f"\t{seconds:.6f}" for k, i in enumerate(ids)]
 
+    rules = _row_rules(smoother, dataset, indices, PREDICT_COLUMNS, num_classes, n, alpha)
     return Task(PREDICT_COLUMNS, config or {}, list(indices), compute,
-                n * (2 if dual else 1), info or {})
+                n * (2 if dual else 1), info or {}, check_row=rules.check)
 
 
 # --------------------------------------------------------------------------- log files
@@ -138,7 +179,9 @@ def shard_path(log: Path, rank: int, world: int) -> Path:
 
 
 def shard_paths(log: Path) -> List[Path]:
-    return sorted(Path(p) for p in glob.glob(glob.escape(str(log)) + ".rank*-of-*"))
+    pattern = re.compile(re.escape(log.name) + r"\.rank[0-9]+-of-[0-9]+")
+    return sorted(Path(p) for p in glob.glob(glob.escape(str(log)) + ".rank*-of-*")
+                  if pattern.fullmatch(Path(p).name))
 
 
 def _sans_time(line: str, columns: Sequence[str]) -> list:
@@ -147,28 +190,51 @@ def _sans_time(line: str, columns: Sequence[str]) -> list:
     return cells
 
 
-def read_rows(path: Path, columns: Sequence[str], repair: bool = False) -> Dict[int, str]:
-    """Rows of a log keyed by idx, in file order. A last line without its newline (the run
-    was killed while writing it) is dropped, and cut off the file when ``repair`` is set."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if repair and end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    lines = data[:end].decode().split("\n")[:-1]
+def seal_path(shard: Path) -> Path:
+    """Where a shard's seal lives (LOG's own is in LOG.args.json)."""
+    return shard.with_name(shard.name + ".seal.json")
+
+
+_CORRUPT = "the log is corrupt or was edited (use --overwrite or another --out)"
+
+
+def parse_rows(data: bytes, columns: Sequence[str], path, check=None) -> Dict[int, str]:
+    """Rows of a log's bytes (whole lines) keyed by idx, in file order. ``check(cells)``
+    raises ValueError for a row this run could not have written (``log_rows.RowRules``);
+    any bad row ends in a RunError naming its line."""
+    lines = data.split(b"\n")[:-1]
     if not lines:
         return {}
-    if tuple(lines[0].split("\t")) != tuple(columns):
-        raise RunError(f"{path} has columns {lines[0].split()}, expected {list(columns)}: "
-                       "not a log of this kind of run")
+    if lines[0].decode("ascii", "replace") != "\t".join(columns):
+        raise RunError(f"{path} has columns {lines[0].decode('ascii', 'replace').split()}, "
+                       f"expected {list(columns)}: not a log of this kind of run")
     rows: Dict[int, str] = {}
-    for lineno, line in enumerate(lines[1:], start=2):
+    for lineno, raw in enumerate(lines[1:], start=2):
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise RunError(f"{path}, line {lineno}: non-ASCII characters in "
+                           f"{raw.decode('utf-8', 'replace')!r}; {_CORRUPT}") from None
         cells = line.split("\t")
-        if len(cells) != len(columns) or not cells[0].isdigit():
-            raise RunError(f"{path}, line {lineno}: malformed row {line!r}; the log is corrupt "
-                           "(use --overwrite or another --out)")
-        _merge_row(rows, int(cells[0]), line, columns, path)
+        if len(cells) != len(columns) or not re.fullmatch(r"0|[1-9][0-9]*", cells[0]):
+            raise RunError(f"{path}, line {lineno}: malformed row {line!r}; {_CORRUPT}")
+        if check is not None:
+            try:
+                check(cells)
+            except ValueError as exc:
+                raise RunError(f"{path}, line {lineno}: {exc} in {line!r}; {_CORRUPT}") from None
+        idx = int(cells[0])
+        if idx in rows:
+            raise RunError(f"{path}, line {lineno}: a second row for idx {idx}; {_CORRUPT}")
+        rows[idx] = line
     return rows
+
+
+def read_rows(path: Path, columns: Sequence[str], check=None) -> Dict[int, str]:
+    """Rows of a log file keyed by idx (a last line without its newline is ignored); no seal
+    is checked."""
+    data = path.read_bytes()
+    return parse_rows(data[:data.rfind(b"\n") + 1], columns, path, check)
 
 
 def _merge_row(rows: Dict[int, str], idx: int, line: str, columns, where) -> None:
@@ -180,30 +246,96 @@ def _merge_row(rows: Dict[int, str], idx: int, line: str, columns, where) -> Non
         raise RunError(f"conflicting rows for idx {idx} in {where}:\n  {old}\n  {line}")
 
 
-def _write_sorted(log: Path, columns: Sequence[str], rows: Dict[int, str]) -> None:
-    tmp = log.with_name(log.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("\t".join(columns) + "\n")
-        for idx in sorted(rows):
-            f.write(rows[idx] + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, log)  # atomic: a kill leaves either the old or the new log
+def _config_of(task: Task) -> dict:
+    return json.loads(json.dumps(task.config, sort_keys=True))  # tuples -> lists, etc.
 
 
-def consolidate(log: Path, columns: Sequence[str]) -> Dict[int, str]:
-    """Merge shard files into LOG (ordered by idx), drop a partial last line, make sure LOG
-    has its header. -> all rows."""
-    rows = read_rows(log, columns, repair=True) if log.exists() else {}
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)  # atomic: a kill leaves the old or the new file
+
+
+def _write_sidecar(log: Path, task: Task, seal: Optional[dict], previous: Optional[dict] = None
+                   ) -> None:
+    value = {"config": _config_of(task), "info": task.info}
+    if seal is not None:
+        value["seal"] = seal
+    if previous is not None:  # the seal of LOG's content while LOG is being replaced
+        value["previous_seal"] = previous
+    _write_json(sidecar_path(log), value)
+
+
+def _sealed_rows(path: Path, task: Task, sealed_in: Path, *records) -> tuple:
+    """The rows of ``path`` that one of the seal ``records`` (kept in ``sealed_in``) covers.
+    Every whole line is checked first (a bad row is refused with its line number); rows
+    after the sealed length (written after the last seal, or appended by someone else) and a
+    half-written last line are then cut off, to be recomputed. -> (rows, Seal)."""
+    data = path.read_bytes()
+    data = data[:data.rfind(b"\n") + 1]
+    parse_rows(data, task.columns, path, task.check_row)
+    try:
+        seal = sealed_length(data, _config_of(task), *records)
+    except SealError:
+        raise RunError(f"{path} does not match its seal in {sealed_in.name}: the rows or the "
+                       "recorded arguments were edited, swapped or cut since the run that "
+                       "wrote them (a log is trusted only as far as the disk it is stored on); "
+                       "use --overwrite or another --out") from None
+    if seal.length < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(seal.length)
+    rows = parse_rows(data[:seal.length], task.columns, path, task.check_row)
+    return rows, seal
+
+
+def _shard_seal(shard: Path) -> Optional[dict]:
+    try:
+        return json.loads(seal_path(shard).read_text())["seal"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # never sealed (killed at once) or unreadable: its rows are recomputed
+
+
+def consolidate(log: Path, task: Task) -> tuple:
+    """Check LOG and its shards against their seals and row by row, merge the shards into
+    LOG (ordered by idx), make sure LOG has its header and is sealed. -> (rows, Seal)."""
+    rows, seal = {}, None
+    if log.exists():
+        try:
+            recorded = json.loads(sidecar_path(log).read_text())
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{sidecar_path(log)} is unreadable ({exc}); pass --overwrite or "
+                           "another --out") from None
+        if "seal" not in recorded:
+            raise RunError(f"{sidecar_path(log).name} holds no seal of {log}'s rows (written by "
+                           "an older dualrs_fast?), so they cannot be trusted on resume; pass "
+                           "--overwrite or another --out")
+        rows, seal = _sealed_rows(log, task, sidecar_path(log), recorded["seal"],
+                                  recorded.get("previous_seal"))
     shards = shard_paths(log)
     for shard in shards:
-        for idx, line in read_rows(shard, columns, repair=True).items():
-            _merge_row(rows, idx, line, columns, f"{log} and {shard}")
-    if shards or not log.exists() or log.stat().st_size == 0 or list(rows) != sorted(rows):
-        _write_sorted(log, columns, rows)
+        record = _shard_seal(shard)
+        if record is None:  # its rows are recomputed, but a bad one is still reported
+            read_rows(shard, task.columns, task.check_row)
+            continue
+        for idx, line in _sealed_rows(shard, task, seal_path(shard), record)[0].items():
+            _merge_row(rows, idx, line, task.columns, f"{log} and {shard}")
+    if seal is None or shards or list(rows) != sorted(rows):
+        content = "".join(line + "\n" for line in
+                          ["\t".join(task.columns)] + [rows[i] for i in sorted(rows)]).encode()
+        new = Seal(_config_of(task)).update(content)
+        _write_sidecar(log, task, new.record(), seal.record() if seal else None)
+        tmp = log.with_name(log.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, log)  # atomic: a kill leaves the old or the new log (both sealed)
+        _write_sidecar(log, task, new.record())
+        seal = new
     for shard in shards:
         shard.unlink()
-    return rows
+        seal_path(shard).unlink(missing_ok=True)
+    return rows, seal
 
 
 def _differences(old, new, prefix=""):
@@ -217,10 +349,12 @@ def _differences(old, new, prefix=""):
 
 def _check_or_record_config(log: Path, task: Task, overwrite: bool) -> None:
     sidecar = sidecar_path(log)
-    config = json.loads(json.dumps(task.config, sort_keys=True))  # tuples -> lists, etc.
+    config = _config_of(task)
     if overwrite:
         for p in [log, *shard_paths(log), sidecar]:
             p.unlink(missing_ok=True)
+        for p in glob.glob(glob.escape(str(log)) + ".rank*-of-*.seal.json"):
+            os.unlink(p)
     elif log.exists() or shard_paths(log):
         if not sidecar.exists():
             raise RunError(f"{log} exists but {sidecar.name} (its recorded arguments) does not, "
@@ -237,10 +371,21 @@ def _check_or_record_config(log: Path, task: Task, overwrite: bool) -> None:
                              "--overwrite or another --out")
         return
     log.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, "info": task.info}, indent=2, sort_keys=True)
-                   + "\n")
-    os.replace(tmp, sidecar)
+    _write_sidecar(log, task, None)  # LOG and its seal come next (consolidate)
+
+
+def recorded_seed(log: Path) -> Optional[int]:
+    """The seed recorded for LOG when there is a log to resume (LOG or its shards exist);
+    None otherwise or when the record is unusable (the resume check then says why)."""
+    if not (log.exists() or shard_paths(log)):
+        return None
+    try:
+        seed = json.loads(sidecar_path(log).read_text())["config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        return None
+    return seed
 
 
 @contextmanager
@@ -287,6 +432,9 @@ def _broadcast(value):
     return box[0]
 
 
+broadcast_object = _broadcast  # rank 0's value on every rank
+
+
 def _all_gather(value) -> list:
     import torch.distributed as dist
     out = [None] * dist.get_world_size()
@@ -294,9 +442,25 @@ def _all_gather(value) -> list:
     return out
 
 
-def _compute_into(task: Task, indices: List[int], out, chunk: int, progress: bool,
-                  desc: str) -> None:
-    """Certify ``indices`` in chunks, writing and flushing each row to the open file ``out``."""
+class _SealedWriter:
+    """Appends rows to a log file and re-seals it after each chunk (bytes first, then the
+    seal: a kill in between leaves rows after the sealed length, which are recomputed)."""
+
+    def __init__(self, path: Path, seal: Seal, save_seal: Callable[[dict], None]):
+        self.path, self.seal, self.save_seal = path, seal, save_seal
+
+    def write(self, lines: List[str]) -> None:
+        data = "".join(line + "\n" for line in lines).encode()
+        with open(self.path, "ab") as f:
+            f.write(data)
+            f.flush()
+        self.seal.update(data)
+        self.save_seal(self.seal.record())
+
+
+def _compute_into(task: Task, indices: List[int], out: _SealedWriter, chunk: int,
+                  progress: bool, desc: str) -> None:
+    """Certify ``indices`` in chunks, appending and sealing each chunk's rows."""
     if not indices:
         return
     bar = tqdm(total=len(indices), unit="input", desc=desc, disable=not progress,
@@ -308,15 +472,22 @@ def _compute_into(task: Task, indices: List[int], out, chunk: int, progress: boo
             rows = task.compute(ids, progress)
             if [int(r.split("\t", 1)[0]) for r in rows] != ids:
                 raise RuntimeError("internal error: rows do not match the requested indices")
-            for row in rows:
-                out.write(row + "\n")
-                out.flush()
+            out.write(rows)
             done += len(ids)
             rate = done * task.samples_per_input / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{rate:,.0f} samples/s")
             bar.update(len(ids))
     finally:
         bar.close()
+
+
+def _shard_writer(log: Path, task: Task, rank: int, world: int) -> _SealedWriter:
+    shard = shard_path(log, rank, world)
+    shard.write_bytes(b"")
+    writer = _SealedWriter(shard, Seal(_config_of(task)),
+                           lambda record: _write_json(seal_path(shard), {"seal": record}))
+    writer.write(["\t".join(task.columns)])
+    return writer
 
 
 def run(task: Task, log=None, *, chunk: int = 16, progress: bool = True,
@@ -342,12 +513,12 @@ def run(task: Task, log=None, *, chunk: int = 16, progress: bool = True,
         return rows
     log = Path(log)
     with ExitStack() as stack:
-        error, done = None, []
+        error, done, seal = None, [], None
         if rank == 0:
             try:
                 stack.enter_context(_exclusive(log))
                 _check_or_record_config(log, task, overwrite)
-                rows = consolidate(log, task.columns)
+                rows, seal = consolidate(log, task)
                 extra = sorted(set(rows) - set(task.indices))
                 if extra:
                     raise RunError(f"{log} has rows for indices this run does not cover "
@@ -365,16 +536,15 @@ def run(task: Task, log=None, *, chunk: int = 16, progress: bool = True,
         mine = todo[rank::world]
         desc = "inputs" if world == 1 else f"inputs (rank 0 of {world})"
         if world == 1:
-            with open(log, "a") as out:
-                _compute_into(task, mine, out, chunk, progress, desc)
-            return consolidate(log, task.columns)  # sorts if rows were filled in
+            out = _SealedWriter(log, seal, lambda record: _write_sidecar(log, task, record))
+            _compute_into(task, mine, out, chunk, progress, desc)
+            return consolidate(log, task)[0]  # sorts if rows were filled in
 
         failure = None
         try:
             if mine:
-                with open(shard_path(log, rank, world), "w") as out:
-                    out.write("\t".join(task.columns) + "\n")
-                    _compute_into(task, mine, out, chunk, progress and rank == 0, desc)
+                out = _shard_writer(log, task, rank, world)
+                _compute_into(task, mine, out, chunk, progress and rank == 0, desc)
         except Exception as exc:  # noqa: BLE001 - reported to every rank below
             failure = exc
         failures = _all_gather(None if failure is None else f"rank {rank}: {failure!r}")
@@ -385,7 +555,7 @@ def run(task: Task, log=None, *, chunk: int = 16, progress: bool = True,
         error, rows = None, {}
         if rank == 0:
             try:
-                rows = consolidate(log, task.columns)
+                rows = consolidate(log, task)[0]
                 missing = sorted(set(task.indices) - set(rows))
                 if missing:
                     error = f"{len(missing)} rows missing after the run (e.g. {missing[:5]})"
@@ -416,8 +586,32 @@ def init_from_env(device: str = "cpu", timeout_hours: float = 24.0) -> bool:
     return True
 
 
-def _spawned(rank: int, world: int, init_file: str, threads: int, target, args) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker when the process that spawned it dies: a parent killed by SIGKILL
+    cannot stop its workers, which would go on certifying into the shard files."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        try:  # the kernel sends SIGKILL when the parent dies
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still works
+    if os.getppid() != parent_pid:  # it died before we could ask
+        os._exit(1)
+
+    def watch():  # portable backup: an orphan is re-parented, so its parent pid changes
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+    import threading
+    threading.Thread(target=watch, name="dualrs-parent-watchdog", daemon=True).start()
+
+
+def _spawned(rank: int, world: int, init_file: str, threads: int, target, args,
+             parent_pid: Optional[int] = None) -> None:
     import torch.distributed as dist
+    _exit_with_parent(os.getppid() if parent_pid is None else parent_pid)
     os.environ.setdefault("LOCAL_RANK", str(rank))  # as under torchrun: picks cuda:rank
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -435,5 +629,5 @@ def spawn(world: int, target, args=(), threads: Optional[int] = None) -> None:
     import torch.multiprocessing as mp
     threads = threads or max(1, torch.get_num_threads() // world)
     with tempfile.TemporaryDirectory(prefix="dualrs_dist_") as tmp:
-        mp.spawn(_spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args)),
-                 nprocs=world, join=True)
+        mp.spawn(_spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args),
+                                 os.getpid()), nprocs=world, join=True)

@@ -14,7 +14,7 @@ import torch
 from dualrs_fast import cli
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
-QUICK = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--quiet"]
+QUICK = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--seed", "0", "--quiet"]
 
 
 def dualrs(capsys, *argv):
@@ -82,7 +82,8 @@ def test_checkpoint_state_dict_and_torchscript_give_the_same_rows(toy, tmp_path,
     dualrs(capsys, *common, "--model", toy / "mlp_state.pt", "--arch", "tiny_mlp",
            "--arch-kwargs", '{"in_shape": [1, 8, 8], "hidden": 16, "mean": 0.5, "std": 0.5}',
            "--out", tmp_path / "b.tsv")
-    dualrs(capsys, *common, "--model", toy / "mlp_script.pt", "--out", tmp_path / "c.tsv")
+    dualrs(capsys, *common, "--model", toy / "mlp_script.pt", "--allow-torchscript",
+           "--out", tmp_path / "c.tsv")
     assert len(rows(tmp_path / "a.tsv")) == 13
     assert rows(tmp_path / "a.tsv") == rows(tmp_path / "b.tsv") == rows(tmp_path / "c.tsv")
     # --sigma defaults to the sigma the checkpoint records (0.5): same run, so it resumes
@@ -215,9 +216,11 @@ def test_kill_9_mid_run_then_resume(toy, tmp_path, capsys):
     proc.wait()
     written = log.read_text().count("\n") - 1
     assert 3 <= written < 40, "the run was not killed mid-way"
-    code, _, err = dualrs(capsys, *argv, "--out", log)
+    code, _, err = dualrs(capsys, *argv, "--out", log)  # resumes with the recorded seed
     assert code == 0, err
-    dualrs(capsys, *argv, "--out", tmp_path / "full.tsv")
+    import json
+    seed = json.loads(Path(str(log) + ".args.json").read_text())["config"]["seed"]
+    dualrs(capsys, *argv, "--seed", seed, "--out", tmp_path / "full.tsv")
     assert rows(log) == rows(tmp_path / "full.tsv") and len(rows(log)) == 41
     assert not Path(str(log) + ".lock").exists()
 

@@ -8,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dualrs_fast import cli, runner
+from dualrs_fast.log_seal import Seal
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
@@ -35,13 +36,14 @@ def files(tmp_path_factory):
 
 def standard_args(files, out):
     return ["certify", "--dataset", files / "data.pt", "--model", files / "a.pt", "--n0", 20,
-            "--n", 300, "--alpha", 0.01, "--chunk", 2, "--quiet", "--out", out]
+            "--n", 300, "--alpha", 0.01, "--chunk", 2, "--seed", 0, "--quiet", "--out", out]
 
 
 def dual_args(files, out):
     return ["certify", "--dataset", files / "data.pt", "--dual", "--sigmas", 0.25, 0.5,
             "--estimator", files / "est.pt", "--model", files / "a.pt", files / "b.pt",
-            "--n0", 20, "--n", 300, "--alpha", 0.01, "--chunk", 3, "--quiet", "--out", out]
+            "--n0", 20, "--n", 300, "--alpha", 0.01, "--chunk", 3, "--seed", 0, "--quiet",
+            "--out", out]
 
 
 def parse(argv):
@@ -65,8 +67,9 @@ def test_dual_with_procs_resumes_a_single_process_log(files, tmp_path):
     assert cli.main([str(a) for a in dual_args(files, tmp_path / "one.tsv")]) == 0
     full = (tmp_path / "one.tsv").read_text().splitlines(keepends=True)
     (tmp_path / "two.tsv").write_text("".join(full[:5]) + full[5][:4])  # 4 rows and a half
-    sidecar = (tmp_path / "one.tsv.args.json").read_text()
-    (tmp_path / "two.tsv.args.json").write_text(sidecar)
+    sidecar = json.loads((tmp_path / "one.tsv.args.json").read_text())
+    sidecar["seal"] = Seal(sidecar["config"]).update("".join(full[:5]).encode()).record()
+    (tmp_path / "two.tsv.args.json").write_text(json.dumps(sidecar))  # sealed after 4 rows
     assert cli.main([str(a) for a in dual_args(files, tmp_path / "two.tsv")]
                     + ["--procs", "2"]) == 0
     assert rows(tmp_path / "two.tsv") == rows(tmp_path / "one.tsv")

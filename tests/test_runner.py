@@ -7,6 +7,7 @@ import torch
 
 import dualrs_fast as drs
 from dualrs_fast import runner
+from dualrs_fast.log_seal import Seal
 from dualrs_fast.loading import Dataset
 from dualrs_fast.models import TinyMLP
 
@@ -52,6 +53,13 @@ def killed_after(task, rows):
         done.extend(out)
         return out
     return runner.Task(task.columns, task.config, task.indices, compute)
+
+
+def seal_shard(shard, config):
+    """What a rank that wrote this shard and was then killed leaves beside it."""
+    config = json.loads(json.dumps(config, sort_keys=True))
+    record = Seal(config).update(shard.read_bytes()).record()
+    runner.seal_path(shard).write_text(json.dumps({"seal": record}))
 
 
 def test_select_indices_follows_cohen():
@@ -125,7 +133,13 @@ def test_corrupt_or_conflicting_logs_are_refused(tmp_path, model, data):
     log.write_text(good)
     row = good.splitlines()[1].split("\t")
     row[3] = "123"
-    runner.shard_path(log, 1, 2).write_text(good.splitlines()[0] + "\n" + "\t".join(row) + "\n")
+    shard = runner.shard_path(log, 1, 2)
+    shard.write_text(good.splitlines()[0] + "\n" + "\t".join(row) + "\n")
+    with pytest.raises(runner.RunError, match="line 2: radius 123 exceeds"):
+        runner.run(make_task(model, data, indices=[0, 1, 2]), log, progress=False)
+    row[2], row[3], row[4] = "-1", "0", "0"  # a valid row, sealed, but another certificate
+    shard.write_text(good.splitlines()[0] + "\n" + "\t".join(row) + "\n")
+    seal_shard(shard, make_task(model, data).config)
     with pytest.raises(runner.RunError, match="conflicting rows for idx 0"):
         runner.run(make_task(model, data, indices=[0, 1, 2]), log, progress=False)
 
@@ -138,7 +152,11 @@ def test_shards_of_a_killed_multiprocess_run_are_merged_in_order(tmp_path, model
     (tmp_path / "log.tsv.args.json").write_text((tmp_path / "full.tsv.args.json").read_text())
     # rank 0 of 2 got through indices 0, 2, 4; rank 1 through 1 and half of 3's row
     runner.shard_path(log, 0, 2).write_text("\n".join([header] + rows[0:6:2]) + "\n")
-    runner.shard_path(log, 1, 2).write_text("\n".join([header, rows[1]]) + "\n" + rows[3][:7])
+    runner.shard_path(log, 1, 2).write_text("\n".join([header, rows[1]]) + "\n")
+    for rank in (0, 1):
+        seal_shard(runner.shard_path(log, rank, 2), make_task(model, data).config)
+    with open(runner.shard_path(log, 1, 2), "a") as f:
+        f.write(rows[3][:7])
     runner.run(make_task(model, data), log, chunk=4, progress=False)
     assert without_time(log) == without_time(full)
     assert runner.shard_paths(log) == []
