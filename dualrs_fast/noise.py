@@ -15,6 +15,10 @@ up to float rounding in log/sin/cos:
   triton is installed. (On the CPU only under ``TRITON_INTERPRET=1``, for tests.)
 - ``torch``  -- any device, the plain-PyTorch reference (``kernels/philox_torch.py``); the
   fallback on other devices.
+
+float64 inputs get float64 noise on every backend (53-bit uniforms, Box-Muller in float64;
+``kernels/__init__.py``): ``numba-simd`` then runs ``numba``'s float64 kernel, since its
+vectorised polynomials are float32.
 """
 import functools
 import os

@@ -117,11 +117,12 @@ def check_ids(ids, batch: int) -> torch.Tensor:
 
 def check_model_input_dtype(model, dtype: torch.dtype) -> None:
     """The noise is drawn at x's precision and fed to the model as is: a model whose floating
-    point parameters have another dtype would fail inside torch (or round the noise)."""
+    point parameters have another dtype would fail inside torch (or round the noise).
+    Parameters only: buffers may hold constants at another precision on purpose (e.g. a
+    diffusion schedule in float64)."""
     if not isinstance(model, torch.nn.Module):
         return
-    dtypes = {t.dtype for t in list(model.parameters()) + list(model.buffers())
-              if t.is_floating_point()}
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes and dtype not in dtypes:
         want = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
         have = str(dtype).replace("torch.", "")

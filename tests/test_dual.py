@@ -13,6 +13,7 @@ import scipy.stats
 import torch
 
 import dualrs_fast as drs
+from dualrs_fast.batch_probe import PROBE_ROWS
 from dualrs_fast.denoising import OneShotDiffusionDenoiser
 from dualrs_fast.dual import estimator_schedule
 from dualrs_fast import training
@@ -26,6 +27,9 @@ from analytic import LinearBinary, inputs_at_distances_to
 D = 16                                   # flat inputs (B, D) for the analytic cases
 SIGMAS = (0.25, 0.5)
 ESTIMATOR_SIGMA = 0.25
+# certify / predict first call every classifier route once on WIDTH_ROWS clean rows (output
+# width), and the engine sends 2 * PROBE_ROWS noisy rows per pass through a model (batch probe)
+WIDTH_ROWS = 2
 
 # The estimator's plain procedure (all n_estimator samples, one bound) and the default
 # sequential one.
@@ -351,12 +355,13 @@ def test_classifier_is_not_run_when_the_plain_estimator_abstains():
     x = _axis_inputs([0.5] * 6)
     r = dual.certify(x, n0=16, n=200, alpha=0.01, seed=0, estimator_rounds=1)
     assert (r.prediction == drs.ABSTAIN).all()
-    assert all(len(e.seen()) == 0 for e in experts.values())
+    for e in experts.values():   # the width check's clean rows, no noisy sample
+        assert torch.equal(e.seen(), x[:WIDTH_ROWS])
     x = _axis_inputs([0.5] * 6 + [-2.0, 3.0])
     dual.certify(x, n0=16, n=200, alpha=0.01, seed=0, estimator_rounds=1)
     for k, e in enumerate(experts.values()):
-        seen = e.seen()
-        assert len(seen) == 16 + 200                         # one input per expert
+        seen = e.seen()[2 * WIDTH_ROWS:]                     # after both width checks
+        assert len(seen) == 2 * PROBE_ROWS + 16 + 200        # one input per expert
         assert torch.all((seen[:, 0] - x[6 + k, 0]).abs() < 10 * SIGMAS[k])
 
 
@@ -391,8 +396,8 @@ def test_inputs_are_routed_to_the_expert_of_their_level():
     np.testing.assert_array_equal(r.sigma.numpy(), np.float32(np.asarray(sigmas)[levels]))
     assert (r.count == n).all()
     for k, s in enumerate(sigmas):
-        seen = experts[s].seen()
-        assert len(seen) == (n0 + n) * levels.count(k)
+        seen = experts[s].seen()[WIDTH_ROWS:]
+        assert len(seen) == 2 * PROBE_ROWS + (n0 + n) * levels.count(k)
         # the rows are noisy copies of that level's inputs, at that level's sigma
         assert torch.all((seen[:, 0] - (-10.0, 0.5, 10.0)[k]).abs() < 8 * s)
         assert abs(float(seen[:, 0].std()) - s) < 0.2 * s
@@ -426,7 +431,9 @@ def _assert_rows_got_their_sigma(recorder):
     far from the estimator's boundary)."""
     assert recorder.sigma_rows and len(recorder.sigma_rows) == len(recorder.rows)
     x = _forms_inputs()
-    for rows, sigma in zip(recorder.rows, recorder.sigma_rows):
+    # the first call is the width check: clean rows x[:2], all at the first level's sigma
+    assert torch.equal(recorder.rows[0], x[:WIDTH_ROWS])
+    for rows, sigma in zip(recorder.rows[1:], recorder.sigma_rows[1:]):
         assert sigma.dtype == torch.float32 and sigma.shape == (rows.shape[0],)
         which = torch.round(rows[:, 1] / 10).long()
         level = (x[which, 0] > 0.5).long()
