@@ -130,8 +130,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="LOG",
-                   help=f"the {what} log (tab-separated, one row per input, flushed per row). "
-                        "Rerunning the same command resumes it; a log written with other "
+                   help=f"the {what} log (tab-separated, one row per input, flushed as each "
+                        "--chunk finishes). Rerunning the same command resumes it; a log "
+                        "written with other "
                         "arguments is refused. Default: print rows to stdout (no resume)")
     g.add_argument("--overwrite", action="store_true", help="start LOG afresh")
     g.add_argument("--seed", type=_seed, default=None,

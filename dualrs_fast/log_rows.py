@@ -16,8 +16,9 @@ from typing import Optional, Sequence
 
 # as str(int) writes them: ASCII digits only ('３５'.isdigit() is True), no '+', no padding
 _INT = re.compile(r"-?(0|[1-9][0-9]*)")
-# as '%.9g' / '%.6f' write non-negative finite numbers (float() would accept 'inf', ' 1', '1_0')
-_FLOAT = re.compile(r"[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?")
+# as '%.9g' / '%.6f' write finite numbers (float() would accept 'inf', ' 1', '1_0', '１');
+# the sign is for '-0', which '%.9g' writes for a radius of -0.0
+_FLOAT = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?")
 # the largest radius is computed here with the bounds of this machine; another backend may
 # differ in the last bits (a forged row cannot gain anything from this slack)
 _RELATIVE_SLACK = 1e-6
@@ -34,7 +35,7 @@ def _int(cell: str, name: str) -> int:
 
 
 def _number(cell: str, name: str) -> float:
-    if not _FLOAT.fullmatch(cell):
+    if not _FLOAT.fullmatch(cell) or not float(cell) >= 0:
         raise RowError(f"{name} {cell!r} is not a finite number >= 0")
     return float(cell)
 

@@ -7,11 +7,16 @@ alone, in a chunk, after a restart or on another rank: resuming and sharding are
 
 Files of a run writing LOG:
 
-- ``LOG``: the rows (Cohen's tab-separated format), flushed one by one;
-- ``LOG.args.json``: the config; a restart with a different config is refused;
-- ``LOG.rank{r}-of-{w}``: rank r's rows during a multi-process run; rank 0 merges them
-  into LOG ordered by idx at the end (or at the next start, if the run was killed);
+- ``LOG``: the rows (Cohen's tab-separated format), appended chunk by chunk;
+- ``LOG.args.json``: the config (a restart with a different config is refused) and the
+  seal of LOG's rows (``log_seal``), updated after each chunk;
+- ``LOG.rank{r}-of-{w}`` and its seal ``LOG.rank{r}-of-{w}.seal.json``: rank r's rows
+  during a multi-process run; rank 0 merges them into LOG ordered by idx at the end (or at
+  the next start, if the run was killed);
 - ``LOG.lock``: held while a run writes LOG, so two runs never interleave rows.
+
+A resume reports rows it does not recompute, so it trusts none blindly: every row is
+checked (``log_rows``) and must lie in the part of its file the seal covers.
 """
 from __future__ import annotations
 

@@ -14,20 +14,9 @@ import torch
 from dualrs_fast import cli
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
+from cli_helpers import dualrs, rows
+
 QUICK = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--seed", "0", "--quiet"]
-
-
-def dualrs(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def rows(path):
-    """Log rows without the time column."""
-    lines = Path(path).read_text().splitlines()
-    time_col = lines[0].split("\t").index("time")
-    return [[c for k, c in enumerate(line.split("\t")) if k != time_col] for line in lines]
 
 
 @pytest.fixture(scope="module")

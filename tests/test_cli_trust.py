@@ -18,20 +18,9 @@ from dualrs_fast import cli, runner, smoothing
 from dualrs_fast.log_seal import Seal
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
+from cli_helpers import dualrs, rows
+
 QUICK = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--quiet"]
-
-
-def dualrs(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def rows(path):
-    """Log rows without the time column."""
-    lines = Path(path).read_text().splitlines()
-    time_col = lines[0].split("\t").index("time")
-    return [[c for k, c in enumerate(line.split("\t")) if k != time_col] for line in lines]
 
 
 def printed_seed(err: str) -> int:

@@ -3,22 +3,17 @@ of issue 10 (and a few more) ends in a one-line error naming the line, exit code
 never reported as a certificate. Plots and summaries refuse nan / inf radii."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dualrs_fast import cli, runner
+from dualrs_fast import cli
 from dualrs_fast.log_seal import Seal
 from dualrs_fast.logs import certified_accuracy
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
-
-def dualrs(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_helpers import dualrs
 
 
 @pytest.fixture(scope="module")
