@@ -81,6 +81,10 @@ def train_classifier(
     model.to(device)
     X = X.to(device, torch.float32)
     y = y.to(device, torch.int64)
+    # Images train in channels_last: the CPU's max-pooling and convolutions take their fast
+    # NHWC paths (max_pool2d is ~8x faster than on NCHW here, a third of a SmallCNN step).
+    layout = _image_layout(X)
+    model.to(memory_format=layout)
 
     n = X.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
@@ -111,7 +115,7 @@ def train_classifier(
             if sigma > 0:
                 noise = torch.randn(xb.shape, generator=noise_gen, device=device, dtype=xb.dtype)
                 xb = xb + sigma * noise
-            logits = model(xb)
+            logits = model(xb.contiguous(memory_format=layout))
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,7 +128,13 @@ def train_classifier(
         bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct / n:.3f}")
         if callback is not None:
             callback(epoch, mean_loss)
+    model.to(memory_format=torch.contiguous_format)  # hand the weights back in the usual layout
     return model.eval()
+
+
+def _image_layout(X: torch.Tensor) -> torch.memory_format:
+    """channels_last for image batches (N, C, H, W), the default layout otherwise."""
+    return torch.channels_last if X.dim() == 4 else torch.contiguous_format
 
 
 @torch.no_grad()
@@ -146,6 +156,7 @@ def evaluate_accuracy(
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(int(seed))
+    layout = _image_layout(X)  # channels_last for images: the fast CPU paths, as in training
     correct = 0
     for _ in range(max(1, repeats) if sigma > 0 else 1):
         for start in range(0, X.shape[0], batch_size):
@@ -153,7 +164,7 @@ def evaluate_accuracy(
             yb = y[start:start + batch_size].to(device)
             if sigma > 0:
                 xb = xb + sigma * torch.randn(xb.shape, generator=gen, device=device, dtype=xb.dtype)
-            correct += (model(xb).argmax(1) == yb).sum().item()
+            correct += (model(xb.contiguous(memory_format=layout)).argmax(1) == yb).sum().item()
     model.train(was_training)
     total = X.shape[0] * (max(1, repeats) if sigma > 0 else 1)
     return correct / total
