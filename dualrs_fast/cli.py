@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="certified_accuracy.png",
                     help="PNG file (default certified_accuracy.png)")
     pl.add_argument("--labels", nargs="+", help="legend entries (default: sigma from each "
-                                                "log's recorded arguments, else its file name)")
+                                                "log's recorded arguments, else its file name; "
+                                                "the file stem is added where two logs share "
+                                                "a label)")
     pl.add_argument("--max-radius", type=_positive_float, help="right end of the radius axis")
     pl.add_argument("--title")
     pl.add_argument("--radii", default="0,0.25,0.5,0.75,1,1.5,2",
