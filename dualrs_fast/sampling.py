@@ -13,12 +13,12 @@ Kernels: numba on the CPU, Triton on CUDA, plain PyTorch elsewhere (``kernels/``
 import ctypes
 import sys
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from .noise import Stream, fill_noisy_rows, resolve_backend, triton_available
+from .progress import progress_bar
 from .validation import check_logits, check_model_is_deterministic
 
 VOTES_BACKENDS = ("auto", "numba", "torch", "triton")
@@ -132,8 +132,8 @@ def _compiled(model):
 
 def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                 ids: torch.Tensor, batch_size: int, num_classes=None, channels_last=None,
-                compile: bool = False, noise_backend: str = "auto", progress: bool = False,
-                pass_sigma: bool = False, desc: str = "sampling",
+                compile: bool = False, noise_backend: str = "auto",
+                progress: Optional[bool] = False, pass_sigma: bool = False, desc: str = "sampling",
                 votes_backend: str = "auto") -> torch.Tensor:
     """Votes of ``model`` on x[i] + sigma[i] * noise -> int64 counts (len(draws), B, K).
 
@@ -146,6 +146,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     noise_backend / votes_backend: 'auto' (numba-simd / numba on the CPU, triton on CUDA) or a
     name from ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba', the libm
     kernel, equal to 'numba-simd' up to float rounding).
+    progress: True, False or None (a bar with ETA on a terminal once the call runs 5 s);
+    off a terminal at most three lines (``progress.progress_bar``).
     """
     check_model_is_deterministic(model)
     batch = x.shape[0]
@@ -187,8 +189,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     sigma_dev = sigma.to(device=device, dtype=torch.float32)
 
     counts = bad = votes = None
-    with torch.inference_mode(), tqdm(total=total, unit="samples", unit_scale=True, desc=desc,
-                                      disable=not progress, leave=False) as bar:
+    with torch.inference_mode(), progress_bar(total, desc, "samples", progress,
+                                              unit_scale=True) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,
                                                            seg_start, seg_first_j, seg_stream,
                                                            batch):

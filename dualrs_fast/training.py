@@ -59,7 +59,8 @@ def train_classifier(
             so the run is deterministic given ``seed`` and the model's initial
             weights (seed those yourself, e.g. ``torch.manual_seed`` before
             building the model). Thread count can still change float summation order.
-        progress: show a tqdm bar over the epochs (loss and running accuracy).
+        progress: show a bar over the epochs (loss and running accuracy); off a
+            terminal at most three lines (``progress.progress_bar``).
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9, Nesterov).
         schedule: ``"cosine"`` (per-step cosine decay to 0) or ``None`` (constant lr).
         device: where to train (default: the device of the model's parameters).
@@ -102,11 +103,11 @@ def train_classifier(
     shuffle_gen = torch.Generator().manual_seed(int(seed))
     noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
 
-    from tqdm.auto import tqdm  # lazy: keep module import light
+    from .progress import progress_bar
 
-    bar = tqdm(range(epochs), desc=f"train sigma={sigma:g}", disable=not progress, leave=False)
+    bar = progress_bar(epochs, f"train sigma={sigma:g}", "epochs", progress)
     model.train()
-    for epoch in bar:
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=shuffle_gen).to(device)
         loss_sum, correct = 0.0, 0
         for start in range(0, n, batch_size):
@@ -126,8 +127,10 @@ def train_classifier(
             correct += (logits.argmax(1) == yb).sum().item()
         mean_loss = loss_sum / n
         bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct / n:.3f}")
+        bar.update(1)
         if callback is not None:
             callback(epoch, mean_loss)
+    bar.close()
     model.to(memory_format=torch.contiguous_format)  # hand the weights back in the usual layout
     return model.eval()
 
