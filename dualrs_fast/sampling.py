@@ -86,8 +86,8 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
     of a small CNN's CPU time at batch_size 1000 here (``bench/RESULTS.md``: certify
     1.5-1.8x faster for the small CNN and ResNet-20). Equivalent to starting Python with
     ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647``; the price is
-    that memory the process frees is kept rather than returned to the OS. Never called by
-    the library itself. Returns False (doing nothing) where glibc's ``mallopt`` is missing."""
+    that memory the process frees is kept rather than returned to the OS. The `dualrs` command
+    calls it in its own processes (``cli.entry``); the library API never does. Returns False (doing nothing) where glibc's ``mallopt`` is missing."""
     if not sys.platform.startswith("linux"):
         return False
     try:
