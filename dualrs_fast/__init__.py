@@ -4,10 +4,16 @@
     r = drs.certify(model, x, sigma=0.25, n0=100, n=100_000, alpha=0.001)
     r.prediction, r.radius, r.count
 """
-from .bounds import BACKEND as BOUNDS_BACKEND
-from .cascade import CascadeCertifyResult, CascadeSmoothing
-from .dual import DualCertifyResult, DualSmoothing
-from .smoothing import ABSTAIN, CertifyResult, certify, predict
+from pathlib import Path as _Path
+
+from ._checkout import wire_checkout as _wire_checkout
+
+_wire_checkout(_Path(__file__).resolve().parent)  # a git checkout: its kernels/ and build/
+
+from .bounds import BACKEND as BOUNDS_BACKEND  # noqa: E402 - needs the wiring above
+from .cascade import CascadeCertifyResult, CascadeSmoothing  # noqa: E402
+from .dual import DualCertifyResult, DualSmoothing  # noqa: E402
+from .smoothing import ABSTAIN, CertifyResult, certify, predict  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["ABSTAIN", "BOUNDS_BACKEND", "CascadeCertifyResult", "CascadeSmoothing",

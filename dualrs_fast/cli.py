@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+import warnings
 
 SIGMA_HELP = ("noise standard deviation in pixel units: images are in [0, 1] and the Gaussian "
               "noise is added before the model's normalisation, so 0.25 is a quarter of the "
@@ -154,7 +155,10 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
                    help="local processes (gloo) sharing the inputs; for several machines use "
                         "torchrun, which this command detects (default 1)")
     g.add_argument("--threads", type=int, help="torch threads per process")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress output (the summary is still printed). Without it, "
+                        "progress goes to stderr: a bar on a terminal, at most a few lines "
+                        "with ETA otherwise (a log file, CI)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="certified_accuracy.png",
                     help="PNG file (default certified_accuracy.png)")
     pl.add_argument("--labels", nargs="+", help="legend entries (default: sigma from each "
-                                                "log's recorded arguments, else its file name)")
+                                                "log's recorded arguments, else its file name; "
+                                                "the file stem is added where two logs share "
+                                                "a label)")
     pl.add_argument("--max-radius", type=_positive_float, help="right end of the radius axis")
     pl.add_argument("--title")
     pl.add_argument("--radii", default="0,0.25,0.5,0.75,1,1.5,2",
@@ -251,8 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initialisation, shuffling and noise (default 0: training yields no "
                         "certificate, so a public default seed is harmless here; certify and "
                         "predict default to a secret one)")
+    t.add_argument("--threads", type=int,
+                   help="torch threads (default: 1 for a classifier, whose training steps of a "
+                        "few ms are too short to share among threads well; on a CPU shared "
+                        "with other jobs two threads made a small_cnn step 10-30x slower than "
+                        "one, spinning at OpenMP barriers. With --estimator: torch's default)")
     t.add_argument("--out", required=True, help="checkpoint file to write")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress output (the summary is still printed)")
     e = t.add_argument_group("Dual RS estimator")
     e.add_argument("--estimator", action="store_true",
                    help="train a variance estimator (see above) instead of a classifier")
@@ -393,6 +405,9 @@ def _task(args, kind: str):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.any_range:  # asked for: no InputRangeWarning per chunk
+        from .validation import InputRangeWarning
+        warnings.filterwarnings("ignore", category=InputRangeWarning)
     dataset = load_dataset(args.dataset, check_range=not args.any_range)
     indices = runner.select_indices(len(dataset), args.skip, args.max)
     smoother, entries, where = build_smoother(args, dataset)
@@ -414,24 +429,26 @@ def _task(args, kind: str):
 
 def _summary(kind: str, task, rows: dict, args, where: str) -> None:
     import numpy as np
+    # rows printed to stdout (no --out) stay a clean table: the summary goes to stderr then
+    out = sys.stdout if args.out else sys.stderr
     cells = [r.split("\t") for r in rows.values()]
     if not cells:
-        print("no inputs selected")
+        print("no inputs selected", file=out)
         return
     target = f" -> {args.out}" if args.out else ""
     resumed = f"; {task.resumed} were in the log already" if task.resumed else ""
-    print(f"{kind}: {len(cells)} inputs{target} ({where}{resumed})")
+    print(f"{kind}: {len(cells)} inputs{target} ({where}{resumed})", file=out)
     if kind == "predict":
         pred = np.array([int(c[2]) for c in cells])
         correct = np.array([int(c[3]) for c in cells])
-        print(f"accuracy {correct.mean():.3f}, abstained {np.mean(pred == -1):.3f}")
+        print(f"accuracy {correct.mean():.3f}, abstained {np.mean(pred == -1):.3f}", file=out)
         return
     from .logs import certified_accuracy
     table = {"correct": np.array([int(c[4]) for c in cells]),
              "radius": np.array([float(c[3]) for c in cells])}
     acc = certified_accuracy(table, SUMMARY_RADII)
     print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}"
-                                             for r, a in zip(SUMMARY_RADII, acc)))
+                                             for r, a in zip(SUMMARY_RADII, acc)), file=out)
 
 
 def _check_run_args(args) -> None:
@@ -494,7 +511,7 @@ def run_smoothing(args) -> int:
         rank, _ = runner.rank_and_world()
         rows = runner.run(task, args.out, chunk=args.chunk, progress=not args.quiet and rank == 0,
                           overwrite=args.overwrite)
-        if rank == 0 and not args.quiet:
+        if rank == 0:  # also with --quiet: it silences progress only
             _summary(args.command, task, rows, args, where)
     finally:
         if joined:
@@ -504,6 +521,7 @@ def run_smoothing(args) -> int:
 
 def _rank_main(args) -> None:
     """Entry point of a process started by --procs."""
+    tune_own_process()
     code = _guarded(run_smoothing, args)
     if code:
         sys.exit(code)
@@ -573,23 +591,34 @@ def run_train_estimator(args) -> int:
         estimator_sigma=args.estimator_sigma, epochs=args.epochs,
         label_samples=args.label_samples, label_n=args.label_n,
         seed=args.seed, batch_size=args.batch, lr=args.lr, progress=not args.quiet, out=args.out)
-    if not args.quiet:
-        print(f"trained {arch} estimator at sigma={meta['estimator_sigma']:g} on {x.shape[0]} "
-              f"inputs in {meta['train_time_s']:.1f} s; labels per sigma: "
-              + ", ".join(f"{s:g}: {h}" for s, h in zip(sigmas, meta["label_histogram"])))
-        print(f"saved {args.out} (certify with: dualrs certify --dual --estimator {args.out})")
+    # the summary, also with --quiet
+    print(f"trained {arch} estimator at sigma={meta['estimator_sigma']:g} on {x.shape[0]} "
+          f"inputs in {meta['train_time_s']:.1f} s; labels per sigma: "
+          + ", ".join(f"{s:g}: {h}" for s, h in zip(sigmas, meta["label_histogram"])))
+    print(f"saved {args.out} (certify with: dualrs certify --dual --estimator {args.out})")
     return 0
 
 
 def run_train(args) -> int:
+    import torch
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    previous = torch.get_num_threads()  # restored: main() may run inside a longer process
+    torch.set_num_threads(args.threads or (previous if args.estimator else 1))
+    try:
+        return run_train_estimator(args) if args.estimator else _train_classifier_command(args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_classifier_command(args) -> int:
     import time
     import torch
     from .loading import load_dataset
     from .models import build_model, save_checkpoint
     from .training import evaluate_accuracy, train_classifier
 
-    if args.estimator:
-        return run_train_estimator(args)
     args.arch = args.arch or "small_cnn"
     if args.sigmas or args.model:
         raise ValueError("--sigmas and --model are options of --estimator training")
@@ -618,9 +647,8 @@ def run_train(args) -> int:
         line += (f"; held-out accuracy {meta['test_clean_acc']:.3f} clean, "
                  f"{meta['test_noisy_acc']:.3f} under noise")
     save_checkpoint(args.out, model, args.arch, meta=meta, kwargs=kwargs)
-    if not args.quiet:
-        print(line)
-        print(f"saved {args.out}")
+    print(line)  # the summary, also with --quiet
+    print(f"saved {args.out}")
     return 0
 
 
@@ -663,5 +691,20 @@ def main(argv=None) -> int:
     return _guarded(_dispatch, build_parser().parse_args(argv))
 
 
+def tune_own_process() -> None:
+    """Process-wide settings for a process the command owns (not for an importing program):
+    glibc's malloc keeps large blocks (sampling.tune_cpu_allocator: certify 1.47x, training
+    1.37x per CPU second on the small CNN here), unless MALLOC_MMAP_THRESHOLD_ is set."""
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        from .sampling import tune_cpu_allocator
+        tune_cpu_allocator()
+
+
+def entry() -> int:
+    """The `dualrs` command and `python -m dualrs_fast`."""
+    tune_own_process()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

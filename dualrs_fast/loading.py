@@ -12,6 +12,8 @@ Datasets: the embedded MNIST-5k split, or a ``.pt`` / ``.npz`` file holding imag
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -88,10 +90,34 @@ def _from_state_dict(path: Path, state: dict, arch: Optional[str], arch_kwargs: 
         raise LoadError(str(exc)) from None
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise LoadError(f"{path}: the state_dict does not match {arch} with arguments {kwargs} "
-                        f"({given}):\n{exc}") from None
+                        f"({given}): {_state_dict_mismatch(model.state_dict(), state)}") from None
     return model
+
+
+def _state_dict_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+    """One line: how many keys are missing / unexpected / of another shape, a few of each."""
+    def few(keys):
+        keys = list(keys)
+        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [f"{k} {tuple(given[k].shape)} instead of {tuple(expected[k].shape)}"
+                for k in expected if k in given and given[k].shape != expected[k].shape]
+    parts = [f"{len(keys)} {what} ({few(keys)})" for what, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected),
+              ("weights of another shape", reshaped)) if keys]
+    return "; ".join(parts) or "the weights do not load"
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one clause (torch's own message
+    spans lines, with terminal colour codes)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds pickled Python objects beyond tensors (e.g. a whole model)"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    return f"cannot be read as tensors ({first[0].strip() if first else type(exc).__name__})"
 
 
 def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = None,
@@ -117,11 +143,11 @@ def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = N
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise LoadError(
-            f"{path}: cannot be read as tensors ({str(exc).splitlines()[0]}). Save models as "
-            "torch.save(model.state_dict(), path), models.save_checkpoint(...) or "
-            "torch.jit.save(torch.jit.script(model), path); whole pickled modules are not "
-            "loaded because unpickling can run arbitrary code") from None
+        raise LoadError(f"{path}: {_unreadable_reason(exc)}. Save models as "
+                        "torch.save(model.state_dict(), path), models.save_checkpoint(...) or "
+                        "torch.jit.save(torch.jit.trace(model, example), path); whole pickled "
+                        "modules are not loaded because unpickling can run arbitrary code"
+                        ) from None
     if isinstance(obj, dict) and all(k in obj for k in _CHECKPOINT_KEYS):
         if arch is not None and arch != obj["arch"]:
             raise LoadError(f"{path} is a {obj['arch']} checkpoint but {arch_option} {arch} was given")

@@ -2,8 +2,10 @@
 
 Columns: idx label predict radius correct time (time: seconds, float). Extra columns (e.g.
 Dual RS's sigma, radius_estimator, radius_classifier) may follow and are kept when reading.
+Logs written by Cohen et al.'s own certify.py (time as ``0:00:06.125100``) read the same.
 """
 import csv
+import re
 from typing import Iterable, Sequence, Union
 
 import numpy as np
@@ -61,8 +63,13 @@ def read_log(path) -> dict:
     table = {}
     for k, name in enumerate(names):
         values = [r[k] for r in body]
-        kind = int if name in ("idx", "label", "predict", "correct") else float
-        table[name] = np.array([kind(v) for v in values])
+        kind = {"idx": int, "label": int, "predict": int, "correct": int,
+                "time": seconds}.get(name, float)
+        try:
+            table[name] = np.array([kind(v) for v in values])
+        except ValueError:
+            bad = next(v for v in values if not _parses(kind, v))
+            raise ValueError(f"{path}: column {name} holds {bad!r}, not a number") from None
     return table
 
 
@@ -79,6 +86,27 @@ def check_certificates(table: dict, where="the log") -> None:
     correct = np.asarray(table["correct"])
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"{where}: the correct column must hold 0 or 1")
+
+
+# str(datetime.timedelta), as Cohen et al.'s certify.py writes the time: [D day[s], ]H:MM:SS[.ffffff]
+_TIMEDELTA = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
+
+
+def seconds(text: str) -> float:
+    """A time cell in seconds: a number (this package's logs) or Cohen's ``0:00:06.125100``."""
+    match = _TIMEDELTA.match(text.strip())
+    if match is None:
+        return float(text)
+    days, hours, minutes, secs = match.groups()
+    return ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + float(secs)
+
+
+def _parses(kind, text: str) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
 
 
 def certified_accuracy(log: Union[str, dict], radii: Iterable[float]) -> np.ndarray:

@@ -45,10 +45,21 @@ def default_label(path) -> str:
     return path.name
 
 
+def default_labels(paths: Sequence) -> List[str]:
+    """``default_label`` of each log, made distinct: a label that two logs share (same sigma)
+    gets the file's stem appended, and the full path where the stems collide too."""
+    labels = [default_label(p) for p in paths]
+    for widen in (lambda p, label: f"{label} ({Path(p).stem})", lambda p, label: str(p)):
+        shared = {label for label in labels if labels.count(label) > 1}
+        labels = [widen(p, label) if label in shared else label
+                  for p, label in zip(paths, labels)]
+    return labels
+
+
 def accuracy_table(logs: Sequence, radii: Sequence[float], labels: Optional[Sequence[str]] = None
                    ) -> str:
     """Certified accuracy of each log at ``radii`` as an aligned text table."""
-    labels = list(labels) if labels else [default_label(p) for p in logs]
+    labels = list(labels) if labels else default_labels(logs)
     width = max(len(s) for s in labels + ["log"])
     lines = [f"{'log':<{width}}  {'N':>5}  " + "  ".join(f"r={r:<5g}" for r in radii)]
     for path, label in zip(logs, labels):
@@ -68,7 +79,7 @@ def plot_certified_accuracy(logs: Sequence, out, labels: Optional[Sequence[str]]
 
     if not logs:
         raise ValueError("give at least one log")
-    labels = list(labels) if labels else [default_label(p) for p in logs]
+    labels = list(labels) if labels else default_labels(logs)
     if len(labels) != len(logs):
         raise ValueError(f"{len(labels)} labels for {len(logs)} logs")
     tables = [load(p) for p in logs]

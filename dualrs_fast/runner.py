@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from . import log_rows, smoothing
 from .dual import DualSmoothing
 from .log_seal import Seal, SealError, sealed_length
 from .logs import COLUMNS, format_row
+from .progress import interactive, progress_bar
 
 DUAL_COLUMNS = COLUMNS + ("sigma", "radius_estimator", "radius_classifier")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")  # Cohen's predict.py log
@@ -468,13 +468,13 @@ def _compute_into(task: Task, indices: List[int], out: _SealedWriter, chunk: int
     """Certify ``indices`` in chunks, appending and sealing each chunk's rows."""
     if not indices:
         return
-    bar = tqdm(total=len(indices), unit="input", desc=desc, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(indices), desc, "inputs", progress)
+    inner = progress and interactive()  # per-chunk bars only where they redraw in place
     start, done = time.perf_counter(), 0
     try:
         for k in range(0, len(indices), chunk):
             ids = indices[k:k + chunk]
-            rows = task.compute(ids, progress)
+            rows = task.compute(ids, inner)
             if [int(r.split("\t", 1)[0]) for r in rows] != ids:
                 raise RuntimeError("internal error: rows do not match the requested indices")
             out.write(rows)
@@ -512,7 +512,7 @@ def run(task: Task, log=None, *, chunk: int = 16, progress: bool = True,
         print("\t".join(task.columns), flush=True)
         for k in range(0, len(task.indices), chunk):
             ids = task.indices[k:k + chunk]
-            for i, row in zip(ids, task.compute(ids, progress)):
+            for i, row in zip(ids, task.compute(ids, progress and interactive())):
                 print(row, flush=True)
                 rows[i] = row
         return rows

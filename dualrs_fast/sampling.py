@@ -13,13 +13,13 @@ Kernels: numba on the CPU, Triton on CUDA, plain PyTorch elsewhere (``kernels/``
 import ctypes
 import sys
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from .batch_probe import PROBE_ROWS, check_batch_independent
 from .noise import Stream, fill_noisy_rows, resolve_backend, triton_available
+from .progress import progress_bar
 from .validation import (MAX_SAMPLES, check_logits, check_model_input_dtype,
                          check_model_is_deterministic, check_sigma_resolution)
 
@@ -88,8 +88,8 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
     of a small CNN's CPU time at batch_size 1000 here (``bench/RESULTS.md``: certify
     1.5-1.8x faster for the small CNN and ResNet-20). Equivalent to starting Python with
     ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647``; the price is
-    that memory the process frees is kept rather than returned to the OS. Never called by
-    the library itself. Returns False (doing nothing) where glibc's ``mallopt`` is missing."""
+    that memory the process frees is kept rather than returned to the OS. The `dualrs` command
+    calls it in its own processes (``cli.entry``); the library API never does. Returns False (doing nothing) where glibc's ``mallopt`` is missing."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -143,8 +143,8 @@ def _model_input(rows: torch.Tensor, x_shape, use_cl: bool) -> torch.Tensor:
 
 def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                 ids: torch.Tensor, batch_size: int, num_classes=None, channels_last=None,
-                compile: bool = False, noise_backend: str = "auto", progress: bool = False,
-                pass_sigma: bool = False, desc: str = "sampling",
+                compile: bool = False, noise_backend: str = "auto",
+                progress: Optional[bool] = False, pass_sigma: bool = False, desc: str = "sampling",
                 votes_backend: str = "auto") -> torch.Tensor:
     """Votes of ``model`` on x[i] + sigma[i] * noise -> int64 counts (len(draws), B, K).
 
@@ -162,6 +162,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     x, sigma within MIN_SIGMA_STEPS float steps of an input's magnitude, more than 2**32
     samples of one stream per input, and a model whose rows depend on each other within a
     batch (``batch_probe``).
+    progress: True, False or None (a bar with ETA on a terminal once the call runs 5 s);
+    off a terminal at most three lines (``progress.progress_bar``).
     """
     check_model_is_deterministic(model)
     check_model_input_dtype(model, x.dtype)
@@ -235,8 +237,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     counts = bad = votes = None
     with torch.inference_mode():
         check_batch_independent(probe_call)
-    with torch.inference_mode(), tqdm(total=total, unit="samples", unit_scale=True, desc=desc,
-                                      disable=not progress, leave=False) as bar:
+    with torch.inference_mode(), progress_bar(total, desc, "samples", progress,
+                                              unit_scale=True) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,
                                                            seg_start, seg_first_j, seg_stream,
                                                            batch):

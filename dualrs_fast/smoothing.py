@@ -88,8 +88,15 @@ def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend):
 def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             batch_size: int = 1000, seed: Optional[int] = None, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
-            progress: bool = False) -> CertifyResult:
+            progress: Optional[bool] = None) -> CertifyResult:
     """Certify the smoothed classifier g(x) = argmax_c P(model(x + N(0, sigma^2 I)) = c).
+
+    Noise keys: input i's noise is a function of (seed, ids[i]), and the default ids are
+    the positions 0..B-1 in x: with default ids an input's certificate depends on where it
+    sits in the batch (each is valid). Pass dataset indices as ids to make it independent
+    of which inputs share the call. Cost: n0 + n model evaluations per input (Cohen's
+    n = 100,000 takes seconds to minutes per input on a CPU); on a terminal a call that runs
+    longer than 5 s shows a progress bar with its ETA.
 
     x: one input (C,H,W) / (D,) or a batch (B,C,H,W) / (B,D) in the model's input (pixel)
     scale; sigma is in that scale (None: DEFAULT_SIGMA, 0.25), at least MIN_SIGMA_STEPS float
@@ -110,7 +117,8 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
     (B, C, H, W) inputs. compile: opt-in torch.compile (the last batch is padded to a static
     shape). noise_backend: 'auto' (CPU: 'numba-simd' where the CPU has AVX2 + FMA, else
     'numba'; CUDA: 'triton' if installed; else 'torch'), or one of those names; backends agree
-    up to float rounding. progress: tqdm bar.
+    up to float rounding. progress: True (a tqdm bar; off a terminal at most three lines),
+    False, or None (default: a bar on a terminal once the call has run 5 s).
     """
     dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
@@ -140,13 +148,16 @@ def predict_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
             seed: Optional[int] = None, *, ids=None, num_classes=None, channels_last=None,
-            compile: bool = False, noise_backend: str = "auto", progress: bool = False
+            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None
             ) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
-    (returns ABSTAIN when unsure). -> LongTensor (B,). Options as for ``certify``; ``model``
-    may be a DualSmoothing or CascadeSmoothing (then without sigma). The default seed=None is
-    a fresh secret one, which is not returned: pass an explicit seed to make a prediction
-    reproducible."""
+    (returns ABSTAIN when unsure). -> LongTensor (B,).
+
+    Noise keys as for ``certify``: default ids are the positions 0..B-1 in x (pass dataset
+    indices to make an input's answer independent of its batch). Cost: n model evaluations
+    per input. Options as for ``certify``; ``model`` may be a DualSmoothing or
+    CascadeSmoothing (then without sigma). The default seed=None is a fresh secret one, which
+    is not returned: pass an explicit seed to make a prediction reproducible."""
     dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
     if dual is not None:
         return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,

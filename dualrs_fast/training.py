@@ -62,7 +62,8 @@ def train_classifier(
             so the run is deterministic given ``seed`` and the model's initial
             weights (seed those yourself, e.g. ``torch.manual_seed`` before
             building the model). Thread count can still change float summation order.
-        progress: show a tqdm bar over the epochs (loss and running accuracy).
+        progress: show a bar over the epochs (loss and running accuracy); off a
+            terminal at most three lines (``progress.progress_bar``).
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9, Nesterov).
         schedule: ``"cosine"`` (per-step cosine decay to 0) or ``None`` (constant lr).
         device: where to train (default: the device of the model's parameters).
@@ -84,6 +85,10 @@ def train_classifier(
     model.to(device)
     X = X.to(device, torch.float32)
     y = y.to(device, torch.int64)
+    # Images train in channels_last: the CPU's max-pooling and convolutions take their fast
+    # NHWC paths (max_pool2d is ~8x faster than on NCHW here, a third of a SmallCNN step).
+    layout = _image_layout(X)
+    model.to(memory_format=layout)
 
     n = X.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
@@ -101,11 +106,11 @@ def train_classifier(
     shuffle_gen = torch.Generator().manual_seed(int(seed))
     noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
 
-    from tqdm.auto import tqdm  # lazy: keep module import light
+    from .progress import progress_bar
 
-    bar = tqdm(range(epochs), desc=f"train sigma={sigma:g}", disable=not progress, leave=False)
+    bar = progress_bar(epochs, f"train sigma={sigma:g}", "epochs", progress)
     model.train()
-    for epoch in bar:
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=shuffle_gen).to(device)
         loss_sum, correct = 0.0, 0
         for start in range(0, n, batch_size):
@@ -114,7 +119,7 @@ def train_classifier(
             if sigma > 0:
                 noise = torch.randn(xb.shape, generator=noise_gen, device=device, dtype=xb.dtype)
                 xb = xb + sigma * noise
-            logits = model(xb)
+            logits = model(xb.contiguous(memory_format=layout))
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,9 +130,17 @@ def train_classifier(
             correct += (logits.argmax(1) == yb).sum().item()
         mean_loss = loss_sum / n
         bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct / n:.3f}")
+        bar.update(1)
         if callback is not None:
             callback(epoch, mean_loss)
+    bar.close()
+    model.to(memory_format=torch.contiguous_format)  # hand the weights back in the usual layout
     return model.eval()
+
+
+def _image_layout(X: torch.Tensor) -> torch.memory_format:
+    """channels_last for image batches (N, C, H, W), the default layout otherwise."""
+    return torch.channels_last if X.dim() == 4 else torch.contiguous_format
 
 
 @torch.no_grad()
@@ -149,6 +162,7 @@ def evaluate_accuracy(
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(int(seed))
+    layout = _image_layout(X)  # channels_last for images: the fast CPU paths, as in training
     correct = 0
     for _ in range(max(1, repeats) if sigma > 0 else 1):
         for start in range(0, X.shape[0], batch_size):
@@ -156,7 +170,7 @@ def evaluate_accuracy(
             yb = y[start:start + batch_size].to(device)
             if sigma > 0:
                 xb = xb + sigma * torch.randn(xb.shape, generator=gen, device=device, dtype=xb.dtype)
-            correct += (model(xb).argmax(1) == yb).sum().item()
+            correct += (model(xb.contiguous(memory_format=layout)).argmax(1) == yb).sum().item()
     model.train(was_training)
     total = X.shape[0] * (max(1, repeats) if sigma > 0 else 1)
     return correct / total

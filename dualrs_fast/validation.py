@@ -3,6 +3,7 @@ produce a certificate."""
 import math
 import numbers
 import secrets
+import warnings
 
 import numpy as np
 import torch
@@ -16,6 +17,13 @@ MAX_SAMPLES = 2**32 - 1
 #: that the noisy input is the float-rounded model's input, not x + Gaussian noise, and the
 #: certificate describes rounding (README "Limits")
 MIN_SIGMA_STEPS = 512
+#: inputs beyond [-RANGE_SLACK, 1 + RANGE_SLACK] are taken for another scale (normalised,
+#: 0..255, [-1, 1]) and warned about; perturbed images a little outside [0, 1] are not
+RANGE_SLACK = 0.5
+
+
+class InputRangeWarning(UserWarning):
+    """x lies far outside [0, 1], the pixel scale sigma is meant in."""
 
 
 def check_positive_int(name: str, value) -> int:
@@ -95,7 +103,19 @@ def as_input_batch(x):
         raise ValueError(f"x is empty: shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or inf")
+    warn_if_far_outside_unit_range(x)
     return x, single
+
+
+def warn_if_far_outside_unit_range(x: torch.Tensor) -> None:
+    """sigma is in x's scale: a normalised or 0..255 input silently changes what a radius
+    means (the command line refuses such data unless --any-range)."""
+    low, high = float(x.min()), float(x.max())
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        warnings.warn(f"x spans [{low:.3g}, {high:.3g}], far outside [0, 1]: sigma and the radius "
+                      "are in x's scale; pass pixels in [0, 1] and normalise inside the model "
+                      "(as Cohen et al.), or ignore this if your scale is intended",
+                      InputRangeWarning, stacklevel=3)
 
 
 def check_ids(ids, batch: int) -> torch.Tensor:
