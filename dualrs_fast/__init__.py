@@ -6,8 +6,9 @@
 """
 from .bounds import BACKEND as BOUNDS_BACKEND
 from .dual import DualCertifyResult, DualSmoothing
+from .sequential_radii import RadiiResult, certify_radii
 from .smoothing import ABSTAIN, CertifyResult, certify, predict
 
 __version__ = "0.1.0"
 __all__ = ["ABSTAIN", "BOUNDS_BACKEND", "CertifyResult", "DualCertifyResult", "DualSmoothing",
-           "certify", "predict", "__version__"]
+           "RadiiResult", "certify", "certify_radii", "predict", "__version__"]
