@@ -303,7 +303,8 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
         for ks in by_route.values():
             mine = torch.isin(level[members], torch.tensor(ks))
             group = members[mine]
-            c = count_votes(dual.routes[ks[0]], xb[group], sigma_cls[group], draws, seed=seed,
+            c = count_votes(dual.routes[ks[0]], xb[group], sigma_cls[group],
+                            [_subset(d, mine) for d in draws], seed=seed,
                             ids=ids[group], batch_size=batch_size, pass_sigma=True,
                             progress=progress, desc="classifier")
             if counts is None:
@@ -332,6 +333,13 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
                        sigma=torch.where(ran, sigma_cls, math.nan).float(),
                        radius_estimator=_index_radius(radii, estimator.cert),
                        radius_classifier=_index_radius(radii, classifier.cert))
+
+
+def _subset(draw: Draw, mask: torch.Tensor) -> Draw:
+    """The draw for the inputs selected by ``mask`` (per-input counts and starts sliced)."""
+    def pick(v):
+        return v[mask] if isinstance(v, torch.Tensor) else v
+    return Draw(draw.stream, pick(draw.num_samples), pick(draw.start))
 
 
 def _index_radius(radii: tuple, index: np.ndarray) -> torch.Tensor:
