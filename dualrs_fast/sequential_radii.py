@@ -64,6 +64,8 @@ from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit
 #: clear inputs) and growth between checkpoints
 FIRST_CHECKPOINT = 100
 GROWTH = 2
+#: default level of the futility rule's upper bound (stopping only; see the module docstring)
+FUTILITY_ALPHA = 0.001
 
 
 @dataclass
@@ -225,7 +227,7 @@ def _check_common(x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_al
 
 def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int = 100_000,
                   n0: int = 100, batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
-                  futility_alpha: Optional[float] = 0.001, num_classes=None,
+                  futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
                   channels_last=None, compile: bool = False, noise_backend: str = "auto",
                   progress: bool = False, n0_estimator: Optional[int] = None,
                   n_max_estimator: Optional[int] = None) -> RadiiResult:

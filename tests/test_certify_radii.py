@@ -270,3 +270,41 @@ def test_dual_rejects_engine_options():
     estimator, experts, x = _dual_borderline_case(4)
     with pytest.raises(TypeError):
         drs.certify_radii(_dual(estimator, experts), x, GRID, n_max=200, compile=True)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def test_cli_radii_log_is_read_by_certified_accuracy_and_resumes(tmp_path, capsys, mnist):
+    from dualrs_fast import cli
+    from dualrs_fast.logs import certified_accuracy, read_log
+    log = tmp_path / "radii.tsv"
+    argv = ["certify", "--sigma", "0.5", "--max", "6", "--n", "400", "--n0", "50",
+            "--radii", "0.5,0.25,1", "--out", str(log), "--quiet"]
+    assert cli.main(argv) == 0
+    table = read_log(log)
+    x, y = mnist
+    r = drs.certify_radii(load_default_classifier(0.5), x, (0.25, 0.5, 1.0), sigma=0.5,
+                          n_max=400, n0=50, ids=torch.arange(6))
+    assert (table["radius"] == r.radius.numpy()).all()
+    assert (table["predict"] == r.prediction.numpy()).all()
+    assert (table["samples"] == r.samples.numpy()).all()
+    expected = _expected_grid(r.prediction, r.radius, r.radii) & (r.prediction == y)[:, None]
+    np.testing.assert_allclose(certified_accuracy(log, r.radii), expected.double().mean(0))
+    before = log.read_text()
+    assert cli.main(argv) == 0 and log.read_text() == before        # resumed: nothing to add
+    assert cli.main(argv[:-5] + ["--radii", "0.5", "--out", str(log), "--quiet"]) == 2
+    assert "radii" in capsys.readouterr().err                       # another grid: refused
+
+
+def test_cli_dual_radii_columns(tmp_path):
+    from dualrs_fast import cli
+    from dualrs_fast.logs import read_log
+    log = tmp_path / "dual.tsv"
+    assert cli.main(["certify", "--dual", "--max", "3", "--n", "300", "--n0", "30",
+                     "--radii", "0,1", "--out", str(log), "--quiet"]) == 0
+    table = read_log(log)
+    assert set(table) >= {"sigma", "radius_estimator", "radius_classifier", "samples"}
+    certified = table["predict"] != drs.ABSTAIN
+    assert (table["radius"][certified] == np.minimum(table["radius_estimator"],
+                                                     table["radius_classifier"])[certified]).all()
+    assert (table["samples"] <= 2 * 330).all()
