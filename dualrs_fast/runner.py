@@ -70,6 +70,22 @@ def select_indices(size: int, skip: int = 1, max_index: Optional[int] = None) ->
 # --------------------------------------------------------------------------- row computation
 
 
+def _certify_rows(ids, labels, r, seconds: float, dual: bool, samples: bool = False) -> List[str]:
+    """Log rows of a certify result: Dual RS adds sigma, radius_estimator, radius_classifier;
+    ``samples`` the samples drawn (certify_radii)."""
+    rows = []
+    for k, i in enumerate(ids):
+        extra = {}
+        if dual:
+            extra = dict(sigma=float(r.sigma[k]), radius_estimator=float(r.radius_estimator[k]),
+                         radius_classifier=float(r.radius_classifier[k]))
+        if samples:
+            extra["samples"] = int(r.samples[k])
+        rows.append(format_row(i, int(labels[k]), int(r.prediction[k]), float(r.radius[k]),
+                               seconds, **extra))
+    return rows
+
+
 def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alpha: float,
                  batch_size: int, seed: int, n0_estimator=None, n_estimator=None,
                  config=None, info=None) -> Task:
@@ -89,16 +105,7 @@ def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alp
             r = smoothing.certify(smoother, x, sigma, n0=n0, n=n, alpha=alpha,
                                   batch_size=batch_size, seed=seed, ids=ids, progress=progress)
         seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
-        rows = []
-        for k, i in enumerate(ids):
-            extra = {}
-            if dual:
-                extra = dict(sigma=float(r.sigma[k]),
-                             radius_estimator=float(r.radius_estimator[k]),
-                             radius_classifier=float(r.radius_classifier[k]))
-            rows.append(format_row(i, int(labels[k]), int(r.prediction[k]), float(r.radius[k]),
-                                   seconds, **extra))
-        return rows
+        return _certify_rows(ids, labels, r, seconds, dual)
 
     return Task(DUAL_COLUMNS if dual else COLUMNS, config or {}, list(indices), compute,
                 per_input, info or {})
@@ -125,17 +132,7 @@ def certify_radii_task(smoother, dataset, indices, *, radii, sigma=None, n0: int
         r = certify_radii(smoother, x, radii, n0=n0, n_max=n, alpha=alpha, batch_size=batch_size,
                           seed=seed, ids=ids, progress=progress, **options)
         seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
-        rows = []
-        for k, i in enumerate(ids):
-            extra = {}
-            if dual:
-                extra = dict(sigma=float(r.sigma[k]),
-                             radius_estimator=float(r.radius_estimator[k]),
-                             radius_classifier=float(r.radius_classifier[k]))
-            extra["samples"] = int(r.samples[k])
-            rows.append(format_row(i, int(labels[k]), int(r.prediction[k]), float(r.radius[k]),
-                                   seconds, **extra))
-        return rows
+        return _certify_rows(ids, labels, r, seconds, dual, samples=True)
 
     return Task((DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS, config or {},
                 list(indices), compute, per_input, info or {})
