@@ -3,6 +3,9 @@ large alpha (and the same check catching a rule without the union bound), agreem
 full CERTIFY (exact with one checkpoint; a replay of CERTIFY's own counts at every
 checkpoint otherwise) on analytic and embedded models, early stopping, bad input."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +311,32 @@ def test_cli_dual_radii_columns(tmp_path):
     assert (table["radius"][certified] == np.minimum(table["radius_estimator"],
                                                      table["radius_classifier"])[certified]).all()
     assert (table["samples"] <= 2 * 330).all()
+
+
+# ---- the benchmark script --------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.skipif(not (BENCH / "radii_vs_certify.py").is_file(), reason="bench/ not present")
+def test_bench_script_smoke(tmp_path):
+    out = tmp_path / "r.json"
+    run = [sys.executable, "-P", str(BENCH / "radii_vs_certify.py")]
+    proc = subprocess.run(run + ["--num", "3", "--n", "300", "--chunk", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| certify | " in proc.stdout and "| certify_radii | " in proc.stdout
+    again = subprocess.run(run + ["--table", str(out)], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    table = proc.stdout[proc.stdout.index("small CNN, sigma"):]   # after the progress lines
+    assert again.stdout.strip() == table.strip()
+
+
+@pytest.mark.skipif(not (BENCH / "bench_utils.py").is_file(), reason="bench/ not present")
+def test_results_writer_keeps_sections_below_the_marker(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench_utils = pytest.importorskip("bench_utils")
+    path = tmp_path / "RESULTS.md"
+    assert bench_utils.kept_sections(path) == ""
+    path.write_text("# generated\n\n" + bench_utils.KEPT_MARKER + "\n## by hand\n1 2 3\n")
+    assert bench_utils.kept_sections(path) == "\n" + bench_utils.KEPT_MARKER + "\n## by hand\n1 2 3\n"
