@@ -110,7 +110,7 @@ def _save(path, out):
 
 def table(out, labels) -> str:
     """Markdown table over the inputs both methods covered (all of them, unless cut short);
-    certify_radii's times scaled to that share of its inputs. CPU time (the process's, all
+    certify_radii's times scaled by the share of its samples those inputs drew. CPU time (the process's, all
     threads) is the steadier number on a shared machine."""
     done = len(out["certify"]["radius"])
     labels = torch.as_tensor(labels)[:done]
@@ -123,7 +123,7 @@ def table(out, labels) -> str:
         accuracy[method] = _accuracy(torch.tensor(m["prediction"][:done]),
                                      torch.tensor(m["radius"][:done]), labels)
         samples[method] = float(np.sum(m["samples"][:done]))
-        share = done / len(m["radius"])
+        share = samples[method] / float(np.sum(m["samples"]))  # of its samples, if cut short
         seconds[method] = m["seconds"] * share
         cpu[method] = m["cpu_seconds"] * share
         lines.append(f"| {method} | " + " | ".join(f"{a:.3f}" for a in accuracy[method])
