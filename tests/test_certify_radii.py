@@ -270,7 +270,7 @@ def test_dual_one_checkpoint_is_plain_dual_certify_on_the_embedded_models(mnist)
 
 
 def test_dual_rejects_engine_options():
-    estimator, experts, x = _dual_borderline_case(4)
+    estimator, experts, x = _dual_borderline_case(8)
     with pytest.raises(TypeError):
         drs.certify_radii(_dual(estimator, experts), x, GRID, n_max=200, compile=True)
 
