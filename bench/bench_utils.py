@@ -292,4 +292,15 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         "with the references in Triton's CPU interpreter).",
         "",
     ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + kept_sections(path))
+
+
+#: RESULTS.md keeps everything from this line on when `make bench` rewrites the file above it
+#: (sections measured by other scripts, e.g. bench/radii_vs_certify.py)
+KEPT_MARKER = "<!-- not written by make bench: kept as is when it rewrites the file -->"
+
+
+def kept_sections(path: Path) -> str:
+    text = path.read_text() if path.exists() else ""
+    at = text.find(KEPT_MARKER)
+    return "\n" + text[at:] if at >= 0 else ""

@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default --n0)")
     s.add_argument("--n-estimator", type=int, help="Dual RS estimator's estimation samples "
                                                    "(default --n)")
+    s.add_argument("--radii", metavar="R,R,...",
+                   help="certify only these radii, e.g. 0,0.25,0.5 (0 is always added), drawing "
+                        "samples in rounds until each is decided (--n is then the most per "
+                        "input): the radius column is the largest one certified, and a column "
+                        "samples counts the samples drawn (dualrs_fast.certify_radii)")
     _add_run_options(c, "certification")
 
     p = commands.add_parser(
@@ -423,6 +428,13 @@ def _task(args, kind: str):
     n0_ve = args.n0_estimator if args.dual else None
     n_ve = args.n_estimator if args.dual else None
     config.update(n0=args.n0, n0_estimator=n0_ve, n_estimator=n_ve)
+    if args.radii is not None:
+        from .plotting import parse_radii
+        from .sequential_radii import FUTILITY_ALPHA, check_radii
+        radii = check_radii(parse_radii(args.radii))
+        config.update(radii=list(radii), futility_alpha=FUTILITY_ALPHA)
+        return runner.certify_radii_task(smoother, dataset, indices, radii=radii, n0=args.n0,
+                                         n0_estimator=n0_ve, n_estimator=n_ve, **common), where
     return runner.certify_task(smoother, dataset, indices, n0=args.n0, n0_estimator=n0_ve,
                                n_estimator=n_ve, **common), where
 
@@ -446,9 +458,14 @@ def _summary(kind: str, task, rows: dict, args, where: str) -> None:
     from .logs import certified_accuracy
     table = {"correct": np.array([int(c[4]) for c in cells]),
              "radius": np.array([float(c[3]) for c in cells])}
-    acc = certified_accuracy(table, SUMMARY_RADII)
-    print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}"
-                                             for r, a in zip(SUMMARY_RADII, acc)), file=out)
+    radii = task.config.get("radii", SUMMARY_RADII)
+    acc = certified_accuracy(table, radii)
+    print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}" for r, a in zip(radii, acc)),
+          file=out)
+    if "radii" in task.config:
+        samples = np.array([int(c[-1]) for c in cells])
+        print(f"samples per input: {samples.mean():,.0f} on average (at most {args.n0 + args.n:,}"
+              " per model)", file=out)
 
 
 def _check_run_args(args) -> None:

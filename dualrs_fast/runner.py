@@ -39,6 +39,7 @@ from .dual import DualSmoothing
 from .log_seal import Seal, SealError, sealed_length
 from .logs import COLUMNS, format_row
 from .progress import interactive, progress_bar
+from .sequential_radii import certify_radii
 
 DUAL_COLUMNS = COLUMNS + ("sigma", "radius_estimator", "radius_classifier")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")  # Cohen's predict.py log
@@ -108,6 +109,22 @@ def _row_rules(smoother, dataset, indices, columns, num_classes, n, alpha, sigma
     return log_rows.certify_rules(columns, labels, indices, num_classes, n, alpha, sigma)
 
 
+def _certify_rows(ids, labels, r, seconds: float, dual: bool, samples: bool = False) -> List[str]:
+    """Log rows of a certify result: Dual RS adds sigma, radius_estimator, radius_classifier;
+    ``samples`` the samples drawn (certify_radii)."""
+    rows = []
+    for k, i in enumerate(ids):
+        extra = {}
+        if dual:
+            extra = dict(sigma=float(r.sigma[k]), radius_estimator=float(r.radius_estimator[k]),
+                         radius_classifier=float(r.radius_classifier[k]))
+        if samples:
+            extra["samples"] = int(r.samples[k])
+        rows.append(format_row(i, int(labels[k]), int(r.prediction[k]), float(r.radius[k]),
+                               seconds, **extra))
+    return rows
+
+
 def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alpha: float,
                  batch_size: int, seed: int, n0_estimator=None, n_estimator=None,
                  config=None, info=None, num_classes: Optional[int] = None) -> Task:
@@ -129,22 +146,40 @@ def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alp
             r = smoothing.certify(smoother, x, sigma, n0=n0, n=n, alpha=alpha,
                                   batch_size=batch_size, seed=seed, ids=ids, progress=progress)
         seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
-        rows = []
-        for k, i in enumerate(ids):
-            extra = {}
-            if dual:
-                extra = dict(sigma=float(r.sigma[k]),
-                             radius_estimator=float(r.radius_estimator[k]),
-                             radius_classifier=float(r.radius_classifier[k]))
-            rows.append(format_row(i, int(labels[k]), int(r.prediction[k]), float(r.radius[k]),
-                                   seconds, **extra))
-        return rows
+        return _certify_rows(ids, labels, r, seconds, dual)
 
     columns = DUAL_COLUMNS if dual else COLUMNS
     rules = _row_rules(smoother, dataset, indices, columns, num_classes, n, alpha, sigma,
                        n_estimator)
     return Task(columns, config or {}, list(indices), compute, per_input, info or {},
                 check_row=rules.check)
+
+
+RADII_COLUMNS = ("samples",)  # appended to COLUMNS / DUAL_COLUMNS by certify_radii_task
+
+
+def certify_radii_task(smoother, dataset, indices, *, radii, sigma=None, n0: int, n: int,
+                       alpha: float, batch_size: int, seed: int, n0_estimator=None,
+                       n_estimator=None, config=None, info=None) -> Task:
+    """``sequential_radii.certify_radii`` on every input (n = n_max): radius is the largest
+    certified grid radius, and a last column ``samples`` counts the noisy samples drawn. With
+    a DualSmoothing also sigma (NaN where the classifier did not run), radius_estimator and
+    radius_classifier (the largest grid radius each cleared, -1 where none)."""
+    dual = isinstance(smoother, DualSmoothing)
+    per_input = n0 + n + ((n0_estimator or n0) + (n_estimator or n) if dual else 0)
+    options = dict(n0_estimator=n0_estimator, n_max_estimator=n_estimator) if dual else dict(
+        sigma=sigma)
+
+    def compute(ids: List[int], progress: bool) -> List[str]:
+        x, labels = dataset.x[ids], dataset.y[ids]
+        start = time.perf_counter()
+        r = certify_radii(smoother, x, radii, n0=n0, n_max=n, alpha=alpha, batch_size=batch_size,
+                          seed=seed, ids=ids, progress=progress, **options)
+        seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
+        return _certify_rows(ids, labels, r, seconds, dual, samples=True)
+
+    return Task((DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS, config or {},
+                list(indices), compute, per_input, info or {})
 
 
 def predict_task(smoother, dataset, indices, *, sigma=None, n: int, alpha: float,

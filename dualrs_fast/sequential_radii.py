@@ -1,0 +1,350 @@
+"""Certified accuracy at a fixed grid of radii with a fraction of the samples: sequential
+CERTIFY with early stopping (staged Bonferroni, in the spirit of Horvath et al. 2022).
+
+Question asked per input and grid radius r: "is the certified radius at least r?". CERTIFY
+answers all of them with n samples per input; here each input draws its estimation samples
+in rounds and stops once every grid radius is decided.
+
+Procedure (one input, standard RS at sigma):
+  1. n0 selection samples (the SELECT stream, as in CERTIFY) pick the class c.
+  2. Estimation samples (the ESTIMATE stream) are drawn up to fixed checkpoints
+     n_1 < n_2 < ... < n_K = n_max (``radii_schedule``: doubling). At checkpoint k, with
+     c_k votes for c, p_k = ClopperPearsonLower(c_k, n_k, alpha_k), where the alpha_k
+     (``dual.checkpoint_alphas``, doubling towards the last) sum to at most alpha.
+  3. Grid radius r is CERTIFIED once some p_k >= Phi(r / sigma) (i.e. sigma Phi^-1(p_k) >= r,
+     ``bounds.certified_radius``); r = 0 means p_k >= 1/2, the test behind CERTIFY's abstain.
+     r is OUT OF REACH once no later checkpoint could certify it even if every remaining
+     sample voted for c, or (``futility_alpha``) once the upper bound
+     ClopperPearsonUpper(c_k, n_k, futility_alpha) < Phi(r / sigma).
+  4. The input stops when the largest certified grid radius is the last one or the next
+     one is out of reach; the result is the largest certified grid radius (ABSTAIN if not
+     even r = 0 is certified).
+
+Why it is sound whatever the stopping rule: the checkpoints n_k and shares alpha_k are fixed
+before any sample is drawn, and sample j of the ESTIMATE stream is defined for every j
+(counter-based noise), whether or not it is ever drawn. Given c (independent selection
+samples), each p_k is a valid lower bound on p_c = P(f(x + noise) = c) with probability
+>= 1 - alpha_k, so by the union bound ALL K bounds hold at once with probability
+>= 1 - sum alpha_k >= 1 - alpha. On that event every certified r satisfies
+p_c >= Phi(r / sigma), hence c is the smoothed prediction and its radius is >= r (Cohen et al.,
+Theorem 1). Which checkpoints were looked at, and when the input stopped, depends on the data,
+but stopping can only withhold a certificate, never create one. One bound per checkpoint
+decides every grid radius at once, so no correction over the radii is needed. Out-of-reach
+and futility decisions only decide when to stop; they cost power (a certificate that
+sampling on might have reached), not soundness: the exact rule never does (the remaining
+samples could not certify r), the futility rule drops an r with p_c >= Phi(r / sigma) with
+probability at most futility_alpha per checkpoint.
+
+Dual RS (``DualSmoothing``): the estimator (R_ve, at estimator_sigma, its level chosen by its
+own selection samples) and the classifier at the chosen level (R_cls) each run this test at
+their share of alpha (``DualSmoothing.alphas``); radius r is certified when both clear it
+(Theorem 4.1: min(R_ve, R_cls) >= r) and out of reach when either cannot. Each of the two
+draws only while it has not certified every radius still in joint reach.
+
+Engine: every round is one ``sampling.count_votes`` pass over the inputs still drawing, so
+stopped inputs leave the packed batch and the remaining ones keep it full.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import scipy.stats
+import torch
+
+from .bounds import certified_radius, clopper_pearson_upper
+from .dual import DualSmoothing, checkpoint_alphas
+from .noise import Stream
+from .sampling import Draw, count_votes
+from .smoothing import ABSTAIN
+from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit,
+                         check_positive_int, check_seed, check_sigma)
+
+#: first checkpoint of the schedule (about CERTIFY's n0: enough to decide r = 0 for
+#: clear inputs) and growth between checkpoints
+FIRST_CHECKPOINT = 100
+GROWTH = 2
+#: default level of the futility rule's upper bound (stopping only; see the module docstring)
+FUTILITY_ALPHA = 0.001
+
+
+@dataclass
+class RadiiResult:
+    """Per input: the largest certified grid radius and what it cost."""
+    prediction: torch.Tensor   # (B,) int64, ABSTAIN where not even r = 0 is certified
+    radius: torch.Tensor       # (B,) float64: largest certified grid radius, 0 where abstained
+    certified: torch.Tensor    # (B, R) bool: certified at radii[j]
+    radii: tuple               # the grid, ascending, starting at 0
+    samples: torch.Tensor      # (B,) int64: all noisy samples drawn (selection + estimation,
+                               # estimator and classifier for Dual RS)
+    n_max: int                 # estimation samples per input at most
+    alpha: float
+    sigma: torch.Tensor        # (B,) float32: noise level of the classifier (NaN: not run)
+    radius_estimator: Optional[torch.Tensor] = None   # Dual RS: largest grid radius R_ve
+    radius_classifier: Optional[torch.Tensor] = None  # cleared (-1: none), as float64
+
+    def __len__(self):
+        return self.prediction.shape[0]
+
+
+def check_radii(radii) -> tuple:
+    """The grid: finite radii >= 0, sorted, duplicates merged, 0 added (certifying 0 is the
+    decision whether to abstain, so every input needs it anyway)."""
+    try:
+        values = [float(r) for r in radii]
+    except TypeError:
+        raise TypeError(f"radii must be a sequence of floats, got {type(radii).__name__}") from None
+    if any(not math.isfinite(r) or r < 0 for r in values):
+        raise ValueError(f"radii must be finite and >= 0, got {values}")
+    return tuple(sorted(set(values) | {0.0}))
+
+
+def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: int = GROWTH) -> List[int]:
+    """Checkpoints n_1 < ... < n_K = n_max, each ``growth`` times the previous (rounded up),
+    the first >= ``first`` (or n_max alone if smaller). Fixed before sampling: the union bound
+    over them needs that."""
+    n_max = check_positive_int("n_max", n_max)
+    points = [n_max]
+    while math.ceil(points[0] / growth) >= first:
+        points.insert(0, math.ceil(points[0] / growth))
+    return points
+
+
+class _SequentialTest:
+    """One sequential CERTIFY (classifier or estimator) over a batch: each input's chosen
+    class, its cumulative votes, and the grid indices it has certified and can still reach.
+
+    ``votes(members, draws) -> (len(draws), len(members), K)`` counts the model's votes for
+    the given inputs; ``sigma`` (B,) is each input's noise level."""
+
+    def __init__(self, votes: Callable, sigma: torch.Tensor, radii: tuple, schedule, alpha,
+                 futility_alpha, select: Stream, estimate: Stream):
+        self.votes, self.radii = votes, np.asarray(radii)
+        self.sigma = sigma.double().cpu().numpy()
+        self.schedule, self.alphas = list(schedule), checkpoint_alphas(alpha, len(schedule))
+        self.futility_alpha, self.select, self.estimate = futility_alpha, select, estimate
+        batch = sigma.shape[0]
+        self.chosen = torch.zeros(batch, dtype=torch.int64)
+        self.count = np.zeros(batch, dtype=np.int64)
+        self.drawn = np.zeros(batch, dtype=np.int64)
+        self.selection_drawn = np.zeros(batch, dtype=np.int64)
+        self.cert = np.full(batch, -1)                     # largest certified grid index
+        self.reach = np.full(batch, len(radii) - 1)        # largest index not out of reach
+
+    def start(self, members: torch.Tensor, n0: int) -> None:
+        """Selection samples and the first checkpoint of ``members`` in one pass."""
+        if not members.numel():
+            return
+        counts = self.votes(members, [Draw(self.select, n0), Draw(self.estimate, self.schedule[0])])
+        self.chosen[members] = counts[0].argmax(1).cpu()
+        m = members.numpy()
+        self.selection_drawn[m] = n0
+        self._add(m, counts[1])
+
+    def draw_next(self, members: torch.Tensor) -> None:
+        """Each member draws up to its next checkpoint (samples [drawn, next))."""
+        m = members.numpy()
+        upto = np.array([self.schedule[self.schedule.index(d) + 1] for d in self.drawn[m]])
+        counts = self.votes(members, [Draw(self.estimate, torch.from_numpy(upto - self.drawn[m]),
+                                           start=torch.from_numpy(self.drawn[m].copy()))])
+        self._add(m, counts[0], upto)
+
+    def _add(self, m: np.ndarray, counts: torch.Tensor, upto=None) -> None:
+        chosen = self.chosen[torch.from_numpy(m)].to(counts.device).unsqueeze(1)
+        self.count[m] += counts.gather(1, chosen).squeeze(1).cpu().numpy()
+        self.drawn[m] = self.schedule[0] if upto is None else upto
+        self._decide(m)
+
+    def _grid_index(self, radius: np.ndarray, abstain: np.ndarray) -> np.ndarray:
+        """Largest grid index with radii[j] <= radius, -1 where abstained."""
+        index = np.searchsorted(self.radii, radius, side="right") - 1
+        return np.where(abstain, -1, index)
+
+    def _decide(self, m: np.ndarray) -> None:
+        for k in np.unique(self.drawn[m]):
+            at = m[self.drawn[m] == k]
+            step = self.schedule.index(int(k))
+            count, sigma = self.count[at], self.sigma[at]
+            radius, abstain = certified_radius(count, int(k), self.alphas[step], sigma)
+            self.cert[at] = np.maximum(self.cert[at], self._grid_index(radius, abstain))
+            best = np.full(at.shape[0], -1)  # exact: every remaining sample votes for the class
+            for later in range(step, len(self.schedule)):
+                n_later = self.schedule[later]
+                radius, abstain = certified_radius(count + n_later - int(k), n_later,
+                                                   self.alphas[later], sigma)
+                best = np.maximum(best, self._grid_index(radius, abstain))
+            reach = np.minimum(self.reach[at], best)
+            if self.futility_alpha is not None:
+                reach = np.minimum(reach, self._plausible_index(count, int(k), sigma))
+            self.reach[at] = np.maximum(reach, self.cert[at])
+
+    def _plausible_index(self, count, n, sigma) -> np.ndarray:
+        """Largest grid index r with Phi(r / sigma) <= ClopperPearsonUpper(count, n,
+        futility_alpha): larger radii are implausible (the futility rule)."""
+        upper = np.asarray(clopper_pearson_upper(count, n, self.futility_alpha), dtype=np.float64)
+        # a radius whose threshold equals the upper bound stays in reach
+        thresholds = scipy.stats.norm.cdf(self.radii[None, :] / sigma[:, None])
+        return (thresholds <= upper[:, None]).sum(1) - 1
+
+    def drawing(self, joint_reach: np.ndarray) -> np.ndarray:
+        """Inputs that still need samples: a radius in joint reach not yet certified here,
+        and checkpoints left."""
+        return (self.cert < joint_reach) & (self.drawn > 0) & (self.drawn < self.schedule[-1])
+
+    def samples(self) -> np.ndarray:
+        return self.selection_drawn + self.drawn
+
+
+def _run_rounds(tests: Sequence[_SequentialTest]) -> None:
+    """Draw round after round until no test has an input that needs samples."""
+    while True:
+        joint_reach = np.minimum.reduce([t.reach for t in tests])
+        busy = [(t, np.flatnonzero(t.drawing(joint_reach))) for t in tests]
+        busy = [(t, m) for t, m in busy if m.size]
+        if not busy:
+            return
+        for t, m in busy:
+            t.draw_next(torch.from_numpy(m))
+
+
+def _grid_radius(radii: tuple, index: np.ndarray) -> torch.Tensor:
+    values = np.where(index >= 0, np.asarray(radii)[np.maximum(index, 0)], 0.0)
+    return torch.from_numpy(values.astype(np.float64))
+
+
+def _certified(radii: tuple, index: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.arange(len(radii))[None, :] <= index[:, None])
+
+
+def _check_common(x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_alpha):
+    xb, _ = as_input_batch(x)
+    futility = None if futility_alpha is None else check_open_unit("futility_alpha",
+                                                                   futility_alpha)
+    return (xb, check_radii(radii), check_alpha(alpha), check_positive_int("n_max", n_max),
+            check_positive_int("n0", n0), check_seed(seed), check_ids(ids, xb.shape[0]),
+            check_positive_int("batch_size", batch_size), futility)
+
+
+def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int = 100_000,
+                  n0: int = 100, batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
+                  futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
+                  channels_last=None, compile: bool = False, noise_backend: str = "auto",
+                  progress: bool = False, n0_estimator: Optional[int] = None,
+                  n_max_estimator: Optional[int] = None) -> RadiiResult:
+    """Which grid radii does the smoothed classifier certify at x? Sequential CERTIFY with
+    early stopping (module docstring: procedure and why it is sound).
+
+    radii: the grid (0 is always added); alpha: failure probability per input, for all its
+    grid decisions together; n_max: estimation samples per input at most (CERTIFY's n).
+    futility_alpha: level of the upper bound that gives up on implausible radii (None: give
+    up only on radii that all remaining samples could not certify; no effect on soundness).
+    ``model`` may be a DualSmoothing (``sigma`` then ignored; the estimator uses
+    n0_estimator / n_max_estimator, default n0 / n_max). Other options as for
+    ``smoothing.certify``. Each sample's noise is CERTIFY's (same seed, ids and streams), so
+    with a single checkpoint (``radii_schedule(n_max) == [n_max]``) the decisions are
+    CERTIFY's; with more, they differ only by alpha's split over the checkpoints.
+    """
+    if isinstance(model, DualSmoothing):
+        if (num_classes is not None or channels_last is not None or compile
+                or noise_backend != "auto"):
+            raise TypeError("num_classes, channels_last, compile and noise_backend cannot be "
+                            "used with a DualSmoothing model (it runs its own models)")
+        return _certify_radii_dual(model, x, radii, alpha, n_max, n0, batch_size, seed, ids,
+                                   futility_alpha, progress, n0_estimator, n_max_estimator)
+    if n0_estimator is not None or n_max_estimator is not None:
+        raise TypeError("n0_estimator / n_max_estimator need a DualSmoothing model")
+    xb, radii, alpha, n_max, n0, seed, ids, batch_size, futility = _check_common(
+        x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_alpha)
+    sigma_in = torch.full((xb.shape[0],), check_sigma(sigma), dtype=torch.float64)
+
+    def votes(members, draws):
+        return count_votes(model, xb[members], sigma_in[members], draws, seed=seed,
+                           ids=ids[members], batch_size=batch_size, num_classes=num_classes,
+                           channels_last=channels_last, compile=compile,
+                           noise_backend=noise_backend, progress=progress, desc="certify_radii")
+
+    test = _SequentialTest(votes, sigma_in, radii, radii_schedule(n_max), alpha, futility,
+                           Stream.SELECT, Stream.ESTIMATE)
+    test.start(torch.arange(xb.shape[0]), n0)
+    _run_rounds([test])
+    return RadiiResult(prediction=torch.where(torch.from_numpy(test.cert >= 0), test.chosen,
+                                              ABSTAIN),
+                       radius=_grid_radius(radii, test.cert), certified=_certified(radii, test.cert),
+                       radii=radii, samples=torch.from_numpy(test.samples()), n_max=n_max,
+                       alpha=alpha, sigma=sigma_in.float())
+
+
+def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_size, seed, ids,
+                        futility_alpha, progress, n0_estimator, n_max_estimator) -> RadiiResult:
+    xb, radii, alpha, n_max, n0, seed, ids, batch_size, futility = _check_common(
+        x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_alpha)
+    n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
+    n_ve = check_positive_int("n_max_estimator",
+                              n_max if n_max_estimator is None else n_max_estimator)
+    alpha_ve, alpha_cls = dual.alphas(alpha)
+    batch = xb.shape[0]
+    sigma_ve = torch.full((batch,), dual.estimator_sigma, dtype=torch.float64)
+
+    def estimator_votes(members, draws):
+        return count_votes(dual.estimator, xb[members], sigma_ve[members], draws, seed=seed,
+                           ids=ids[members], batch_size=batch_size,
+                           num_classes=len(dual.sigmas), progress=progress, desc="estimator")
+
+    estimator = _SequentialTest(estimator_votes, sigma_ve, radii, radii_schedule(n_ve), alpha_ve,
+                                futility, Stream.ESTIMATOR_SELECT, Stream.ESTIMATOR_ESTIMATE)
+    estimator.start(torch.arange(batch), n0_ve)
+    level = estimator.chosen
+    sigma_cls = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
+
+    def classifier_votes(members, draws):
+        """Each member at its level's route; routes sharing one model in one pass."""
+        counts = None
+        by_route = {}
+        for k in level[members].unique().tolist():
+            by_route.setdefault(id(dual.routes[k]), []).append(k)
+        for ks in by_route.values():
+            mine = torch.isin(level[members], torch.tensor(ks))
+            group = members[mine]
+            c = count_votes(dual.routes[ks[0]], xb[group], sigma_cls[group],
+                            [_subset(d, mine) for d in draws], seed=seed,
+                            ids=ids[group], batch_size=batch_size, pass_sigma=True,
+                            progress=progress, desc="classifier")
+            if counts is None:
+                counts = torch.zeros((len(draws), members.numel(), c.shape[2]),
+                                     dtype=torch.int64, device=c.device)
+            elif c.shape[2] != counts.shape[2]:
+                raise ValueError("all classifier experts must return the same number of classes")
+            counts[:, torch.nonzero(mine).reshape(-1).to(c.device)] = c
+        return counts
+
+    classifier = _SequentialTest(classifier_votes, sigma_cls, radii, radii_schedule(n_max),
+                                 alpha_cls, futility, Stream.SELECT, Stream.ESTIMATE)
+    # the classifier runs only where the estimator can still certify r = 0
+    classifier.reach[estimator.reach < 0] = -1
+    classifier.start(torch.from_numpy(np.flatnonzero(estimator.reach >= 0)), n0)
+    _run_rounds([estimator, classifier])
+
+    joint = np.minimum(estimator.cert, classifier.cert)
+    ran = torch.from_numpy(classifier.drawn > 0)
+    return RadiiResult(prediction=torch.where(torch.from_numpy(joint >= 0), classifier.chosen,
+                                              ABSTAIN),
+                       radius=_grid_radius(radii, joint), certified=_certified(radii, joint),
+                       radii=radii,
+                       samples=torch.from_numpy(estimator.samples() + classifier.samples()),
+                       n_max=n_max, alpha=alpha,
+                       sigma=torch.where(ran, sigma_cls, math.nan).float(),
+                       radius_estimator=_index_radius(radii, estimator.cert),
+                       radius_classifier=_index_radius(radii, classifier.cert))
+
+
+def _subset(draw: Draw, mask: torch.Tensor) -> Draw:
+    """The draw for the inputs selected by ``mask`` (per-input counts and starts sliced)."""
+    def pick(v):
+        return v[mask] if isinstance(v, torch.Tensor) else v
+    return Draw(draw.stream, pick(draw.num_samples), pick(draw.start))
+
+
+def _index_radius(radii: tuple, index: np.ndarray) -> torch.Tensor:
+    """Largest grid radius cleared, -1 where none (not even r = 0)."""
+    values = np.where(index >= 0, np.asarray(radii)[np.maximum(index, 0)], -1.0)
+    return torch.from_numpy(values.astype(np.float64))
