@@ -54,7 +54,9 @@ def certify_batches(x: torch.Tensor, sigma: float, n0: int, n: int, batch_size: 
     count_votes(rec, x, torch.full((x.shape[0],), float(sigma), dtype=torch.float64),
                 [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed=seed,
                 ids=torch.arange(x.shape[0]), batch_size=batch_size)
-    return rec.batches
+    # the batch probe's calls come first (PROBE_ROWS rows whole, then in two halves): they are
+    # certify's overhead, not its samples
+    return rec.batches[3:]
 
 
 def forward_only(model, batches) -> None:

@@ -450,6 +450,8 @@ def _summary(kind: str, task, rows: dict, args, where: str) -> None:
     target = f" -> {args.out}" if args.out else ""
     resumed = f"; {task.resumed} were in the log already" if task.resumed else ""
     print(f"{kind}: {len(cells)} inputs{target} ({where}{resumed})", file=out)
+    if args.quiet and getattr(args, "seed_note", None):
+        print(args.seed_note, file=out)  # --quiet keeps the seed with the summary
     if kind == "predict":
         pred = np.array([int(c[2]) for c in cells])
         correct = np.array([int(c[3]) for c in cells])
@@ -503,10 +505,17 @@ def _resolve_seed(args) -> None:
             fresh = secrets.randbits(63)
             choice = (fresh, f"seed {fresh} (fresh secret seed; pass --seed {fresh} to "
                              "reproduce this run)")
-        print(f"dualrs {args.command}: {choice[1]}", file=sys.stderr, flush=True)
+        # said once the model and data have loaded (an error stays one line), not with --quiet
+        args.seed_note = f"dualrs {args.command}: {choice[1]}"
     if world > 1:
         choice = runner.broadcast_object(choice)
     args.seed = choice[0]
+
+
+def _say_seed(args) -> None:
+    note = getattr(args, "seed_note", None)
+    if note and not args.quiet:
+        print(note, file=sys.stderr, flush=True)
 
 
 def run_smoothing(args) -> int:
@@ -517,6 +526,7 @@ def run_smoothing(args) -> int:
     if args.procs > 1 and not dist.is_initialized():
         import torch.multiprocessing as mp
         _resolve_seed(args)  # here, so that every spawned rank gets the same seed
+        _say_seed(args)
         try:
             runner.spawn(args.procs, _rank_main, (args,), threads=args.threads)
         except mp.ProcessExitedException:
@@ -525,6 +535,7 @@ def run_smoothing(args) -> int:
     try:
         _resolve_seed(args)
         task, where = _task(args, args.command)
+        _say_seed(args)
         rank, _ = runner.rank_and_world()
         rows = runner.run(task, args.out, chunk=args.chunk, progress=not args.quiet and rank == 0,
                           overwrite=args.overwrite)

@@ -82,6 +82,7 @@ class RadiiResult:
     sigma: torch.Tensor        # (B,) float32: noise level of the classifier (NaN: not run)
     radius_estimator: Optional[torch.Tensor] = None   # Dual RS: largest grid radius R_ve
     radius_classifier: Optional[torch.Tensor] = None  # cleared (-1: none), as float64
+    seed: Optional[int] = None  # the noise seed used (a fresh secret one unless given)
 
     def __len__(self):
         return self.prediction.shape[0]
@@ -226,7 +227,7 @@ def _check_common(x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_al
 
 
 def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int = 100_000,
-                  n0: int = 100, batch_size: int = 1000, seed: Optional[int] = 0, *, ids=None,
+                  n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                   futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
                   channels_last=None, compile: bool = False, noise_backend: str = "auto",
                   progress: bool = False, n0_estimator: Optional[int] = None,
@@ -271,7 +272,7 @@ def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int 
                                               ABSTAIN),
                        radius=_grid_radius(radii, test.cert), certified=_certified(radii, test.cert),
                        radii=radii, samples=torch.from_numpy(test.samples()), n_max=n_max,
-                       alpha=alpha, sigma=sigma_in.float())
+                       alpha=alpha, sigma=sigma_in.float(), seed=seed)
 
 
 def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_size, seed, ids,
@@ -334,7 +335,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
                        n_max=n_max, alpha=alpha,
                        sigma=torch.where(ran, sigma_cls, math.nan).float(),
                        radius_estimator=_index_radius(radii, estimator.cert),
-                       radius_classifier=_index_radius(radii, classifier.cert))
+                       radius_classifier=_index_radius(radii, classifier.cert), seed=seed)
 
 
 def _subset(draw: Draw, mask: torch.Tensor) -> Draw:

@@ -281,13 +281,13 @@ def test_cli_radii_log_is_read_by_certified_accuracy_and_resumes(tmp_path, capsy
     from dualrs_fast import cli
     from dualrs_fast.logs import certified_accuracy, read_log
     log = tmp_path / "radii.tsv"
-    argv = ["certify", "--sigma", "0.5", "--max", "6", "--n", "400", "--n0", "50",
+    argv = ["certify", "--sigma", "0.5", "--max", "6", "--n", "400", "--n0", "50", "--seed", "0",
             "--radii", "0.5,0.25,1", "--out", str(log), "--quiet"]
     assert cli.main(argv) == 0
     table = read_log(log)
     x, y = mnist
     r = drs.certify_radii(load_default_classifier(0.5), x, (0.25, 0.5, 1.0), sigma=0.5,
-                          n_max=400, n0=50, ids=torch.arange(6))
+                          n_max=400, n0=50, ids=torch.arange(6), seed=0)
     assert (table["radius"] == r.radius.numpy()).all()
     assert (table["predict"] == r.prediction.numpy()).all()
     assert (table["samples"] == r.samples.numpy()).all()

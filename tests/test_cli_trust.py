@@ -24,6 +24,7 @@ QUICK = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--quiet"]
 
 
 def printed_seed(err: str) -> int:
+    """The seed line: on stderr, or with --quiet in the summary (stdout with --out)."""
     lines = [line for line in err.splitlines() if ": seed " in line]
     assert len(lines) == 1, err
     return int(lines[0].split(": seed ")[1].split()[0])
@@ -53,10 +54,11 @@ def test_default_seed_is_fresh_secret_printed_and_recorded(toy, tmp_path, capsys
         return real(*args, **kwargs)
     monkeypatch.setattr(smoothing, "certify", spy)
     common = ["certify", "--dataset", toy / "toy.pt", "--model", toy / "mlp.pt", *QUICK]
-    code, _, err_a = dualrs(capsys, *common, "--out", tmp_path / "a.tsv")
+    code, out_a, err_a = dualrs(capsys, *common, "--out", tmp_path / "a.tsv")
     assert code == 0, err_a
-    code, _, err_b = dualrs(capsys, *common, "--out", tmp_path / "b.tsv")
+    code, out_b, err_b = dualrs(capsys, *common, "--out", tmp_path / "b.tsv")
     assert code == 0, err_b
+    err_a, err_b = out_a + err_a, out_b + err_b  # --quiet: the seed is in the summary
     seed_a, seed_b = printed_seed(err_a), printed_seed(err_b)
     assert seed_a != seed_b and seed_a != 0  # 63 random bits: equal or 0 by chance ~never
     assert "--seed" in err_a
@@ -74,8 +76,8 @@ def test_resume_without_seed_reuses_the_recorded_one(toy, tmp_path, capsys):
     log = tmp_path / "log.tsv"
     code, _, err = dualrs(capsys, *common, "--max", 3, "--seed", 12345, "--out", tmp_path / "x")
     assert code == 0, err
-    code, _, err = dualrs(capsys, *common, "--out", log)
-    seed = printed_seed(err)
+    code, out, err = dualrs(capsys, *common, "--out", log)
+    seed = printed_seed(out + err)
     full = rows(log)
     lines = log.read_text().splitlines(keepends=True)  # as if killed after 3 rows
     log.write_text("".join(lines[:4]))
@@ -83,13 +85,13 @@ def test_resume_without_seed_reuses_the_recorded_one(toy, tmp_path, capsys):
     recorded = json.loads(sidecar.read_text())
     recorded["seal"] = Seal(recorded["config"]).update(log.read_bytes()).record()
     sidecar.write_text(json.dumps(recorded))
-    code, _, err = dualrs(capsys, *common, "--out", log)
+    code, out, err = dualrs(capsys, *common, "--out", log)
     assert code == 0, err
-    assert printed_seed(err) == seed and "recorded" in err
+    assert printed_seed(out + err) == seed and "recorded" in out + err
     assert rows(log) == full
     # --overwrite starts afresh: a new secret seed
-    code, _, err = dualrs(capsys, *common, "--overwrite", "--out", log)
-    assert code == 0 and printed_seed(err) != seed
+    code, out, err = dualrs(capsys, *common, "--overwrite", "--out", log)
+    assert code == 0 and printed_seed(out + err) != seed
 
 
 def test_stdout_log_gets_the_seed_on_stderr_only(toy, capsys):
