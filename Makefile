@@ -23,7 +23,8 @@ $(STAMP): $(PY) pyproject.toml CMakeLists.txt $(SOURCES)
 
 venv: $(STAMP)
 
-# -P: never import the bare source tree (it lacks the compiled extension and kernels/).
+# -P: run the installed package (without it, python in the repo root imports the checkout,
+# wired to kernels/ and build/cmake by dualrs_fast/_checkout.py).
 demo: $(STAMP)
 	$(PY) -P -m dualrs_fast demo
 

@@ -148,6 +148,8 @@ def test_single_input_returns_batch_of_one(linear_model):
     assert r.count.dtype == torch.int64 and r.n == 100
 
 
+# torch's own modules call the deprecated torch.jit.script_method while inductor imports them
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_path_matches_eager(linear_model):
     pytest.importorskip("torch._inductor")
     x = inputs_at_distances(linear_model, torch.tensor([0.1, -0.2]), (1, 28, 28))
