@@ -9,6 +9,7 @@ import numpy as np
 import scipy.stats
 import torch
 
+from dualrs_fast.batch_probe import PROBE_ROWS
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 
@@ -54,8 +55,10 @@ def certify_batches(x: torch.Tensor, sigma: float, n0: int, n: int, batch_size: 
     count_votes(rec, x, torch.full((x.shape[0],), float(sigma), dtype=torch.float64),
                 [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed=seed,
                 ids=torch.arange(x.shape[0]), batch_size=batch_size)
-    # the batch probe's calls come first (PROBE_ROWS rows whole, then in two halves): they are
-    # certify's overhead, not its samples
+    # the first three calls are the batch probe's (PROBE_ROWS rows, then its two halves):
+    # not samples, and under 1e-4 of a certify's forward time
+    probe = [len(b) for b in rec.batches[:3]]
+    assert probe == [PROBE_ROWS, PROBE_ROWS // 2, PROBE_ROWS - PROBE_ROWS // 2], probe
     return rec.batches[3:]
 
 
