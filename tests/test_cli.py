@@ -14,7 +14,7 @@ import torch
 from dualrs_fast import cli
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
-from cli_helpers import dualrs, rows
+from cli_helpers import dualrs, make_toy, rows
 
 QUICK = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--seed", "0", "--quiet"]
 
@@ -23,12 +23,7 @@ QUICK = ["--n0", "20", "--n", "200", "--alpha", "0.01", "--seed", "0", "--quiet"
 def toy(tmp_path_factory):
     """A 12-input 8x8 dataset with 4 classes and a TinyMLP checkpoint recording sigma 0.5."""
     root = tmp_path_factory.mktemp("toy")
-    g = torch.Generator().manual_seed(0)
-    torch.save({"x": torch.rand(12, 1, 8, 8, generator=g),
-                "y": torch.randint(0, 4, (12,), generator=g)}, root / "toy.pt")
-    torch.manual_seed(0)
-    model = TinyMLP(in_shape=(1, 8, 8), num_classes=4, hidden=16, mean=0.5, std=0.5).eval()
-    save_checkpoint(root / "mlp.pt", model, "tiny_mlp", meta={"sigma": 0.5})
+    model = make_toy(root)
     torch.save(model.state_dict(), root / "mlp_state.pt")
     with warnings.catch_warnings():  # TorchScript is deprecated in recent torch, still common
         warnings.simplefilter("ignore")

@@ -16,9 +16,8 @@ import torch.multiprocessing as mp
 
 from dualrs_fast import cli, runner, smoothing
 from dualrs_fast.log_seal import Seal
-from dualrs_fast.models import TinyMLP, save_checkpoint
 
-from cli_helpers import dualrs, rows
+from cli_helpers import dualrs, make_toy, rows
 
 QUICK = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--quiet"]
 
@@ -33,12 +32,7 @@ def printed_seed(err: str) -> int:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("trust")
-    g = torch.Generator().manual_seed(0)
-    torch.save({"x": torch.rand(6, 1, 8, 8, generator=g),
-                "y": torch.randint(0, 4, (6,), generator=g)}, root / "toy.pt")
-    torch.manual_seed(0)
-    model = TinyMLP(in_shape=(1, 8, 8), num_classes=4, hidden=16, mean=0.5, std=0.5).eval()
-    save_checkpoint(root / "mlp.pt", model, "tiny_mlp", meta={"sigma": 0.5})
+    make_toy(root, inputs=6)
     return root
 
 

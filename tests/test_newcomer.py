@@ -11,30 +11,21 @@ import pytest
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast import cli
 from dualrs_fast._checkout import wire_checkout
-from dualrs_fast.models import SmallCNN, TinyMLP, save_checkpoint
+from dualrs_fast.models import SmallCNN, TinyMLP
 from dualrs_fast.progress import MilestoneLines, progress_bar
 from dualrs_fast.validation import InputRangeWarning
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def dualrs(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_helpers import dualrs, make_toy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    g = torch.Generator().manual_seed(0)
-    torch.save({"x": torch.rand(12, 1, 8, 8, generator=g),
-                "y": torch.randint(0, 4, (12,), generator=g)}, root / "toy.pt")
-    torch.manual_seed(0)
-    save_checkpoint(root / "mlp.pt", TinyMLP(in_shape=(1, 8, 8), num_classes=4, hidden=16),
-                    "tiny_mlp", meta={"sigma": 0.5})
+    make_toy(root)
     return root
 
 

@@ -13,19 +13,14 @@ from dualrs_fast.log_seal import Seal
 from dualrs_fast.logs import certified_accuracy
 from dualrs_fast.models import TinyMLP, save_checkpoint
 
-from cli_helpers import dualrs
+from cli_helpers import dualrs, make_toy
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A complete 8-row certification log (and its arguments) to forge copies of."""
     root = tmp_path_factory.mktemp("forgery")
-    g = torch.Generator().manual_seed(0)
-    torch.save({"x": torch.rand(8, 1, 8, 8, generator=g),
-                "y": torch.randint(0, 4, (8,), generator=g)}, root / "toy.pt")
-    torch.manual_seed(0)
-    model = TinyMLP(in_shape=(1, 8, 8), num_classes=4, hidden=16, mean=0.5, std=0.5).eval()
-    save_checkpoint(root / "mlp.pt", model, "tiny_mlp", meta={"sigma": 0.5})
+    make_toy(root, inputs=8)
     argv = ["certify", "--dataset", root / "toy.pt", "--model", root / "mlp.pt", "--n0", 10,
             "--n", 100, "--quiet"]
     for name, alpha, seed in (("good", 0.01, 0), ("loose", 0.5, 0), ("other", 0.01, 1)):
