@@ -35,6 +35,12 @@ def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.
     raise ValueError(f"unknown optimizer {name!r}; valid: 'adam', 'sgd'")
 
 
+def _cosine_schedule(opt: torch.optim.Optimizer, total_steps: int):
+    """Per-step cosine decay of the learning rate from its initial value to 0."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+
 def train_classifier(
     model: nn.Module,
     X: torch.Tensor,
@@ -95,9 +101,7 @@ def train_classifier(
     total_steps = max(1, epochs * steps_per_epoch)
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
+        sched = _cosine_schedule(opt, total_steps)
     elif schedule is None:
         sched = None
     else:
@@ -218,10 +222,8 @@ def estimated_radii(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, sample
                              batch_size=batch_size, progress=progress, desc=f"labels s={sigma:g}")
         correct = counts[0].gather(1, y.reshape(-1, 1).to(counts.device)).reshape(-1).cpu()
         at_budget = torch.round(correct.double() / samples * budget_n).long().numpy()
-        radius, abstain = certified_radius(at_budget, int(budget_n), float(budget_alpha),
-                                           float(sigma))
-        radius = torch.from_numpy(np.where(np.asarray(abstain), 0.0, np.asarray(radius)))
-        radii[k] = radius.reshape(-1).double()
+        radius, _ = certified_radius(at_budget, int(budget_n), float(budget_alpha), float(sigma))
+        radii[k] = torch.from_numpy(np.asarray(radius, dtype=np.float64).reshape(-1))
     return radii
 
 
@@ -273,16 +275,16 @@ def train_soft_estimator(estimator: nn.Module, X: torch.Tensor, targets: torch.T
     if epochs < 0 or batch_size < 1 or draws < 1:
         raise ValueError(f"need epochs >= 0, batch_size >= 1, draws >= 1; got {epochs}, "
                          f"{batch_size}, {draws}")
-    first = next(estimator.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
+    from .sampling import model_device
+
+    device = model_device(estimator, torch.device("cpu"))
     X, targets = X.to(device, torch.float32), targets.to(device, torch.float32)
     weights = (level_balance_weights(targets) if balance
                else torch.ones(targets.shape[1], device=device))
     n = X.shape[0]
     total_steps = max(1, epochs * math.ceil(n / batch_size))
     opt = torch.optim.Adam(estimator.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    sched = _cosine_schedule(opt, total_steps)
     shuffle_gen = torch.Generator().manual_seed(int(seed))
     noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
 

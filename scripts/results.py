@@ -66,10 +66,16 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def budget_rows(x, y, n, ids):
-    methods = {s: load_default_classifier(s) for s in SIGMAS}
+def load_methods():
+    """The committed classifiers, the cascade over them and the embedded Dual RS."""
+    experts = {s: load_default_classifier(s) for s in SIGMAS}
+    return experts, CascadeSmoothing(experts, sigmas=SIGMAS), load_default_dual()
+
+
+def budget_rows(x, y, n, ids, methods):
+    experts, cascade, dual = methods
     rows, oracle = [], []
-    for s, model in methods.items():
+    for s, model in experts.items():
         # the two calls drs.certify makes, so the oracle's certificates reuse the same votes
         sigma = torch.full((x.shape[0],), s, dtype=torch.float64)
         counts, sec = timed(lambda: count_votes(
@@ -83,12 +89,10 @@ def budget_rows(x, y, n, ids):
     best = {"label": "*best single σ at each radius*",
             "acc": [max(r["acc"][i] for r in rows) for i in range(len(RADII))],
             "mean": max(r["mean"] for r in rows), "seconds": None}
-    cascade = CascadeSmoothing(methods, sigmas=SIGMAS)
     r, sec = timed(lambda: cascade.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
                                            batch_size=BATCH))
     rows.append(row("cascade (multiscale, largest σ first)", r.radius, r.prediction == y, sec,
                     levels=[int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]))
-    dual = load_default_dual()
     r, sec = timed(lambda: dual.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
                                         batch_size=BATCH))
     rows.append(row("Dual RS (committed class_group estimator)", r.radius, r.prediction == y,
@@ -105,12 +109,11 @@ def budget_rows(x, y, n, ids):
     return rows
 
 
-def time_ratios(x, ids, n):
+def time_ratios(x, ids, n, methods):
     """Each method's wall time over standard RS at sigma 0.5, calls interleaved."""
-    methods = {s: load_default_classifier(s) for s in SIGMAS}
-    cascade, dual = CascadeSmoothing(methods, sigmas=SIGMAS), load_default_dual()
+    experts, cascade, dual = methods
     kw = dict(n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids, batch_size=BATCH)
-    calls = {f"standard σ={s:g}": (lambda s=s: drs.certify(methods[s], x, sigma=s, **kw))
+    calls = {f"standard σ={s:g}": (lambda s=s: drs.certify(experts[s], x, sigma=s, **kw))
              for s in SIGMAS}
     calls["cascade (multiscale, largest σ first)"] = lambda: cascade.certify(x, **kw)
     calls["Dual RS (committed class_group estimator)"] = lambda: dual.certify(x, **kw)
@@ -181,11 +184,12 @@ def main(argv=None) -> int:
     x, y = x_test[args.start:args.start + args.n_test], y_test[args.start:args.start + args.n_test]
     ids = torch.arange(args.start, args.start + x.shape[0])  # noise keyed by the test index
     start = time.perf_counter()
-    ratios = time_ratios(x[:CHUNK], ids[:CHUNK], args.budgets[0])
+    methods = load_methods()
+    ratios = time_ratios(x[:CHUNK], ids[:CHUNK], args.budgets[0], methods)
     print("wall-time ratios", {k: round(v, 2) for k, v in ratios.items()}, flush=True)
     all_rows = {}
     for n in args.budgets:
-        all_rows[n] = budget_rows(x, y, n, ids)
+        all_rows[n] = budget_rows(x, y, n, ids, methods)
     total = time.perf_counter() - start
     command = ("make results" if argv is None and sys.argv[1:] == [] else
                "python scripts/results.py " + " ".join(sys.argv[1:] if argv is None else argv))
