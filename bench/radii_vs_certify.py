@@ -1,17 +1,27 @@
 """certify_radii (sequential, early stopping) against full CERTIFY at the same n_max and alpha:
 samples per input, wall time, and certified accuracy at each grid radius side by side.
 
-    .venv/bin/python -P bench/radii_vs_certify.py --sigma 0.5 --num 50 --n 100000
-    .venv/bin/python -P bench/radii_vs_certify.py --dual --num 50 --n 100000
+    python -P bench/radii_vs_certify.py certify --setting 0.5 --num 200   # full CERTIFY
+    python -P bench/radii_vs_certify.py radii --setting 0.5 --num 200     # certify_radii
+    python -P bench/radii_vs_certify.py table                             # markdown
 
-Embedded models (small CNN at --sigma, or the embedded Dual RS), the first --num held-out
-MNIST-5k test images (same seed and noise keys, so the sequential run's samples are a
-prefix of CERTIFY's): certify_radii on all inputs in one call, then CERTIFY in chunks of
---chunk inputs. Prints a markdown table; --json writes the numbers after each step
-(``--table JSON`` prints the table of a run that was cut short).
+--setting: a sigma of the embedded small CNN (0.25, 0.5, 1.0) or 'dual' (the embedded Dual
+RS). Inputs: the first --num held-out MNIST-5k test images, seed 0 and ids 0..num-1 for both
+methods, so certify_radii's samples are a prefix of CERTIFY's. Results go to --dir
+(default bench/radii_runs/) as SETTING_certify.npz / SETTING_radii.json.
+
+The CERTIFY side draws exactly CERTIFY's samples (n0 selection + n estimation per input; for
+Dual RS the plain procedure: all n estimator samples, then the classifier where the estimator
+does not abstain) but counts the estimation votes per block of --block samples, so that
+``bench/replay_radii.py`` can replay any sequential rule on the very same votes. Its decisions
+are CERTIFY's (``certify_counts`` on the summed counts); the first --check inputs are also
+certified by ``drs.certify`` / ``DualSmoothing.certify(estimator_rounds=1)`` and must agree
+exactly.
 """
 import argparse
+import glob
 import json
+import os
 import time
 
 import numpy as np
@@ -21,120 +31,183 @@ import dualrs_fast as drs
 from dualrs_fast.loading import load_dataset
 from dualrs_fast.logs import certified_accuracy
 from dualrs_fast.models import load_default_classifier, load_default_dual
-from dualrs_fast.sampling import tune_cpu_allocator
+from dualrs_fast.noise import Stream
+from dualrs_fast.sampling import Draw, count_votes, tune_cpu_allocator
+from dualrs_fast.smoothing import ABSTAIN, certify_counts
 
 GRID = tuple(0.25 * k for k in range(9))  # 0, 0.25, ..., 2
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _accuracy(prediction, radius, labels):
-    table = {"correct": (prediction == labels).numpy(), "radius": radius.double().numpy()}
+    table = {"correct": (np.asarray(prediction) == np.asarray(labels)),
+             "radius": np.asarray(radius, dtype=np.float64)}
     return certified_accuracy(table, GRID)
 
 
-def common_warm(common):
-    return {**common, "ids": common["ids"][:2]}
+def _draws(select, estimate, n0, n, block):
+    return [Draw(select, n0)] + [Draw(estimate, min(block, n - s), start=s)
+                                 for s in range(0, n, block)]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sigma", type=float, default=0.5)
-    p.add_argument("--dual", action="store_true", help="the embedded Dual RS instead")
-    p.add_argument("--num", type=int, default=50)
-    p.add_argument("--n", type=int, default=100_000, help="n of CERTIFY = n_max")
-    p.add_argument("--n0", type=int, default=100)
-    p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--chunk", type=int, default=5, help="CERTIFY's inputs per call")
-    p.add_argument("--json", help="write the numbers here (after each step)")
-    p.add_argument("--table", metavar="JSON", help="only print the table of this json")
-    args = p.parse_args(argv)
-    if args.table:
-        with open(args.table) as f:
-            out = json.load(f)
-        print(table(out, load_dataset("mnist5k").y[:out["num"]]))
-        return
-    torch.set_num_threads(args.threads)
-    tune_cpu_allocator()  # same for both methods
-
-    data = load_dataset("mnist5k")
-    x, y = data.x[:args.num], data.y[:args.num]
-    model = load_default_dual() if args.dual else load_default_classifier(args.sigma)
-    common = dict(alpha=args.alpha, batch_size=args.batch, seed=0, ids=torch.arange(args.num))
-    sigma = {} if args.dual else {"sigma": args.sigma}
-
-    drs.certify(model, x[:2], n0=10, n=100, **sigma, **common_warm(common))  # JIT warm-up
-    name = "embedded Dual RS" if args.dual else f"small CNN, sigma {args.sigma:g}"
-    out = {"name": name, "num": args.num, "n": args.n, "alpha": args.alpha, "grid": GRID}
+def _timed(fn):
     start, cpu = time.perf_counter(), time.process_time()
-    seq = drs.certify_radii(model, x, GRID, n_max=args.n, n0=args.n0, **sigma, **common)
-    out["certify_radii"] = {"seconds": time.perf_counter() - start,
-                            "cpu_seconds": time.process_time() - cpu,
-                            "prediction": seq.prediction.tolist(), "radius": seq.radius.tolist(),
-                            "samples": seq.samples.tolist()}
-    _save(args.json, out)
-    print(f"certify_radii: {time.perf_counter() - start:.1f} s, "
-          f"{float(seq.samples.double().mean()):,.0f} samples / input", flush=True)
-
-    # Full CERTIFY in chunks (noise is keyed by ids, so chunking changes nothing), saved after
-    # each, so that a run cut short still compares the inputs it covered.
-    full = {"seconds": 0.0, "cpu_seconds": 0.0, "prediction": [], "radius": [], "samples": []}
-    out["certify"] = full
-    for lo in range(0, args.num, args.chunk):
-        part = slice(lo, min(args.num, lo + args.chunk))
-        chunk = dict(common, ids=common["ids"][part])
-        start, cpu = time.perf_counter(), time.process_time()
-        if args.dual:  # the plain procedure: all n estimator samples (estimator_rounds=1)
-            r = model.certify(x[part], n0=args.n0, n=args.n, estimator_rounds=1, **chunk)
-            # estimator samples, and the classifier's where it ran
-            samples = (args.n0 + args.n) * (1 + (r.level >= 0).long())
-        else:
-            r = drs.certify(model, x[part], n0=args.n0, n=args.n, **sigma, **chunk)
-            samples = torch.full((len(r),), args.n0 + args.n)
-        full["seconds"] += time.perf_counter() - start
-        full["cpu_seconds"] += time.process_time() - cpu
-        full["prediction"] += r.prediction.tolist()
-        full["radius"] += r.radius.double().tolist()
-        full["samples"] += samples.tolist()
-        _save(args.json, out)
-        print(f"CERTIFY: {len(full['radius'])} of {args.num} inputs, {full['seconds']:.1f} s",
-              flush=True)
-    print(table(out, y))
+    out = fn()
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
-def _save(path, out):
-    if path:
-        with open(path, "w") as f:
-            json.dump(out, f, indent=1)
+def run_certify(args, x, model):
+    """Full CERTIFY with the estimation votes recorded per block."""
+    num, common = x.shape[0], dict(seed=0, batch_size=args.batch)
+    ids = torch.arange(num)
+    if args.setting == "dual":
+        dual = model
+        alpha_ve, alpha_cls = dual.alphas(args.alpha)
+        sigma_ve = torch.full((num,), dual.estimator_sigma, dtype=torch.float64)
+
+        def estimator():
+            return count_votes(dual.estimator, x, sigma_ve,
+                               _draws(Stream.ESTIMATOR_SELECT, Stream.ESTIMATOR_ESTIMATE, args.n0,
+                                      args.n, args.block),
+                               ids=ids, num_classes=len(dual.sigmas), **common)
+        ve_counts, sec, cpu = _timed(estimator)
+        ve = certify_counts(ve_counts[0], ve_counts[1:].sum(0), args.n, alpha_ve, sigma_ve)
+        routed = torch.nonzero(ve.prediction != ABSTAIN).reshape(-1)
+        level = ve.prediction[routed]
+
+        def classifier():
+            return dual._classifier_counts(x[routed], level,
+                                           _draws(Stream.SELECT, Stream.ESTIMATE, args.n0, args.n,
+                                                  args.block),
+                                           0, ids[routed], args.batch, False)
+        cls_counts, sec2, cpu2 = _timed(classifier)
+        sigma = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
+        cls = certify_counts(cls_counts[0], cls_counts[1:].sum(0), args.n, alpha_cls, sigma)
+        prediction = torch.full((num,), ABSTAIN, dtype=torch.int64)
+        radius = torch.zeros(num, dtype=torch.float32)
+        prediction[routed] = cls.prediction
+        radius[routed] = torch.where(cls.prediction != ABSTAIN,
+                                     torch.minimum(ve.radius[routed], cls.radius), 0.0)
+        samples = (args.n0 + args.n) * (1 + (ve.prediction != ABSTAIN).long())
+        full_cls = torch.zeros((cls_counts.shape[0], num, cls_counts.shape[2]), dtype=torch.int32)
+        full_cls[:, routed] = cls_counts.int()
+        arrays = {"estimator": ve_counts.int().numpy(), "classifier": full_cls.numpy(),
+                  "level": np.where(ve.prediction != ABSTAIN, ve.prediction, -1)}
+        sec, cpu = sec + sec2, cpu + cpu2
+        check = dual.certify(x[:args.check], n0=args.n0, n=args.n, alpha=args.alpha,
+                             estimator_rounds=1, ids=ids[:args.check], **common)
+    else:
+        sigma = torch.full((num,), float(args.setting), dtype=torch.float64)
+
+        def classifier():
+            return count_votes(model, x, sigma,
+                               _draws(Stream.SELECT, Stream.ESTIMATE, args.n0, args.n, args.block),
+                               ids=ids, **common)
+        counts, sec, cpu = _timed(classifier)
+        r = certify_counts(counts[0], counts[1:].sum(0), args.n, args.alpha, sigma)
+        prediction, radius = r.prediction, r.radius
+        samples = torch.full((num,), args.n0 + args.n)
+        arrays = {"classifier": counts.int().numpy()}
+        check = drs.certify(model, x[:args.check], n0=args.n0, n=args.n, alpha=args.alpha,
+                            sigma=float(args.setting), ids=ids[:args.check], **common)
+    if not (torch.equal(check.prediction, prediction[:args.check])
+            and torch.equal(check.radius.float(), radius[:args.check].float())):
+        raise SystemExit("recorded CERTIFY disagrees with drs.certify: "
+                         f"{check.prediction.tolist()} {check.radius.tolist()} vs "
+                         f"{prediction[:args.check].tolist()} {radius[:args.check].tolist()}")
+    np.savez_compressed(_path(args, "certify.npz"), block=args.block, n=args.n, n0=args.n0,
+                        alpha=args.alpha, **arrays)
+    return {"seconds": sec, "cpu_seconds": cpu, "prediction": prediction.tolist(),
+            "radius": radius.double().tolist(), "samples": samples.tolist()}
+
+
+def run_radii(args, x, model):
+    sigma = {} if args.setting == "dual" else {"sigma": float(args.setting)}
+    r, sec, cpu = _timed(lambda: drs.certify_radii(
+        model, x, GRID, n_max=args.n, n0=args.n0, alpha=args.alpha, batch_size=args.batch, seed=0,
+        ids=torch.arange(x.shape[0]), **sigma))
+    return {"seconds": sec, "cpu_seconds": cpu, "prediction": r.prediction.tolist(),
+            "radius": r.radius.tolist(), "samples": r.samples.tolist()}
+
+
+def _path(args, suffix):
+    os.makedirs(args.dir, exist_ok=True)
+    return os.path.join(args.dir, f"{args.setting}_{suffix}")
+
+
+def _name(setting):
+    return "embedded Dual RS" if setting == "dual" else f"small CNN, sigma {float(setting):g}"
 
 
 def table(out, labels) -> str:
-    """Markdown table over the inputs both methods covered (all of them, unless cut short);
-    certify_radii's times scaled by the share of its samples those inputs drew. CPU time (the process's, all
-    threads) is the steadier number on a shared machine."""
-    done = len(out["certify"]["radius"])
-    labels = torch.as_tensor(labels)[:done]
-    lines = [f"{out['name']}: {done} images, n_max = {out['n']}, alpha = {out['alpha']}",
+    """Markdown table of one setting; CPU time (the process's, all threads) is the steadier
+    number on a shared machine."""
+    num = len(labels)
+    lines = [f"**{_name(out['setting'])}: {num} images, n_max = {out['n']:,}, "
+             f"alpha = {out['alpha']}**", "",
              "| method | " + " | ".join(f"r={r:g}" for r in GRID)
              + " | samples / input | wall s | CPU s |", "|---" * (len(GRID) + 4) + "|"]
     accuracy, samples, seconds, cpu = {}, {}, {}, {}
     for method in ("certify", "certify_radii"):
         m = out[method]
-        accuracy[method] = _accuracy(torch.tensor(m["prediction"][:done]),
-                                     torch.tensor(m["radius"][:done]), labels)
-        samples[method] = float(np.sum(m["samples"][:done]))
-        share = samples[method] / float(np.sum(m["samples"]))  # of its samples, if cut short
-        seconds[method] = m["seconds"] * share
-        cpu[method] = m["cpu_seconds"] * share
+        accuracy[method] = _accuracy(m["prediction"], m["radius"], labels)
+        samples[method] = float(np.sum(m["samples"]))
+        seconds[method], cpu[method] = m["seconds"], m["cpu_seconds"]
         lines.append(f"| {method} | " + " | ".join(f"{a:.3f}" for a in accuracy[method])
-                     + f" | {samples[method] / done:,.0f} | {seconds[method]:.1f} | "
+                     + f" | {samples[method] / num:,.0f} | {seconds[method]:.1f} | "
                      f"{cpu[method]:.1f} |")
     diff = np.abs(accuracy["certify"] - accuracy["certify_radii"]).max()
-    lines.append(f"samples: {samples['certify'] / samples['certify_radii']:.1f}x fewer; wall "
-                 f"time {seconds['certify'] / seconds['certify_radii']:.1f}x less (CPU time "
-                 f"{cpu['certify'] / cpu['certify_radii']:.1f}x); largest "
-                 f"certified-accuracy difference {diff:.3f}")
+    lines += ["", f"samples: {samples['certify'] / samples['certify_radii']:.1f}x fewer; wall "
+              f"time {seconds['certify'] / seconds['certify_radii']:.1f}x less (CPU time "
+              f"{cpu['certify'] / cpu['certify_radii']:.1f}x); largest certified-accuracy "
+              f"difference {diff:.3f}"]
     return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("step", choices=("certify", "radii", "table"))
+    p.add_argument("--setting", default="0.5", help="0.25, 0.5, 1.0 (small CNN) or dual")
+    p.add_argument("--num", type=int, default=200)
+    p.add_argument("--n", type=int, default=100_000, help="n of CERTIFY = n_max")
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--block", type=int, default=100, help="CERTIFY's votes recorded per block")
+    p.add_argument("--check", type=int, default=2, help="inputs re-certified by drs.certify")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dir", default=os.path.join(HERE, "radii_runs"))
+    args = p.parse_args(argv)
+    labels_all = load_dataset("mnist5k").y
+    if args.step == "table":
+        for path in sorted(glob.glob(os.path.join(args.dir, "*_run.json"))):
+            with open(path) as f:
+                out = json.load(f)
+            if "certify" in out and "certify_radii" in out:
+                print(table(out, labels_all[:out["num"]].numpy()) + "\n")
+        return
+    torch.set_num_threads(args.threads)
+    tune_cpu_allocator()  # same for both methods
+    x = load_dataset("mnist5k").x[:args.num]
+    model = load_default_dual() if args.setting == "dual" else load_default_classifier(
+        float(args.setting))
+    sigma = {} if args.setting == "dual" else {"sigma": float(args.setting)}
+    drs.certify(model, x[:2], n0=10, n=100, seed=0, **sigma)  # JIT warm-up
+    path = _path(args, "run.json")
+    out = {"setting": args.setting, "num": args.num, "n": args.n, "n0": args.n0,
+           "alpha": args.alpha, "grid": GRID}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if all(old.get(k) == v for k, v in out.items() if k != "grid"):
+            out = old
+    key = "certify" if args.step == "certify" else "certify_radii"
+    out[key] = (run_certify if args.step == "certify" else run_radii)(args, x, model)
+    with open(path, "w") as f:
+        json.dump(out, f)
+    m = out[key]
+    print(f"{args.setting} {key}: {m['seconds']:.1f} s wall, {m['cpu_seconds']:.1f} s CPU, "
+          f"{np.mean(m['samples']):,.0f} samples / input", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast import sequential_radii
 from dualrs_fast.bounds import certified_radius
-from dualrs_fast.dual import checkpoint_alphas
 from dualrs_fast.loading import load_dataset
 from dualrs_fast.models import load_default_classifier, load_default_dual
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
-from dualrs_fast.sequential_radii import check_radii, radii_schedule
+from dualrs_fast.sequential_radii import check_radii, radii_alphas, radii_schedule
 
 from analytic import LinearBinary, inputs_at_distances
 
@@ -40,10 +39,24 @@ def mnist():
 # ---- schedule and grid -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_max,expected", [
-    (100_000, [196, 391, 782, 1563, 3125, 6250, 12500, 25000, 50000, 100_000]),
-    (150, [150]), (198, [198]), (199, [100, 199]), (1600, [100, 200, 400, 800, 1600]), (1, [1])])
-def test_schedule_doubles_up_to_n_max(n_max, expected):
+    (150, [105, 125, 150]), (118, [118]), (119, [100, 119]), (1, [1]),
+    (1600, [106, 127, 152, 182, 218, 261, 313, 375, 449, 538, 645, 773, 927, 1112, 1334, 1600])])
+def test_schedule_grows_by_a_fifth_up_to_n_max(n_max, expected):
     assert radii_schedule(n_max) == expected
+    assert radii_schedule(n_max, first=100, growth=2.0)[-1] == n_max
+    with pytest.raises(ValueError):
+        radii_schedule(100, growth=1.0)
+
+
+def test_alpha_shares_sum_to_alpha_and_favour_n_max():
+    schedule = radii_schedule(100_000)
+    shares = radii_alphas(0.001, schedule)
+    assert len(shares) == len(schedule) and sum(shares) <= 0.001
+    assert sum(shares) == pytest.approx(0.001, rel=1e-12)
+    assert shares[-1] == pytest.approx(0.0008)
+    early = np.asarray(shares[:-1])
+    assert np.allclose(early / np.sqrt(schedule[:-1]), early[0] / math.sqrt(schedule[0]))
+    assert radii_alphas(0.01, [500]) == [0.01]
 
 
 def test_grid_is_sorted_deduplicated_and_starts_at_zero():
@@ -80,15 +93,15 @@ def _expected_grid(prediction, radius, radii):
 
 
 def test_one_checkpoint_is_certify_on_the_embedded_cnn(mnist):
-    # n_max below two checkpoints: the same samples, the same alpha, so CERTIFY's decisions.
+    # n_max below two checkpoints (<= 118): the same samples, the same alpha, so CERTIFY's decisions.
     x, _ = mnist
     model = load_default_classifier(0.5)
     grid = check_radii(0.25 * k for k in range(9))
-    seq = drs.certify_radii(model, x, grid, sigma=0.5, n_max=150, n0=50, alpha=0.001, seed=4)
-    full = drs.certify(model, x, sigma=0.5, n=150, n0=50, alpha=0.001, seed=4)
+    seq = drs.certify_radii(model, x, grid, sigma=0.5, n_max=110, n0=50, alpha=0.001, seed=4)
+    full = drs.certify(model, x, sigma=0.5, n=110, n0=50, alpha=0.001, seed=4)
     assert torch.equal(seq.prediction, full.prediction)
     assert torch.equal(seq.certified, _expected_grid(full.prediction, full.radius, grid))
-    assert (seq.samples == 200).all()
+    assert (seq.samples == 160).all()
     assert seq.certified[:, 1:].any()  # not all decided at r = 0
 
 
@@ -107,7 +120,7 @@ def _replay(model, x, sigma, grid, n_max, n0, alpha, seed):
     votes = counts[1:].gather(2, top[None, :, None].expand(len(schedule), -1, 1))[..., 0]
     cumulative = votes.cumsum(0).numpy()
     best = np.full(x.shape[0], -1)
-    for k, (n_k, alpha_k) in enumerate(zip(schedule, checkpoint_alphas(alpha, len(schedule)))):
+    for k, (n_k, alpha_k) in enumerate(zip(schedule, radii_alphas(alpha, schedule))):
         radius, abstain = certified_radius(cumulative[k], n_k, alpha_k, sigma)
         index = np.searchsorted(np.asarray(grid), radius, side="right") - 1
         best = np.maximum(best, np.where(abstain, -1, index))
@@ -193,7 +206,7 @@ def test_certificates_are_sound_at_a_large_alpha():
 def test_soundness_check_catches_checkpoints_without_the_union_bound(monkeypatch):
     # Power: every checkpoint at the full alpha (no union bound) over-claims often enough
     # that the same check fails.
-    monkeypatch.setattr(sequential_radii, "checkpoint_alphas", lambda alpha, k: [alpha] * k)
+    monkeypatch.setattr(sequential_radii, "radii_alphas", lambda alpha, s: [alpha] * len(s))
     model, x = _borderline_case()
     bad, _ = _false_certificates(model, x, _certify_borderline(model, x))
     assert bad / x.shape[0] > ALPHA
@@ -249,7 +262,7 @@ def test_dual_certificates_are_sound_at_a_large_alpha():
 
 
 def test_dual_soundness_check_catches_checkpoints_without_the_union_bound(monkeypatch):
-    monkeypatch.setattr(sequential_radii, "checkpoint_alphas", lambda alpha, k: [alpha] * k)
+    monkeypatch.setattr(sequential_radii, "radii_alphas", lambda alpha, s: [alpha] * len(s))
     monkeypatch.setattr(drs.DualSmoothing, "alphas", lambda self, alpha: (alpha, alpha))
     estimator, experts, x = _dual_borderline_case()
     r = _dual_certify(estimator, experts, x)
@@ -260,8 +273,8 @@ def test_dual_one_checkpoint_is_plain_dual_certify_on_the_embedded_models(mnist)
     x, _ = mnist
     dual = load_default_dual()
     grid = check_radii(0.25 * k for k in range(9))
-    seq = drs.certify_radii(dual, x, grid, n_max=150, n0=50, alpha=0.001, seed=2)
-    full = dual.certify(x, n=150, n0=50, alpha=0.001, seed=2, estimator_rounds=1)
+    seq = drs.certify_radii(dual, x, grid, n_max=110, n0=50, alpha=0.001, seed=2)
+    full = dual.certify(x, n=110, n0=50, alpha=0.001, seed=2, estimator_rounds=1)
     assert torch.equal(seq.prediction, full.prediction)
     assert torch.equal(seq.certified, _expected_grid(full.prediction, full.radius, grid))
     ran = full.level >= 0
@@ -320,16 +333,20 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.mark.skipif(not (BENCH / "radii_vs_certify.py").is_file(), reason="bench/ not present")
 def test_bench_script_smoke(tmp_path):
-    out = tmp_path / "r.json"
+    # Both sides on 3 images at n = 300 (the recorded CERTIFY re-checked against drs.certify on
+    # all 3), then the table.
     run = [sys.executable, "-P", str(BENCH / "radii_vs_certify.py")]
-    proc = subprocess.run(run + ["--num", "3", "--n", "300", "--chunk", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| certify | " in proc.stdout and "| certify_radii | " in proc.stdout
-    again = subprocess.run(run + ["--table", str(out)], capture_output=True, text=True,
-                           timeout=300, cwd=tmp_path)
-    table = proc.stdout[proc.stdout.index("small CNN, sigma"):]   # after the progress lines
-    assert again.stdout.strip() == table.strip()
+    common = ["--num", "3", "--n", "300", "--check", "3", "--dir", str(tmp_path)]
+    for step in ("certify", "radii"):
+        proc = subprocess.run(run + [step] + common, capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    table = subprocess.run(run + ["table", "--dir", str(tmp_path)], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    assert "| certify | " in table.stdout and "| certify_radii | " in table.stdout
+    assert "small CNN, sigma 0.5: 3 images" in table.stdout
+    recorded = np.load(tmp_path / "0.5_certify.npz")["classifier"]
+    assert recorded.shape == (1 + 3, 3, 10)  # selection + 3 blocks of 100, 3 inputs, 10 classes
 
 
 @pytest.mark.skipif(not (BENCH / "bench_utils.py").is_file(), reason="bench/ not present")
