@@ -72,10 +72,10 @@ def checkpoint_alphas(alpha: float, checkpoints: int) -> list:
     which every input that does not stop early uses, loses the least: 8/15 of alpha with 4
     checkpoints, against 1/4 for equal shares."""
     total = 2.0 ** checkpoints - 1.0
-    return _within(alpha, [alpha * 2.0 ** k / total for k in range(checkpoints)])
+    return within_alpha(alpha, [alpha * 2.0 ** k / total for k in range(checkpoints)])
 
 
-def _within(alpha: float, shares: list) -> list:
+def within_alpha(alpha: float, shares: list) -> list:
     """Lower the last share by ulps until the shares sum to at most alpha in floating point
     (a Bonferroni split must never spend more than alpha)."""
     while sum(shares) > alpha:
@@ -216,7 +216,7 @@ class DualSmoothing:
     def alphas(self, alpha: float):
         """(alpha_estimator, alpha_classifier), summing to at most alpha in floating point."""
         alpha_ve = alpha * self.estimator_alpha_fraction
-        alpha_ve, alpha_cls = _within(alpha, [alpha_ve, alpha - alpha_ve])
+        alpha_ve, alpha_cls = within_alpha(alpha, [alpha_ve, alpha - alpha_ve])
         return alpha_ve, alpha_cls
 
     def estimator_reach(self, n_estimator: int, alpha_estimator: float) -> float:

@@ -53,11 +53,10 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-import scipy.stats
 import torch
 
 from .bounds import certified_radius, clopper_pearson_upper
-from .dual import DualSmoothing, _within
+from .dual import DualSmoothing, within_alpha
 from .noise import Stream
 from .sampling import Draw, count_votes
 from .smoothing import ABSTAIN
@@ -85,7 +84,7 @@ def radii_alphas(alpha: float, schedule: Sequence[int], final_share: float = FIN
         return [alpha]
     weights = np.sqrt(np.asarray(schedule[:-1], dtype=np.float64))
     early = (1.0 - final_share) * alpha * weights / weights.sum()
-    return _within(alpha, [float(a) for a in early] + [final_share * alpha])
+    return within_alpha(alpha, [float(a) for a in early] + [final_share * alpha])
 
 
 @dataclass
