@@ -132,6 +132,23 @@ def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: int = GROW
     return points
 
 
+def votes_to_certify(radii, n: int, alpha: float, sigma: float) -> np.ndarray:
+    """The fewest votes among n that certify each grid radius (n + 1 where none does), as
+    float64: a binary search per radius on ``certified_radius`` (it grows with the count)."""
+    radii = np.asarray(radii, dtype=np.float64)
+    index = np.arange(radii.shape[0])
+    lo = np.zeros(radii.shape[0], dtype=np.int64)
+    hi = np.full(radii.shape[0], n + 1, dtype=np.int64)
+    while (lo < hi).any():
+        mid = (lo + hi) // 2
+        radius, abstain = certified_radius(np.minimum(mid, n), n, alpha, sigma)
+        reached = np.searchsorted(radii, radius, side="right") - 1
+        ok = ~np.asarray(abstain) & (reached >= index) & (mid <= n)
+        hi = np.where((lo < hi) & ok, mid, hi)
+        lo = np.where((lo < hi) & ~ok, mid + 1, lo)
+    return lo.astype(np.float64)
+
+
 class _SequentialTest:
     """One sequential CERTIFY (classifier or estimator) over a batch: each input's chosen
     class, its cumulative votes, and the grid indices it has certified and can still reach.
@@ -215,22 +232,10 @@ class _SequentialTest:
         out = np.empty((sigma.shape[0], self.radii.shape[0]), dtype=np.float64)
         for s in np.unique(sigma):
             if s not in self._final_count_cache:
-                self._final_count_cache[s] = self._fewest_votes(float(s))
+                self._final_count_cache[s] = votes_to_certify(
+                    self.radii, self.schedule[-1], self.alphas[-1], float(s))
             out[sigma == s] = self._final_count_cache[s]
         return out
-
-    def _fewest_votes(self, sigma: float) -> np.ndarray:
-        """Binary search per grid radius on the count at n_max (the bound grows with it)."""
-        n_max, alpha = self.schedule[-1], self.alphas[-1]
-        lo = np.zeros(self.radii.shape[0], dtype=np.int64)
-        hi = np.full(self.radii.shape[0], n_max + 1, dtype=np.int64)
-        while (lo < hi).any():
-            mid = (lo + hi) // 2
-            radius, abstain = certified_radius(np.minimum(mid, n_max), n_max, alpha, sigma)
-            ok = (self._grid_index(radius, abstain) >= np.arange(self.radii.shape[0])) & (mid <= n_max)
-            hi = np.where((lo < hi) & ok, mid, hi)
-            lo = np.where((lo < hi) & ~ok, mid + 1, lo)
-        return lo.astype(np.float64)
 
     def drawing(self, joint_reach: np.ndarray) -> np.ndarray:
         """Inputs that still need samples: a radius in joint reach not yet certified here,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 import dualrs_fast as drs
@@ -18,7 +19,8 @@ from dualrs_fast.loading import load_dataset
 from dualrs_fast.models import load_default_classifier, load_default_dual
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
-from dualrs_fast.sequential_radii import check_radii, radii_alphas, radii_schedule
+from dualrs_fast.sequential_radii import (check_radii, radii_alphas, radii_schedule,
+                                          votes_to_certify)
 
 from analytic import LinearBinary, inputs_at_distances
 
@@ -57,6 +59,23 @@ def test_alpha_shares_sum_to_alpha_and_favour_n_max():
     early = np.asarray(shares[:-1])
     assert np.allclose(early / np.sqrt(schedule[:-1]), early[0] / math.sqrt(schedule[0]))
     assert radii_alphas(0.01, [500]) == [0.01]
+
+
+@pytest.mark.parametrize("n,alpha,sigma", [(5000, 0.0008, 0.5), (731, 0.01, 0.25), (100_000, 4e-4, 1.0)])
+def test_votes_to_certify_is_the_fewest_by_scipy(n, alpha, sigma):
+    # Independent reference: scan the counts with scipy's Beta quantile (Clopper-Pearson).
+    grid = (0.0, 0.1, 0.3, 0.55, 0.8, 1.3, 2.2, 9.0)
+    need = votes_to_certify(grid, n, alpha, sigma)
+    k = np.arange(n + 1)
+    lower = np.where(k > 0, scipy.stats.beta.ppf(alpha, np.maximum(k, 1), n - k + 1), 0.0)
+    for r, got in zip(grid, need):
+        ok = lower >= scipy.stats.norm.cdf(r / sigma)
+        expected = int(np.argmax(ok)) if ok.any() else n + 1
+        assert abs(got - expected) <= 1, (r, got, expected)  # ties: float rounding at the edge
+        if got <= n:
+            assert certified_radius(int(got), n, alpha, sigma)[0] >= r
+            assert got == 0 or certified_radius(int(got) - 1, n, alpha, sigma)[0] < r or r == 0
+    assert need[-1] == n + 1 and np.all(np.diff(need) >= 0)
 
 
 def test_grid_is_sorted_deduplicated_and_starts_at_zero():
