@@ -25,6 +25,7 @@ import os
 import time
 
 import numpy as np
+import scipy.stats
 import torch
 
 import dualrs_fast as drs
@@ -139,7 +140,25 @@ def _name(setting):
     return "embedded Dual RS" if setting == "dual" else f"small CNN, sigma {float(setting):g}"
 
 
-def table(out, labels) -> str:
+def zero_error_floor(radius, sigma, alpha, sigma_ve=None, alpha_ve=None, n0=100) -> np.ndarray:
+    """Per input: the samples that ANY level-alpha test needs, even when every vote goes to
+    the input's class, to certify the largest grid radius r that CERTIFY certified: the
+    all-votes outcome has probability Phi(r / sigma)^m at the boundary p = Phi(r / sigma), so
+    it may certify only once that is <= alpha, i.e. m >= ln(alpha) / ln Phi(r / sigma)
+    (r = 0: p = 1/2). Dual RS: the estimator's m at (sigma_ve, alpha_ve) plus the classifier's.
+    Plus n0 selection samples per test run. 0 where CERTIFY certified nothing."""
+    radius = np.asarray(radius, dtype=np.float64)
+    top = np.array(GRID)[np.maximum(np.searchsorted(GRID, radius, side="right") - 1, 0)]
+
+    def needed(s, a):
+        return n0 + np.ceil(np.log(a) / np.log(scipy.stats.norm.cdf(top / s)))
+    floor = needed(np.asarray(sigma, dtype=np.float64), alpha)
+    if sigma_ve is not None:
+        floor = floor + needed(sigma_ve, alpha_ve)
+    return np.where(radius > 0, floor, 0.0)
+
+
+def table(out, labels, floor=None) -> str:
     """Markdown table of one setting; CPU time (the process's, all threads) is the steadier
     number on a shared machine."""
     num = len(labels)
@@ -161,7 +180,25 @@ def table(out, labels) -> str:
               f"time {seconds['certify'] / seconds['certify_radii']:.1f}x less (CPU time "
               f"{cpu['certify'] / cpu['certify_radii']:.1f}x); largest certified-accuracy "
               f"difference {diff:.3f}"]
+    if floor is not None:
+        lines.append(f"zero-error floor (``zero_error_floor``: the fewest samples any sound test "
+                     f"needs to certify CERTIFY's grid radii, reached only if every vote goes to "
+                     f"the class): {floor.mean():,.0f} samples / input, so at most "
+                     f"{samples['certify'] / floor.sum():.1f}x fewer samples than CERTIFY")
     return "\n".join(lines)
+
+
+def _floor(args, out):
+    """zero_error_floor of a setting's CERTIFY radii (Dual RS: sigmas from the recorded levels)."""
+    radius, alpha = out["certify"]["radius"], out["alpha"]
+    if out["setting"] != "dual":
+        return zero_error_floor(radius, float(out["setting"]), alpha, n0=out["n0"])
+    dual = load_default_dual()
+    level = np.load(os.path.join(args.dir, "dual_certify.npz"))["level"]
+    sigma = np.where(level >= 0, np.asarray(dual.sigmas)[np.maximum(level, 0)], 1.0)
+    alpha_ve, alpha_cls = dual.alphas(alpha)
+    return zero_error_floor(radius, sigma, alpha_cls, dual.estimator_sigma, alpha_ve,
+                            n0=out["n0"])
 
 
 def main(argv=None):
@@ -184,7 +221,7 @@ def main(argv=None):
             with open(path) as f:
                 out = json.load(f)
             if "certify" in out and "certify_radii" in out:
-                print(table(out, labels_all[:out["num"]].numpy()) + "\n")
+                print(table(out, labels_all[:out["num"]].numpy(), _floor(args, out)) + "\n")
         return
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # same for both methods
