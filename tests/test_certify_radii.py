@@ -185,6 +185,20 @@ def test_confident_inputs_stop_early_at_the_largest_grid_radius():
     assert (flat.radius == 0).all()
 
 
+def test_futility_rule_gives_up_an_unreachable_radius_early():
+    # True radius 0.6 at sigma 0.5 (p = Phi(1.2) = 0.885): 0.5 is certified, and 0.75 (it needs
+    # p >= Phi(1.5) = 0.933) is given up once the upper bound says n_max cannot reach it,
+    # long before all remaining samples could no longer certify it (the exact rule).
+    model = _linear(0)
+    x = inputs_at_distances(model, torch.full((8,), 0.6), SHAPE, seed=2)
+    args = dict(sigma=0.5, n_max=100_000, n0=100, seed=0)
+    sooner = drs.certify_radii(model, x, [0.5, 0.75], **args)
+    exact = drs.certify_radii(model, x, [0.5, 0.75], futility_alpha=None, **args)
+    assert (sooner.radius == 0.5).all() and (exact.radius == 0.5).all()
+    assert (sooner.samples <= 10_000).all()
+    assert (exact.samples >= 30_000).all()
+
+
 # ---- soundness on analytic models ------------------------------------------------------------
 
 ALPHA = 0.2  # large, so that a rule without the union bound fails visibly
