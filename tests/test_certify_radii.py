@@ -378,6 +378,7 @@ def test_bench_script_smoke(tmp_path):
                            text=True, timeout=300, cwd=tmp_path)
     assert "| certify | " in table.stdout and "| certify_radii | " in table.stdout
     assert "small CNN, sigma 0.5: 3 images" in table.stdout
+    assert "zero-error floor" in table.stdout and "oracle (" in table.stdout
     recorded = np.load(tmp_path / "0.5_certify.npz")["classifier"]
     assert recorded.shape == (1 + 3, 3, 10)  # selection + 3 blocks of 100, 3 inputs, 10 classes
 
