@@ -168,7 +168,7 @@ class CascadeSmoothing:
 
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
-                progress: bool = False) -> CascadeCertifyResult:
+                progress: Optional[bool] = None) -> CascadeCertifyResult:
         """Certify the cascade G at x (one input or a batch): with probability >= 1 - alpha
         (per input) each returned radius is a lower bound on G's l2 robustness radius. Each
         level tried costs n0 + n classifier samples per input; options as drs.certify."""
@@ -224,7 +224,8 @@ class CascadeSmoothing:
             radius_cap=float32_rounded_down(cap), samples=samples, p0=self.p0, seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
-                seed: Optional[int] = None, *, ids=None, progress: bool = False) -> torch.Tensor:
+                seed: Optional[int] = None, *, ids=None,
+                progress: Optional[bool] = None) -> torch.Tensor:
         """G(x) with probability >= 1 - alpha of not returning a wrong class (ABSTAIN when
         unsure) -> LongTensor (B,). Like certify, but each level draws only n samples and
         picks its top class from them, so its lower bound is Bonferroni-corrected over the

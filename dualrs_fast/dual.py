@@ -301,7 +301,8 @@ class DualSmoothing:
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
-                estimator_rounds: int = 4, progress: bool = False) -> DualCertifyResult:
+                estimator_rounds: int = 4,
+                progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
 
@@ -372,7 +373,8 @@ class DualSmoothing:
             estimator_rounds=len(schedule), seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
-                seed: Optional[int] = None, *, ids=None, progress: bool = False) -> torch.Tensor:
+                seed: Optional[int] = None, *, ids=None,
+                progress: Optional[bool] = None) -> torch.Tensor:
         """PREDICT for Dual RS: the estimator's level (binomial test at alpha_ve), then the
         classifier at that level (alpha_cls), n samples each; ABSTAIN if either abstains.
         seed=None (default) is a fresh secret seed, not returned: pass one to reproduce."""
