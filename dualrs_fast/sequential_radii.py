@@ -59,6 +59,7 @@ import torch
 from .bounds import certified_radius, clopper_pearson_upper
 from .dual import DualSmoothing, within_alpha
 from .noise import Stream
+from .progress import progress_bar
 from .sampling import Draw, count_votes
 from .smoothing import ABSTAIN
 from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit,
@@ -247,16 +248,23 @@ class _SequentialTest:
         return self.selection_drawn + self.drawn
 
 
-def _run_rounds(tests: Sequence[_SequentialTest]) -> None:
-    """Draw round after round until no test has an input that needs samples."""
-    while True:
-        joint_reach = np.minimum.reduce([t.reach for t in tests])
-        busy = [(t, np.flatnonzero(t.drawing(joint_reach))) for t in tests]
-        busy = [(t, m) for t, m in busy if m.size]
-        if not busy:
-            return
-        for t, m in busy:
-            t.draw_next(torch.from_numpy(m))
+def _run_rounds(tests: Sequence[_SequentialTest], progress: Optional[bool]) -> None:
+    """Draw round after round until no test has an input that needs samples; one bar over
+    the inputs decided (the rounds' own passes are short and show none)."""
+    batch = tests[0].reach.shape[0]
+    with progress_bar(batch, "certify_radii", "input", enabled=progress) as bar:
+        while True:
+            joint_reach = np.minimum.reduce([t.reach for t in tests])
+            busy = [(t, np.flatnonzero(t.drawing(joint_reach))) for t in tests]
+            busy = [(t, m) for t, m in busy if m.size]
+            still = np.unique(np.concatenate([m for _, m in busy])) if busy else []
+            bar.update(batch - len(still) - bar.n)
+            bar.set_postfix_str(f"{sum(int(t.samples().sum()) for t in tests) / batch:,.0f} "
+                                "samples / input")
+            if not busy:
+                return
+            for t, m in busy:
+                t.draw_next(torch.from_numpy(m))
 
 
 def _grid_radius(radii: tuple, index: np.ndarray) -> torch.Tensor:
@@ -281,7 +289,7 @@ def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int 
                   n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                   futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
                   channels_last=None, compile: bool = False, noise_backend: str = "auto",
-                  progress: bool = False, n0_estimator: Optional[int] = None,
+                  progress: Optional[bool] = None, n0_estimator: Optional[int] = None,
                   n_max_estimator: Optional[int] = None) -> RadiiResult:
     """Which grid radii does the smoothed classifier certify at x? Sequential CERTIFY with
     early stopping (module docstring: procedure and why it is sound).
@@ -313,12 +321,12 @@ def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int 
         return count_votes(model, xb[members], sigma_in[members], draws, seed=seed,
                            ids=ids[members], batch_size=batch_size, num_classes=num_classes,
                            channels_last=channels_last, compile=compile,
-                           noise_backend=noise_backend, progress=progress, desc="certify_radii")
+                           noise_backend=noise_backend, progress=False, desc="certify_radii")
 
     test = _SequentialTest(votes, sigma_in, radii, radii_schedule(n_max), alpha, futility,
                            Stream.SELECT, Stream.ESTIMATE)
     test.start(torch.arange(xb.shape[0]), n0)
-    _run_rounds([test])
+    _run_rounds([test], progress)
     return RadiiResult(prediction=torch.where(torch.from_numpy(test.cert >= 0), test.chosen,
                                               ABSTAIN),
                        radius=_grid_radius(radii, test.cert), certified=_certified(radii, test.cert),
@@ -340,7 +348,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
     def estimator_votes(members, draws):
         return count_votes(dual.estimator, xb[members], sigma_ve[members], draws, seed=seed,
                            ids=ids[members], batch_size=batch_size,
-                           num_classes=len(dual.sigmas), progress=progress, desc="estimator")
+                           num_classes=len(dual.sigmas), progress=False, desc="estimator")
 
     estimator = _SequentialTest(estimator_votes, sigma_ve, radii, radii_schedule(n_ve), alpha_ve,
                                 futility, Stream.ESTIMATOR_SELECT, Stream.ESTIMATOR_ESTIMATE)
@@ -360,7 +368,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
             c = count_votes(dual.routes[ks[0]], xb[group], sigma_cls[group],
                             [_subset(d, mine) for d in draws], seed=seed,
                             ids=ids[group], batch_size=batch_size, pass_sigma=True,
-                            progress=progress, desc="classifier")
+                            progress=False, desc="classifier")
             if counts is None:
                 counts = torch.zeros((len(draws), members.numel(), c.shape[2]),
                                      dtype=torch.int64, device=c.device)
@@ -374,7 +382,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
     # the classifier runs only where the estimator can still certify r = 0
     classifier.reach[estimator.reach < 0] = -1
     classifier.start(torch.from_numpy(np.flatnonzero(estimator.reach >= 0)), n0)
-    _run_rounds([estimator, classifier])
+    _run_rounds([estimator, classifier], progress)
 
     joint = np.minimum(estimator.cert, classifier.cert)
     ran = torch.from_numpy(classifier.drawn > 0)
