@@ -35,6 +35,7 @@ from dualrs_fast.logs import certified_accuracy
 from dualrs_fast.models import load_default_classifier, load_default_dual
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes, tune_cpu_allocator
+from dualrs_fast.sequential_radii import grid_index
 from dualrs_fast.smoothing import ABSTAIN, certify_counts
 
 GRID = tuple(0.25 * k for k in range(9))  # 0, 0.25, ..., 2
@@ -149,7 +150,7 @@ def zero_error_floor(radius, sigma, alpha, sigma_ve=None, alpha_ve=None, n0=100)
     (r = 0: p = 1/2). Dual RS: the estimator's m at (sigma_ve, alpha_ve) plus the classifier's.
     Plus n0 selection samples per test run. 0 where CERTIFY certified nothing."""
     radius = np.asarray(radius, dtype=np.float64)
-    top = np.array(GRID)[np.maximum(np.searchsorted(GRID, radius, side="right") - 1, 0)]
+    top = np.array(GRID)[np.maximum(grid_index(GRID, radius, False), 0)]
 
     def needed(s, a):
         return n0 + np.ceil(np.log(a) / np.log(scipy.stats.norm.cdf(top / s)))
@@ -172,7 +173,7 @@ def oracle_samples(counts, top, sigma, alpha, n0, block) -> np.ndarray:
     n = block * np.arange(1, cumulative.shape[0] + 1)[:, None]
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), top.shape)
     radius, abstain = certified_radius(cumulative, n, alpha, sigma[None, :])
-    reached = np.where(abstain, -1, np.searchsorted(GRID, radius, side="right") - 1)
+    reached = grid_index(GRID, radius, abstain)
     first = np.argmax(reached >= top[None, :], axis=0)
     return np.where(top >= 0, n0 + block * (first + 1), n0).astype(np.float64)
 
@@ -232,7 +233,7 @@ def _oracle(args, out):
     z = np.load(path)
     radius = np.asarray(out["certify"]["radius"], dtype=np.float64)
     prediction = np.asarray(out["certify"]["prediction"])
-    top = np.where(prediction >= 0, np.searchsorted(GRID, radius, side="right") - 1, -1)
+    top = grid_index(GRID, radius, prediction < 0)
     block, n0, alpha = int(z["block"]), int(z["n0"]), float(z["alpha"])
     if out["setting"] != "dual":
         return oracle_samples(z["classifier"], top, float(out["setting"]), alpha, n0, block)

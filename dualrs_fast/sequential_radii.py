@@ -121,7 +121,7 @@ def check_radii(radii) -> tuple:
     return tuple(sorted(set(values) | {0.0}))
 
 
-def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: int = GROWTH) -> List[int]:
+def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: float = GROWTH) -> List[int]:
     """Checkpoints n_1 < ... < n_K = n_max, each ``growth`` times the previous (rounded up),
     the first >= ``first`` (or n_max alone if smaller). Fixed before sampling: the union bound
     over them needs that."""
@@ -134,6 +134,12 @@ def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: int = GROW
     return points
 
 
+def grid_index(radii, radius, abstain) -> np.ndarray:
+    """Largest index j with radii[j] <= radius (radii ascending), -1 where abstained."""
+    index = np.searchsorted(np.asarray(radii), radius, side="right") - 1
+    return np.where(abstain, -1, index)
+
+
 def votes_to_certify(radii, n: int, alpha: float, sigma: float) -> np.ndarray:
     """The fewest votes among n that certify each grid radius (n + 1 where none does), as
     float64: a binary search per radius on ``certified_radius`` (it grows with the count)."""
@@ -144,8 +150,7 @@ def votes_to_certify(radii, n: int, alpha: float, sigma: float) -> np.ndarray:
     while (lo < hi).any():
         mid = (lo + hi) // 2
         radius, abstain = certified_radius(np.minimum(mid, n), n, alpha, sigma)
-        reached = np.searchsorted(radii, radius, side="right") - 1
-        ok = ~np.asarray(abstain) & (reached >= index) & (mid <= n)
+        ok = (grid_index(radii, radius, abstain) >= index) & (mid <= n)
         hi = np.where((lo < hi) & ok, mid, hi)
         lo = np.where((lo < hi) & ~ok, mid + 1, lo)
     return lo.astype(np.float64)
@@ -171,7 +176,12 @@ class _SequentialTest:
         self.selection_drawn = np.zeros(batch, dtype=np.int64)
         self.cert = np.full(batch, -1)                     # largest certified grid index
         self.reach = np.full(batch, len(radii) - 1)        # largest index not out of reach
-        self._final_count_cache = {}
+        # the futility rule's target: the fewest votes among n_max certifying each grid
+        # radius at the last checkpoint's alpha, per input (B, R), non-decreasing along R
+        self.final_counts = np.empty((batch, len(radii)), dtype=np.float64)
+        for s in np.unique(self.sigma):
+            self.final_counts[self.sigma == s] = votes_to_certify(
+                radii, self.schedule[-1], self.alphas[-1], float(s))
 
     def start(self, members: torch.Tensor, n0: int) -> None:
         """Selection samples and the first checkpoint of ``members`` in one pass."""
@@ -197,47 +207,31 @@ class _SequentialTest:
         self.drawn[m] = self.schedule[0] if upto is None else upto
         self._decide(m)
 
-    def _grid_index(self, radius: np.ndarray, abstain: np.ndarray) -> np.ndarray:
-        """Largest grid index with radii[j] <= radius, -1 where abstained."""
-        index = np.searchsorted(self.radii, radius, side="right") - 1
-        return np.where(abstain, -1, index)
-
     def _decide(self, m: np.ndarray) -> None:
         for k in np.unique(self.drawn[m]):
             at = m[self.drawn[m] == k]
             step = self.schedule.index(int(k))
             count, sigma = self.count[at], self.sigma[at]
             radius, abstain = certified_radius(count, int(k), self.alphas[step], sigma)
-            self.cert[at] = np.maximum(self.cert[at], self._grid_index(radius, abstain))
+            self.cert[at] = np.maximum(self.cert[at], grid_index(self.radii, radius, abstain))
             best = np.full(at.shape[0], -1)  # exact: every remaining sample votes for the class
             for later in range(step, len(self.schedule)):
                 n_later = self.schedule[later]
                 radius, abstain = certified_radius(count + n_later - int(k), n_later,
                                                    self.alphas[later], sigma)
-                best = np.maximum(best, self._grid_index(radius, abstain))
+                best = np.maximum(best, grid_index(self.radii, radius, abstain))
             reach = np.minimum(self.reach[at], best)
             if self.futility_alpha is not None:
-                reach = np.minimum(reach, self._plausible_index(count, int(k), sigma))
+                reach = np.minimum(reach, self._plausible_index(at, count, int(k)))
             self.reach[at] = np.maximum(reach, self.cert[at])
 
-    def _plausible_index(self, count, n, sigma) -> np.ndarray:
+    def _plausible_index(self, at, count, n) -> np.ndarray:
         """Largest grid index still plausible (the futility rule): radius r stays only if the
         votes in hand plus the optimistic rate u = ClopperPearsonUpper(count, n, futility_alpha)
         over the remaining samples reach the count that certifies r at n_max."""
         upper = np.asarray(clopper_pearson_upper(count, n, self.futility_alpha), dtype=np.float64)
         optimistic = count + upper * (self.schedule[-1] - n)
-        return (self._final_counts(sigma) <= optimistic[:, None]).sum(1) - 1
-
-    def _final_counts(self, sigma: np.ndarray) -> np.ndarray:
-        """(B, R): the fewest votes among n_max that certify each grid radius at the last
-        checkpoint's alpha (n_max + 1 if none), per input's sigma; non-decreasing along R."""
-        out = np.empty((sigma.shape[0], self.radii.shape[0]), dtype=np.float64)
-        for s in np.unique(sigma):
-            if s not in self._final_count_cache:
-                self._final_count_cache[s] = votes_to_certify(
-                    self.radii, self.schedule[-1], self.alphas[-1], float(s))
-            out[sigma == s] = self._final_count_cache[s]
-        return out
+        return (self.final_counts[at] <= optimistic[:, None]).sum(1) - 1
 
     def drawing(self, joint_reach: np.ndarray) -> np.ndarray:
         """Inputs that still need samples: a radius in joint reach not yet certified here,
@@ -251,14 +245,15 @@ class _SequentialTest:
 def _run_rounds(tests: Sequence[_SequentialTest], progress: Optional[bool]) -> None:
     """Draw round after round until no test has an input that needs samples; one bar over
     the inputs decided (the rounds' own passes are short and show none)."""
-    batch = tests[0].reach.shape[0]
+    batch, decided = tests[0].reach.shape[0], 0
     with progress_bar(batch, "certify_radii", "input", enabled=progress) as bar:
         while True:
             joint_reach = np.minimum.reduce([t.reach for t in tests])
             busy = [(t, np.flatnonzero(t.drawing(joint_reach))) for t in tests]
             busy = [(t, m) for t, m in busy if m.size]
             still = np.unique(np.concatenate([m for _, m in busy])) if busy else []
-            bar.update(batch - len(still) - bar.n)
+            bar.update(batch - len(still) - decided)
+            decided = batch - len(still)
             bar.set_postfix_str(f"{sum(int(t.samples().sum()) for t in tests) / batch:,.0f} "
                                 "samples / input")
             if not busy:
