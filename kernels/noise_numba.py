@@ -106,6 +106,18 @@ def _box_muller_row_f64(bits, n_blocks, z):
         z[2 * b + 1] = rad * math.sin(th)
 
 
+@numba.njit(inline="always")
+def _add_scaled_row(out, r, x, i, s, z, dim, dest, identity):
+    """out[r] = x[i] + s * z, element e written at dest[e] (at e where ``identity``): the
+    shared tail of every noise kernel, which fills z its own way."""
+    if identity:
+        for e in range(dim):
+            out[r, e] = x[i, e] + s * z[e]
+    else:
+        for e in range(dim):
+            out[r, dest[e]] = x[i, e] + s * z[e]
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _noisy_rows_kernel_f64(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity,
                            out):
@@ -122,12 +134,7 @@ def _noisy_rows_kernel_f64(x, sigma, ids, k0, k1, row_input, row_stream, row_j, 
             _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                         np.uint32(row_stream[r]), k0, k1)
             _box_muller_row_f64(bits, n_blocks, z)
-            if identity:
-                for e in range(dim):
-                    out[r, e] = x[i, e] + s * z[e]
-            else:
-                for e in range(dim):
-                    out[r, dest[e]] = x[i, e] + s * z[e]
+            _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -144,12 +151,7 @@ def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest
             _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                         np.uint32(row_stream[r]), k0, k1)
             _box_muller_row(bits, n_blocks, z)
-            if identity:
-                for e in range(dim):
-                    out[r, e] = x[i, e] + s * z[e]
-            else:
-                for e in range(dim):
-                    out[r, dest[e]] = x[i, e] + s * z[e]
+            _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
 
 
 def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,

@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .noise_numba import _CHUNK, _noisy_rows_kernel_f64, _philox_row
+from .noise_numba import _CHUNK, _add_scaled_row, _noisy_rows_kernel_f64, _philox_row
 from .philox_torch import split_seed
 
 F = np.float32
@@ -187,12 +187,7 @@ def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest
             _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                         np.uint32(row_stream[r]), k0, k1)
             _box_muller_row(bits, n_blocks, z)
-            if identity:
-                for e in range(dim):
-                    out[r, e] = x[i, e] + s * z[e]
-            else:
-                for e in range(dim):
-                    out[r, dest[e]] = x[i, e] + s * z[e]
+            _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
 
 
 @numba.njit(parallel=True, cache=True)

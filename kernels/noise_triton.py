@@ -86,11 +86,12 @@ def _sin(x, LIBDEVICE: tl.constexpr):
         return tl.sin(x)
 
 
-@triton.jit(do_not_specialize=["k0", "k1"])
-def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
-                       out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
-                       CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
-                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
+@triton.jit
+def _row_block(x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0,
+               k1, x_row_stride, out_row_stride, BLOCK: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """The program's row r (axis 0) and Philox blocks b (axis 1): its input and output rows,
+    sigma, b, and the four Philox words of counter (b, j, id, stream) -- shared by the
+    float32 and float64 kernels, which turn the words into normals their own way."""
     r = tl.program_id(0).to(tl.int64)
     i = tl.load(row_input_ptr + r)
     s = tl.load(sigma_ptr + i)
@@ -101,7 +102,18 @@ def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr,
     c0 = b.to(tl.uint32)
     zero = c0 * 0
     r0, r1, r2, r3 = _philox(c0, zero + c1, zero + c2, zero + c3, k0.to(tl.uint32),
-                                 k1.to(tl.uint32), N_ROUNDS)
+                             k1.to(tl.uint32), N_ROUNDS)
+    return x_ptr + i * x_row_stride, out_ptr + r * out_row_stride, s, b, r0, r1, r2, r3
+
+
+@triton.jit(do_not_specialize=["k0", "k1"])
+def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
+                       out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
+                       CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    x_row, out_row, s, b, r0, r1, r2, r3 = _row_block(
+        x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
+        x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
     u0 = (r0.to(tl.float32) + 0.5) * 2.3283064365386963e-10
     u1 = (r1.to(tl.float32) + 0.5) * 2.3283064365386963e-10
     u2 = (r2.to(tl.float32) + 0.5) * 2.3283064365386963e-10
@@ -112,8 +124,6 @@ def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr,
     th01 = 6.2831854820251465 * u1  # float32(2 pi)
     th23 = 6.2831854820251465 * u3
     e = 4 * b.to(tl.int64)
-    x_row = x_ptr + i * x_row_stride
-    out_row = out_ptr + r * out_row_stride
     _store(x_row, out_row, s, rad01 * _cos(th01, LIBDEVICE), e, dim, channels, hw, CHANNELS_LAST)
     _store(x_row, out_row, s, rad01 * _sin(th01, LIBDEVICE), e + 1, dim, channels, hw,
            CHANNELS_LAST)
@@ -136,23 +146,13 @@ def _noisy_rows_kernel_f64(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_
                            CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
                            N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
     """float64 noise for float64 rows: 2 normals per Philox block (``philox_torch``)."""
-    r = tl.program_id(0).to(tl.int64)
-    i = tl.load(row_input_ptr + r)
-    s = tl.load(sigma_ptr + i)
-    c1 = tl.load(row_j_ptr + r).to(tl.uint32)
-    c2 = tl.load(ids_ptr + i).to(tl.uint32)
-    c3 = tl.load(row_stream_ptr + r).to(tl.uint32)
-    b = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    c0 = b.to(tl.uint32)
-    zero = c0 * 0
-    r0, r1, r2, r3 = _philox(c0, zero + c1, zero + c2, zero + c3, k0.to(tl.uint32),
-                             k1.to(tl.uint32), N_ROUNDS)
+    x_row, out_row, s, b, r0, r1, r2, r3 = _row_block(
+        x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
+        x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
     rad = _sqrt_f64(-2.0 * _log(_unit_f64(r0, r1), LIBDEVICE), LIBDEVICE)
     # float64 2 pi as a float64 tensor: a bare literal could be rounded to float32
     th = tl.full([BLOCK], 6.283185307179586, tl.float64) * _unit_f64(r2, r3)
     e = 2 * b.to(tl.int64)
-    x_row = x_ptr + i * x_row_stride
-    out_row = out_ptr + r * out_row_stride
     _store(x_row, out_row, s, rad * _cos(th, LIBDEVICE), e, dim, channels, hw, CHANNELS_LAST)
     _store(x_row, out_row, s, rad * _sin(th, LIBDEVICE), e + 1, dim, channels, hw,
            CHANNELS_LAST)
