@@ -18,6 +18,7 @@ from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 
 from analytic import LinearBinary, inputs_at_distances_to
+from batch_invariance import assert_batch_invariant
 
 D = 16                      # flat inputs (B, D)
 SIGMAS = (0.25, 0.5)
@@ -379,18 +380,9 @@ def test_certificates_do_not_depend_on_batch_size_or_on_the_other_inputs():
     casc, x = _mixed_case()
     ids = torch.arange(100, 110)
     kw = dict(n0=10, n=100, alpha=0.1, seed=2, ids=ids)
-    small = casc.certify(x, batch_size=7, **kw)
-    large = casc.certify(x, batch_size=1000, **kw)
-    _same_results(small, large)
+    large = assert_batch_invariant(casc, x, ids, torch.tensor([1, 4, 6, 7, 9]), kw,
+                                   _same_results, predict_n=100)
     assert len(set(large.level.tolist())) >= 2
-    subset = torch.tensor([1, 4, 6, 7, 9])
-    part = casc.certify(x[subset], batch_size=1000, **{**kw, "ids": ids[subset]})
-    full = SimpleNamespace(**{k: (v[subset] if isinstance(v, torch.Tensor) else v)
-                              for k, v in vars(large).items()})
-    _same_results(part, full)
-    p_full = casc.predict(x, n=100, alpha=0.1, seed=2, ids=ids, batch_size=7)
-    p_part = casc.predict(x[subset], n=100, alpha=0.1, seed=2, ids=ids[subset])
-    assert torch.equal(p_full[subset], p_part)
 
 
 def test_drs_certify_and_predict_dispatch_to_cascade_smoothing():

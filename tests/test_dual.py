@@ -23,6 +23,7 @@ from dualrs_fast.training import (cached_estimated_radii, class_group_estimator,
                                   level_balance_weights, soft_level_targets, train_dual)
 
 from analytic import LinearBinary, inputs_at_distances_to
+from batch_invariance import assert_batch_invariant
 
 D = 16                                   # flat inputs (B, D) for the analytic cases
 SIGMAS = (0.25, 0.5)
@@ -651,19 +652,10 @@ def test_certificates_do_not_depend_on_batch_size_or_on_the_other_inputs(rounds)
     dual, x = _mixed_case()
     ids = torch.arange(100, 108)
     kw = dict(n0=10, n=64, alpha=0.1, seed=2, ids=ids, **rounds)
-    small = dual.certify(x, batch_size=7, **kw)
-    large = dual.certify(x, batch_size=1000, **kw)
-    _same_results(small, large)
+    large = assert_batch_invariant(dual, x, ids, torch.tensor([1, 4, 6, 7]), kw, _same_results,
+                                   predict_n=64)
     assert (large.prediction != drs.ABSTAIN).sum() >= 3
     assert (large.level == drs.ABSTAIN).sum() >= 1            # a mixed batch
-    subset = torch.tensor([1, 4, 6, 7])
-    part = dual.certify(x[subset], batch_size=1000, **{**kw, "ids": ids[subset]})
-    full = SimpleNamespace(**{k: (v[subset] if isinstance(v, torch.Tensor) else v)
-                              for k, v in vars(large).items()})
-    _same_results(part, full)
-    p_full = dual.predict(x, n=64, alpha=0.1, seed=2, ids=ids, batch_size=7)
-    p_part = dual.predict(x[subset], n=64, alpha=0.1, seed=2, ids=ids[subset])
-    assert torch.equal(p_full[subset], p_part)
 
 
 # ---- 9. drs.certify / drs.predict dispatch ----------------------------------------------------
