@@ -6,9 +6,9 @@ samples per input, wall time, and certified accuracy at each grid radius side by
     python -P bench/radii_vs_certify.py table                             # markdown
 
 --setting: a sigma of the embedded small CNN (0.25, 0.5, 1.0) or 'dual' (the embedded Dual
-RS). Inputs: the first --num held-out MNIST-5k test images, seed 0 and ids 0..num-1 for both
-methods, so certify_radii's samples are a prefix of CERTIFY's. Results go to --dir
-(default bench/radii_runs/) as SETTING_certify.npz / SETTING_radii.json.
+RS). Inputs: --num held-out MNIST-5k test images from --start (default 0), seed 0 and ids
+start..start+num-1 for both methods, so certify_radii's samples are a prefix of CERTIFY's.
+Results go to --dir (default bench/radii_runs/) as SETTING_certify.npz / SETTING_run.json.
 
 The CERTIFY side draws exactly CERTIFY's samples (n0 selection + n estimation per input; for
 Dual RS the plain procedure: all n estimator samples, then the classifier where the estimator
@@ -62,7 +62,7 @@ def _timed(fn):
 def run_certify(args, x, model):
     """Full CERTIFY with the estimation votes recorded per block."""
     num, common = x.shape[0], dict(seed=0, batch_size=args.batch)
-    ids = torch.arange(num)
+    ids = args.start + torch.arange(num)
     if args.setting == "dual":
         dual = model
         alpha_ve, alpha_cls = dual.alphas(args.alpha)
@@ -128,7 +128,7 @@ def run_radii(args, x, model):
     sigma = {} if args.setting == "dual" else {"sigma": float(args.setting)}
     r, sec, cpu = _timed(lambda: drs.certify_radii(
         model, x, GRID, n_max=args.n, n0=args.n0, alpha=args.alpha, batch_size=args.batch, seed=0,
-        ids=torch.arange(x.shape[0]), **sigma))
+        ids=args.start + torch.arange(x.shape[0]), **sigma))
     return {"seconds": sec, "cpu_seconds": cpu, "prediction": r.prediction.tolist(),
             "radius": r.radius.tolist(), "samples": r.samples.tolist()}
 
@@ -182,7 +182,9 @@ def table(out, labels, floor=None, oracle=None) -> str:
     """Markdown table of one setting; CPU time (the process's, all threads) is the steadier
     number on a shared machine."""
     num = len(labels)
-    lines = [f"**{_name(out['setting'])}: {num} images, n_max = {out['n']:,}, "
+    first = out.get("start", 0)
+    lines = [f"**{_name(out['setting'])}: {num} images ({first}..{first + num - 1}), "
+             f"n_max = {out['n']:,}, "
              f"alpha = {out['alpha']}**", "",
              "| method | " + " | ".join(f"r={r:g}" for r in GRID)
              + " | samples / input | wall s | CPU s |", "|---" * (len(GRID) + 4) + "|"]
@@ -251,6 +253,7 @@ def main(argv=None):
     p.add_argument("step", choices=("certify", "radii", "table"))
     p.add_argument("--setting", default="0.5", help="0.25, 0.5, 1.0 (small CNN) or dual")
     p.add_argument("--num", type=int, default=200)
+    p.add_argument("--start", type=int, default=0, help="first test image (and noise id)")
     p.add_argument("--n", type=int, default=100_000, help="n of CERTIFY = n_max")
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.001)
@@ -266,23 +269,24 @@ def main(argv=None):
             with open(path) as f:
                 out = json.load(f)
             if "certify" in out and "certify_radii" in out:
-                print(table(out, labels_all[:out["num"]].numpy(), _floor(args, out),
+                start = out.get("start", 0)
+                print(table(out, labels_all[start:start + out["num"]].numpy(), _floor(args, out),
                             _oracle(args, out)) + "\n")
         return
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # same for both methods
-    x = load_dataset("mnist5k").x[:args.num]
+    x = load_dataset("mnist5k").x[args.start:args.start + args.num]
     model = load_default_dual() if args.setting == "dual" else load_default_classifier(
         float(args.setting))
     sigma = {} if args.setting == "dual" else {"sigma": float(args.setting)}
     drs.certify(model, x[:2], n0=10, n=100, seed=0, **sigma)  # JIT warm-up
     path = _path(args, "run.json")
-    out = {"setting": args.setting, "num": args.num, "n": args.n, "n0": args.n0,
+    out = {"setting": args.setting, "start": args.start, "num": args.num, "n": args.n, "n0": args.n0,
            "alpha": args.alpha, "grid": GRID}
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        if all(old.get(k) == v for k, v in out.items() if k != "grid"):
+        if all(old.get(k, 0 if k == "start" else None) == v for k, v in out.items() if k != "grid"):
             out = old
     key = "certify" if args.step == "certify" else "certify_radii"
     out[key] = (run_certify if args.step == "certify" else run_radii)(args, x, model)
