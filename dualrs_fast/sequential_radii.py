@@ -8,7 +8,8 @@ in rounds and stops once every grid radius is decided.
 Procedure (one input, standard RS at sigma):
   1. n0 selection samples (the SELECT stream, as in CERTIFY) pick the class c.
   2. Estimation samples (the ESTIMATE stream) are drawn up to fixed checkpoints
-     n_1 < n_2 < ... < n_K = n_max (``radii_schedule``: x1.2 from 100). At checkpoint k, with
+     n_1 < n_2 < ... < n_K = n_max (``radii_schedule``: about x1.2 from 100, in
+     multiples of 100). At checkpoint k, with
      c_k votes for c, p_k = ClopperPearsonLower(c_k, n_k, alpha_k), where the alpha_k
      (``radii_alphas``: 80% of alpha on n_max, the rest in proportion to sqrt(n_k)) sum to at
      most alpha.
@@ -17,7 +18,9 @@ Procedure (one input, standard RS at sigma):
      r is OUT OF REACH once no later checkpoint could certify it even if every remaining
      sample voted for c, or (the futility rule, ``futility_alpha``) once even the optimistic
      rate u = ClopperPearsonUpper(c_k, n_k, futility_alpha) over the remaining samples,
-     c_k + u (n_max - n_k), falls short of the votes that certify r at n_max.
+     c_k + u (n_max - n_k), falls short of the votes that certify r at n_max. The futility
+     rule is judged afresh at each checkpoint: an input still drawing for a smaller radius
+     takes r up again if its votes recover.
   4. The input stops when the largest certified grid radius is the last one or the next
      one is out of reach; the result is the largest certified grid radius (ABSTAIN if not
      even r = 0 is certified).
@@ -122,16 +125,20 @@ def check_radii(radii) -> tuple:
 
 
 def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: float = GROWTH) -> List[int]:
-    """Checkpoints n_1 < ... < n_K = n_max, each ``growth`` times the previous (rounded up),
-    the first >= ``first`` (or n_max alone if smaller). Fixed before sampling: the union bound
-    over them needs that."""
+    """Checkpoints n_1 < ... < n_K = n_max: from ``first``, each about ``growth`` times the
+    previous, rounded up to a multiple of ``first`` (so CERTIFY's votes recorded per block of
+    ``first`` samples replay the sequential test exactly: ``bench/replay_radii.py``), and
+    n_max last, at least ``growth`` times the one before (alone if n_max < growth * first).
+    Fixed before sampling: the union bound needs that."""
     if not growth > 1:
         raise ValueError(f"growth must be > 1, got {growth}")
     n_max = check_positive_int("n_max", n_max)
-    points = [n_max]
-    while math.ceil(points[0] / growth) >= first:
-        points.insert(0, math.ceil(points[0] / growth))
-    return points
+    first = check_positive_int("first", first)
+    points, n = [], first
+    while n * growth <= n_max:
+        points.append(n)
+        n = first * math.ceil(n * growth / first)
+    return points + [n_max]
 
 
 def grid_index(radii, radius, abstain) -> np.ndarray:
@@ -175,7 +182,9 @@ class _SequentialTest:
         self.drawn = np.zeros(batch, dtype=np.int64)
         self.selection_drawn = np.zeros(batch, dtype=np.int64)
         self.cert = np.full(batch, -1)                     # largest certified grid index
-        self.reach = np.full(batch, len(radii) - 1)        # largest index not out of reach
+        self.reach = np.full(batch, len(radii) - 1)        # largest index not given up
+        self.reachable = np.full(batch, len(radii) - 1)    # largest index the samples left
+                                                           # could certify (only decreases)
         # the futility rule's target: the fewest votes among n_max certifying each grid
         # radius at the last checkpoint's alpha, per input (B, R), non-decreasing along R
         self.final_counts = np.empty((batch, len(radii)), dtype=np.float64)
@@ -220,8 +229,11 @@ class _SequentialTest:
                 radius, abstain = certified_radius(count + n_later - int(k), n_later,
                                                    self.alphas[later], sigma)
                 best = np.maximum(best, grid_index(self.radii, radius, abstain))
-            reach = np.minimum(self.reach[at], best)
+            self.reachable[at] = np.minimum(self.reachable[at], best)
+            reach = self.reachable[at]
             if self.futility_alpha is not None:
+                # judged afresh at every checkpoint: an early unlucky run of votes should
+                # not give a radius up for good while the input keeps drawing anyway
                 reach = np.minimum(reach, self._plausible_index(at, count, int(k)))
             self.reach[at] = np.maximum(reach, self.cert[at])
 
@@ -318,15 +330,24 @@ def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int 
                            channels_last=channels_last, compile=compile,
                            noise_backend=noise_backend, progress=False, desc="certify_radii")
 
-    test = _SequentialTest(votes, sigma_in, radii, radii_schedule(n_max), alpha, futility,
+    return run_standard(votes, sigma_in, radii, alpha, n_max, n0, futility, progress, seed)
+
+
+def run_standard(votes: Callable, sigma: torch.Tensor, radii: tuple, alpha: float, n_max: int,
+                 n0: int, futility_alpha: Optional[float], progress: Optional[bool] = None,
+                 seed: Optional[int] = None) -> RadiiResult:
+    """The sequential test of ``certify_radii`` on any vote source: ``votes(members, draws)``
+    counts the votes of the given inputs for a list of ``sampling.Draw`` (the model's, or
+    recorded ones replayed by ``bench/replay_radii.py``); ``sigma`` (B,) float64."""
+    test = _SequentialTest(votes, sigma, radii, radii_schedule(n_max), alpha, futility_alpha,
                            Stream.SELECT, Stream.ESTIMATE)
-    test.start(torch.arange(xb.shape[0]), n0)
+    test.start(torch.arange(sigma.shape[0]), n0)
     _run_rounds([test], progress)
     return RadiiResult(prediction=torch.where(torch.from_numpy(test.cert >= 0), test.chosen,
                                               ABSTAIN),
                        radius=_grid_radius(radii, test.cert), certified=_certified(radii, test.cert),
                        radii=radii, samples=torch.from_numpy(test.samples()), n_max=n_max,
-                       alpha=alpha, sigma=sigma_in.float(), seed=seed)
+                       alpha=alpha, sigma=sigma.float(), seed=seed)
 
 
 def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_size, seed, ids,
@@ -336,23 +357,16 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
     n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
     n_ve = check_positive_int("n_max_estimator",
                               n_max if n_max_estimator is None else n_max_estimator)
-    alpha_ve, alpha_cls = dual.alphas(alpha)
-    batch = xb.shape[0]
-    sigma_ve = torch.full((batch,), dual.estimator_sigma, dtype=torch.float64)
+    sigma_ve = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
 
     def estimator_votes(members, draws):
         return count_votes(dual.estimator, xb[members], sigma_ve[members], draws, seed=seed,
                            ids=ids[members], batch_size=batch_size,
                            num_classes=len(dual.sigmas), progress=False, desc="estimator")
 
-    estimator = _SequentialTest(estimator_votes, sigma_ve, radii, radii_schedule(n_ve), alpha_ve,
-                                futility, Stream.ESTIMATOR_SELECT, Stream.ESTIMATOR_ESTIMATE)
-    estimator.start(torch.arange(batch), n0_ve)
-    level = estimator.chosen
-    sigma_cls = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
-
-    def classifier_votes(members, draws):
+    def classifier_votes(level, members, draws):
         """Each member at its level's route; routes sharing one model in one pass."""
+        sigma_cls = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
         counts = None
         by_route = {}
         for k in level[members].unique().tolist():
@@ -372,8 +386,29 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
             counts[:, torch.nonzero(mine).reshape(-1).to(c.device)] = c
         return counts
 
-    classifier = _SequentialTest(classifier_votes, sigma_cls, radii, radii_schedule(n_max),
-                                 alpha_cls, futility, Stream.SELECT, Stream.ESTIMATE)
+    return run_dual(dual, estimator_votes, classifier_votes, xb.shape[0], radii, alpha, n_max,
+                    n0, n_ve, n0_ve, futility, progress, seed)
+
+
+def run_dual(dual: DualSmoothing, estimator_votes: Callable, classifier_votes: Callable,
+             batch: int, radii: tuple, alpha: float, n_max: int, n0: int, n_max_estimator: int,
+             n0_estimator: int, futility_alpha: Optional[float], progress: Optional[bool] = None,
+             seed: Optional[int] = None) -> RadiiResult:
+    """The Dual RS sequential test of ``certify_radii`` on any vote source (as
+    ``run_standard``): ``estimator_votes(members, draws)`` and
+    ``classifier_votes(level, members, draws)``, ``level`` (B,) being the estimator's chosen
+    noise level per input; ``dual`` gives the noise levels and alpha's split."""
+    alpha_ve, alpha_cls = dual.alphas(alpha)
+    sigma_ve = torch.full((batch,), dual.estimator_sigma, dtype=torch.float64)
+    estimator = _SequentialTest(estimator_votes, sigma_ve, radii, radii_schedule(n_max_estimator),
+                                alpha_ve, futility_alpha, Stream.ESTIMATOR_SELECT,
+                                Stream.ESTIMATOR_ESTIMATE)
+    estimator.start(torch.arange(batch), n0_estimator)
+    level = estimator.chosen
+    sigma_cls = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
+    classifier = _SequentialTest(lambda members, draws: classifier_votes(level, members, draws),
+                                 sigma_cls, radii, radii_schedule(n_max), alpha_cls,
+                                 futility_alpha, Stream.SELECT, Stream.ESTIMATE)
     # the classifier runs only where the estimator can still certify r = 0
     classifier.reach[estimator.reach < 0] = -1
     classifier.start(torch.from_numpy(np.flatnonzero(estimator.reach >= 0)), n0)

@@ -41,10 +41,18 @@ def mnist():
 # ---- schedule and grid -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_max,expected", [
-    (150, [105, 125, 150]), (118, [118]), (119, [100, 119]), (1, [1]),
-    (1600, [106, 127, 152, 182, 218, 261, 313, 375, 449, 538, 645, 773, 927, 1112, 1334, 1600])])
-def test_schedule_grows_by_a_fifth_up_to_n_max(n_max, expected):
+    (150, [100, 150]), (119, [119]), (120, [100, 120]), (1, [1]),
+    (1600, [100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1600]),
+    (100_000, [100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 1800, 2200, 2700, 3300, 4000,
+               4800, 5800, 7000, 8400, 10100, 12200, 14700, 17700, 21300, 25600, 30800, 37000,
+               44400, 53300, 64000, 76800, 100_000])])
+def test_schedule_grows_by_a_fifth_in_blocks_of_100(n_max, expected):
     assert radii_schedule(n_max) == expected
+    steps = np.diff(expected[:-1])
+    assert (np.asarray(expected[:-1]) % 100 == 0).all() and (steps > 0).all()
+    # each step is the smallest multiple of 100 at least 1.2 times the previous checkpoint
+    assert all(b >= 1.2 * a > b - 100 for a, b in zip(expected[:-2], expected[1:-1]))
+    assert len(expected) == 1 or expected[-1] >= 1.2 * expected[-2]
     assert radii_schedule(n_max, first=100, growth=2.0)[-1] == n_max
     with pytest.raises(ValueError):
         radii_schedule(100, growth=1.0)
@@ -364,23 +372,33 @@ def test_cli_dual_radii_columns(tmp_path):
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
+def _bench(script, *args, cwd):
+    proc = subprocess.run([sys.executable, "-P", str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.skipif(not (BENCH / "radii_vs_certify.py").is_file(), reason="bench/ not present")
-def test_bench_script_smoke(tmp_path):
+@pytest.mark.parametrize("setting", ["0.5", "dual"])
+def test_bench_script_smoke(tmp_path, setting):
     # Both sides on 3 images at n = 300 (the recorded CERTIFY re-checked against drs.certify on
     # all 3), then the table.
-    run = [sys.executable, "-P", str(BENCH / "radii_vs_certify.py")]
-    common = ["--num", "3", "--n", "300", "--check", "3", "--dir", str(tmp_path)]
+    common = ["--setting", setting, "--num", "3", "--n", "300", "--check", "3", "--dir",
+              str(tmp_path)]
     for step in ("certify", "radii"):
-        proc = subprocess.run(run + [step] + common, capture_output=True, text=True,
-                              timeout=600, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    table = subprocess.run(run + ["table", "--dir", str(tmp_path)], capture_output=True,
-                           text=True, timeout=300, cwd=tmp_path)
-    assert "| certify | " in table.stdout and "| certify_radii | " in table.stdout
-    assert "small CNN, sigma 0.5: 3 images" in table.stdout
-    assert "zero-error floor" in table.stdout and "oracle (" in table.stdout
-    recorded = np.load(tmp_path / "0.5_certify.npz")["classifier"]
+        _bench("radii_vs_certify.py", step, *common, cwd=tmp_path)
+    table = _bench("radii_vs_certify.py", "table", "--dir", str(tmp_path), cwd=tmp_path)
+    assert "| certify | " in table and "| certify_radii | " in table
+    name = "small CNN, sigma 0.5" if setting == "0.5" else "embedded Dual RS"
+    assert f"{name}: 3 images" in table
+    assert "zero-error floor" in table and "oracle (" in table
+    recorded = np.load(tmp_path / f"{setting}_certify.npz")["classifier"]
     assert recorded.shape == (1 + 3, 3, 10)  # selection + 3 blocks of 100, 3 inputs, 10 classes
+    # certify_radii's samples are a prefix of CERTIFY's: its own test replayed on the
+    # recorded votes gives exactly the run on the model
+    replay = _bench("replay_radii.py", "--setting", setting, "--dir", str(tmp_path), cwd=tmp_path)
+    assert "recorded certify_radii run: identical" in replay
 
 
 @pytest.mark.skipif(not (BENCH / "bench_utils.py").is_file(), reason="bench/ not present")
