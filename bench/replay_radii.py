@@ -2,7 +2,8 @@
 
     python -P bench/radii_vs_certify.py certify --setting 0.5     # records the votes
     python -P bench/replay_radii.py --setting 0.5                  # certify_radii, replayed
-    python -P bench/replay_radii.py --setting 0.5 --futility-alpha 0.01
+    python -P bench/replay_radii.py --setting 0.5 --futility-alpha 0.01 --final-share 0.5
+    python -P bench/replay_radii.py --setting 0.5 --oracle-futility   # what futility costs
 
 ``radii_vs_certify.py certify`` records CERTIFY's votes per block of 100 estimation samples
 (SETTING_certify.npz). certify_radii's checkpoints are multiples of 100 and its samples are a
@@ -11,8 +12,13 @@ test (``sequential_radii.run_standard`` / ``run_dual``) on those votes gives exa
 certify_radii gives on the model (checked against SETTING_run.json when it holds a
 certify_radii run), in seconds: what a change of the stopping rule costs in samples and
 certificates can be measured on 200 images x 100,000 samples without drawing one.
+
+--oracle-futility replaces the futility rule by an oracle that gives up exactly the radii
+CERTIFY did not certify (it knows CERTIFY's answer: not a procedure), so what is left is the
+cost of splitting alpha over the checkpoints.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -22,7 +28,9 @@ import torch
 
 from dualrs_fast.models import load_default_dual
 from dualrs_fast.noise import Stream
-from dualrs_fast.sequential_radii import FUTILITY_ALPHA, check_radii, run_dual, run_standard
+from dualrs_fast import sequential_radii
+from dualrs_fast.sequential_radii import (FINAL_SHARE, FUTILITY_ALPHA, check_radii, grid_index,
+                                          run_dual, run_standard)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,18 +60,37 @@ def recorded_votes(counts: np.ndarray, n0: int, block: int, select: Stream, esti
     return votes
 
 
-def replay(directory: str, setting: str, futility_alpha=FUTILITY_ALPHA):
+@contextlib.contextmanager
+def futility_oracle(top: np.ndarray):
+    """While active, the sequential test gives up exactly the grid indices above ``top``
+    (per input: CERTIFY's largest certified grid index, -1: none)."""
+    test = sequential_radii._SequentialTest
+    rule = test._plausible_index
+    test._plausible_index = lambda self, at, count, n: top[at]
+    try:
+        yield
+    finally:
+        test._plausible_index = rule
+
+
+def replay(directory: str, setting: str, futility_alpha=FUTILITY_ALPHA,
+           final_share=FINAL_SHARE, oracle_futility=False):
     """certify_radii's result (a RadiiResult) on the votes recorded in ``directory``."""
     with open(os.path.join(directory, f"{setting}_run.json")) as f:
         run = json.load(f)
     z = np.load(os.path.join(directory, f"{setting}_certify.npz"))
     n0, block, n_max = int(z["n0"]), int(z["block"]), int(z["n"])
     radii, alpha, batch = check_radii(run["grid"]), float(z["alpha"]), int(run["num"])
+    rule = dict(progress=False, final_share=final_share)
+    top = grid_index(radii, np.asarray(run["certify"]["radius"]),
+                     np.asarray(run["certify"]["prediction"]) < 0)
+    oracle = futility_oracle(top) if oracle_futility else contextlib.nullcontext()
     classifier = recorded_votes(z["classifier"], n0, block, Stream.SELECT, Stream.ESTIMATE)
     if setting != "dual":
         sigma = torch.full((batch,), float(setting), dtype=torch.float64)
-        return run_standard(classifier, sigma, radii, alpha, n_max, n0, futility_alpha,
-                            progress=False)
+        with oracle:
+            return run_standard(classifier, sigma, radii, alpha, n_max, n0, futility_alpha,
+                                **rule)
     recorded_level = torch.from_numpy(z["level"].astype(np.int64))
 
     def classifier_votes(level, members, draws):
@@ -74,8 +101,9 @@ def replay(directory: str, setting: str, futility_alpha=FUTILITY_ALPHA):
         return classifier(members, draws)
     estimator = recorded_votes(z["estimator"], n0, block, Stream.ESTIMATOR_SELECT,
                                Stream.ESTIMATOR_ESTIMATE)
-    return run_dual(load_default_dual(), estimator, classifier_votes, batch, radii, alpha, n_max,
-                    n0, n_max, n0, futility_alpha, progress=False)
+    with oracle:
+        return run_dual(load_default_dual(), estimator, classifier_votes, batch, radii, alpha,
+                        n_max, n0, n_max, n0, futility_alpha, **rule)
 
 
 def main(argv=None):
@@ -83,8 +111,11 @@ def main(argv=None):
     p.add_argument("--setting", default="0.5", help="0.25, 0.5, 1.0 (small CNN) or dual")
     p.add_argument("--dir", default=os.path.join(HERE, "radii_runs"))
     p.add_argument("--futility-alpha", type=float, default=FUTILITY_ALPHA)
+    p.add_argument("--final-share", type=float, default=FINAL_SHARE)
+    p.add_argument("--oracle-futility", action="store_true")
     args = p.parse_args(argv)
-    r = replay(args.dir, args.setting, args.futility_alpha)
+    r = replay(args.dir, args.setting, args.futility_alpha, args.final_share,
+               args.oracle_futility)
     with open(os.path.join(args.dir, f"{args.setting}_run.json")) as f:
         run = json.load(f)
     sys.path.insert(0, HERE)  # python -P leaves the script's folder out
@@ -97,7 +128,8 @@ def main(argv=None):
     ratio = np.sum(run["certify"]["samples"]) / r.samples.sum().item()
     print(f"{args.setting} ({args.dir}): {r.samples.double().mean():,.0f} samples / input, "
           f"{ratio:.2f}x fewer than CERTIFY; certified accuracy minus CERTIFY's at r = "
-          f"{', '.join(f'{g:g}' for g in GRID)}: {np.round(mine - full, 3).tolist()}")
+          f"{', '.join(f'{g:g}' for g in GRID)}: {np.round(mine - full, 3).tolist()} "
+          f"(largest difference {np.abs(mine - full).max():.3f})")
     if "certify_radii" in run:
         same = (run["certify_radii"]["samples"] == r.samples.tolist()
                 and run["certify_radii"]["radius"] == r.radius.tolist())

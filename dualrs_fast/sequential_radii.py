@@ -85,6 +85,8 @@ def radii_alphas(alpha: float, schedule: Sequence[int], final_share: float = FIN
     the rest split over the earlier ones in proportion to sqrt(n_k) (a later checkpoint decides
     the harder inputs, where a larger share saves more samples). They sum to at most alpha
     (union bound). One checkpoint gets all of alpha: CERTIFY's test."""
+    if not 0 <= final_share <= 1:
+        raise ValueError(f"final_share must be in [0, 1], got {final_share}")
     if len(schedule) == 1:
         return [alpha]
     weights = np.sqrt(np.asarray(schedule[:-1], dtype=np.float64))
@@ -171,10 +173,12 @@ class _SequentialTest:
     the given inputs; ``sigma`` (B,) is each input's noise level."""
 
     def __init__(self, votes: Callable, sigma: torch.Tensor, radii: tuple, schedule, alpha,
-                 futility_alpha, select: Stream, estimate: Stream):
+                 futility_alpha, select: Stream, estimate: Stream,
+                 final_share: float = FINAL_SHARE):
         self.votes, self.radii = votes, np.asarray(radii)
         self.sigma = sigma.double().cpu().numpy()
-        self.schedule, self.alphas = list(schedule), radii_alphas(alpha, schedule)
+        self.schedule = list(schedule)
+        self.alphas = radii_alphas(alpha, schedule, final_share)
         self.futility_alpha, self.select, self.estimate = futility_alpha, select, estimate
         batch = sigma.shape[0]
         self.chosen = torch.zeros(batch, dtype=torch.int64)
@@ -335,12 +339,12 @@ def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int 
 
 def run_standard(votes: Callable, sigma: torch.Tensor, radii: tuple, alpha: float, n_max: int,
                  n0: int, futility_alpha: Optional[float], progress: Optional[bool] = None,
-                 seed: Optional[int] = None) -> RadiiResult:
+                 seed: Optional[int] = None, final_share: float = FINAL_SHARE) -> RadiiResult:
     """The sequential test of ``certify_radii`` on any vote source: ``votes(members, draws)``
     counts the votes of the given inputs for a list of ``sampling.Draw`` (the model's, or
     recorded ones replayed by ``bench/replay_radii.py``); ``sigma`` (B,) float64."""
     test = _SequentialTest(votes, sigma, radii, radii_schedule(n_max), alpha, futility_alpha,
-                           Stream.SELECT, Stream.ESTIMATE)
+                           Stream.SELECT, Stream.ESTIMATE, final_share)
     test.start(torch.arange(sigma.shape[0]), n0)
     _run_rounds([test], progress)
     return RadiiResult(prediction=torch.where(torch.from_numpy(test.cert >= 0), test.chosen,
@@ -393,7 +397,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
 def run_dual(dual: DualSmoothing, estimator_votes: Callable, classifier_votes: Callable,
              batch: int, radii: tuple, alpha: float, n_max: int, n0: int, n_max_estimator: int,
              n0_estimator: int, futility_alpha: Optional[float], progress: Optional[bool] = None,
-             seed: Optional[int] = None) -> RadiiResult:
+             seed: Optional[int] = None, final_share: float = FINAL_SHARE) -> RadiiResult:
     """The Dual RS sequential test of ``certify_radii`` on any vote source (as
     ``run_standard``): ``estimator_votes(members, draws)`` and
     ``classifier_votes(level, members, draws)``, ``level`` (B,) being the estimator's chosen
@@ -402,13 +406,13 @@ def run_dual(dual: DualSmoothing, estimator_votes: Callable, classifier_votes: C
     sigma_ve = torch.full((batch,), dual.estimator_sigma, dtype=torch.float64)
     estimator = _SequentialTest(estimator_votes, sigma_ve, radii, radii_schedule(n_max_estimator),
                                 alpha_ve, futility_alpha, Stream.ESTIMATOR_SELECT,
-                                Stream.ESTIMATOR_ESTIMATE)
+                                Stream.ESTIMATOR_ESTIMATE, final_share)
     estimator.start(torch.arange(batch), n0_estimator)
     level = estimator.chosen
     sigma_cls = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
     classifier = _SequentialTest(lambda members, draws: classifier_votes(level, members, draws),
                                  sigma_cls, radii, radii_schedule(n_max), alpha_cls,
-                                 futility_alpha, Stream.SELECT, Stream.ESTIMATE)
+                                 futility_alpha, Stream.SELECT, Stream.ESTIMATE, final_share)
     # the classifier runs only where the estimator can still certify r = 0
     classifier.reach[estimator.reach < 0] = -1
     classifier.start(torch.from_numpy(np.flatnonzero(estimator.reach >= 0)), n0)

@@ -67,6 +67,9 @@ def test_alpha_shares_sum_to_alpha_and_favour_n_max():
     early = np.asarray(shares[:-1])
     assert np.allclose(early / np.sqrt(schedule[:-1]), early[0] / math.sqrt(schedule[0]))
     assert radii_alphas(0.01, [500]) == [0.01]
+    assert radii_alphas(0.001, schedule, final_share=0.5)[-1] == pytest.approx(0.0005)
+    with pytest.raises(ValueError, match="final_share"):
+        radii_alphas(0.001, schedule, final_share=1.5)
 
 
 @pytest.mark.parametrize("n,alpha,sigma", [(5000, 0.0008, 0.5), (731, 0.01, 0.25), (100_000, 4e-4, 1.0)])
