@@ -250,7 +250,7 @@ def test_certificates_are_sound_at_a_large_alpha():
 def test_soundness_check_catches_checkpoints_without_the_union_bound(monkeypatch):
     # Power: every checkpoint at the full alpha (no union bound) over-claims often enough
     # that the same check fails.
-    monkeypatch.setattr(sequential_radii, "radii_alphas", lambda alpha, s: [alpha] * len(s))
+    monkeypatch.setattr(sequential_radii, "radii_alphas", lambda alpha, s, share: [alpha] * len(s))
     model, x = _borderline_case()
     bad, _ = _false_certificates(model, x, _certify_borderline(model, x))
     assert bad / x.shape[0] > ALPHA
@@ -306,7 +306,7 @@ def test_dual_certificates_are_sound_at_a_large_alpha():
 
 
 def test_dual_soundness_check_catches_checkpoints_without_the_union_bound(monkeypatch):
-    monkeypatch.setattr(sequential_radii, "radii_alphas", lambda alpha, s: [alpha] * len(s))
+    monkeypatch.setattr(sequential_radii, "radii_alphas", lambda alpha, s, share: [alpha] * len(s))
     monkeypatch.setattr(drs.DualSmoothing, "alphas", lambda self, alpha: (alpha, alpha))
     estimator, experts, x = _dual_borderline_case()
     r = _dual_certify(estimator, experts, x)
