@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(with --allow-torchscript) TorchScript files, not plain state_dicts "
                         "(default: the embedded classifiers at those sigmas)")
     _add_torchscript_option(e)
-    e.add_argument("--label-samples", type=int, default=128,
+    e.add_argument("--label-samples", type=int, default=128,  # training.LABEL_SAMPLES (a test
+                   # checks; not imported: `dualrs --help` stays free of torch)
                    help="noisy samples per input and level for the labels (default 128)")
     e.add_argument("--label-n", type=int, default=2000,
                    help="certification samples n the labels' radii are planned for, at alpha "

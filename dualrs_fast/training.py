@@ -192,6 +192,9 @@ def _expert_at(classifier, sigma: float):
 
 #: The radii certified accuracy is reported at (results/RESULTS.md, validation).
 REPORTED_RADII = tuple(0.25 * k for k in range(11))  # 0, 0.25, ..., 2.5
+#: noisy samples per training input and level for the estimator's labels: the class map of
+#: the committed estimator is the same from 32 to 512 (scripts/train_dual_default.py)
+LABEL_SAMPLES = 128
 
 
 def estimated_radii(classifier, X: torch.Tensor, y: torch.Tensor, sigmas, samples: int = 512, *,
@@ -394,7 +397,7 @@ def cached_estimated_radii(cache, classifier, X, y, sigmas, samples=512, *, budg
 
 def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tensor, sigmas,
                estimator_sigma: float, rounds: int = 1, classifier_epochs: int = 0,
-               estimator_epochs: int = 20, label_samples: int = 512, budget_n: int = 2000,
+               estimator_epochs: int = 20, label_samples: int = LABEL_SAMPLES, budget_n: int = 2000,
                budget_alpha: float = 0.0005, temperature: float = 1.0,
                consistency: float = 40.0, entropy: float = 0.5, balance: bool = True,
                classifier_lr: float = 2e-4, seed: int = 0, progress: bool = True,
@@ -468,7 +471,7 @@ def estimator_arch(estimator) -> str:
 def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torch.Tensor, *,
                     expert_names: Sequence[str], data: str, arch: str = "class_group",
                     arch_kwargs: dict | None = None, estimator_sigma: float | None = None,
-                    epochs: int = 20, label_samples: int = 512, label_n: int = 2000,
+                    epochs: int = 20, label_samples: int = LABEL_SAMPLES, label_n: int = 2000,
                     label_alpha: float = 0.001, estimator_alpha_fraction: float = 0.5,
                     temperature: float = 1.0, consistency: float = 40.0, entropy: float = 0.5,
                     balance: bool = True, rounds: int = 1, classifier_epochs: int = 0,

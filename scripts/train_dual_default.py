@@ -72,13 +72,12 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast.data import load_default_split
 from dualrs_fast.dual import DualSmoothing
-from dualrs_fast.training import (REPORTED_RADII, committed_experts, default_split_data,
-                                  train_estimator)
+from dualrs_fast.training import (LABEL_SAMPLES, REPORTED_RADII, committed_experts,
+                                  default_split_data, train_estimator)
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 SIGMAS = (0.25, 0.5, 1.0)
 ARCH = "class_group"
-LABEL_SAMPLES = 128
 ESTIMATOR_ALPHA_FRACTION = 0.5
 CERT_N0, CERT_N, CERT_ALPHA = 100, 2000, 0.001
 # --validate: fit on the first VAL_FIT training images, certify the next VAL_SIZE.

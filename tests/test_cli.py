@@ -1,5 +1,6 @@
 """The `dualrs` command line: certify / predict / plot / train, model loading and its errors,
 and a real kill -9 in the middle of a run followed by a resume."""
+import inspect
 import os
 import signal
 import warnings
@@ -296,3 +297,12 @@ def test_train_help_documents_the_estimator(capsys):
     assert "--estimator" in text and "--label-samples" in text and "--estimator-sigma" in text
     code, _, err = dualrs(capsys, "train", "--sigmas", 0.25, 0.5, "--out", "x.pt")
     assert code == 2 and "options of --estimator" in err
+
+
+def test_train_defaults_match_the_library():
+    # the CLI keeps its own literal (no torch import for --help); it must not drift
+    from dualrs_fast import training
+    args = cli.build_parser().parse_args(["train", "--estimator", "--out", "x.pt"])
+    assert args.label_samples == training.LABEL_SAMPLES
+    assert inspect.signature(training.train_estimator).parameters["label_samples"].default \
+        == training.LABEL_SAMPLES
