@@ -22,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -178,7 +179,7 @@ def oracle_samples(counts, top, sigma, alpha, n0, block) -> np.ndarray:
     return np.where(top >= 0, n0 + block * (first + 1), n0).astype(np.float64)
 
 
-def table(out, labels, floor=None, oracle=None) -> str:
+def table(out, labels, floor=None, oracle=None, perfect_futility=None) -> str:
     """Markdown table of one setting; CPU time (the process's, all threads) is the steadier
     number on a shared machine."""
     num = len(labels)
@@ -211,6 +212,12 @@ def table(out, labels, floor=None, oracle=None) -> str:
         lines.append(f"oracle (``oracle_samples``: tests only CERTIFY's own answer, at the full "
                      f"alpha, on CERTIFY's votes): {oracle.mean():,.0f} samples / input, "
                      f"{samples['certify'] / oracle.sum():.1f}x fewer than CERTIFY")
+    if perfect_futility is not None:
+        lines.append(f"perfect futility (``replay_radii.py --oracle-futility``: certify_radii "
+                     f"replayed with radii given up exactly where CERTIFY did not certify them, "
+                     f"so only alpha's split over the checkpoints costs): "
+                     f"{perfect_futility.mean():,.0f} samples / input, "
+                     f"{samples['certify'] / perfect_futility.sum():.1f}x fewer than CERTIFY")
     return "\n".join(lines)
 
 
@@ -248,6 +255,15 @@ def _oracle(args, out):
                                                    block), 0.0))
 
 
+def _perfect_futility(args, out):
+    """certify_radii's samples replayed with the futility oracle (None if votes not recorded)."""
+    if not os.path.exists(os.path.join(args.dir, f"{out['setting']}_certify.npz")):
+        return None
+    sys.path.insert(0, HERE)  # python -P leaves the script's folder out
+    from replay_radii import replay
+    return replay(args.dir, out["setting"], oracle_futility=True).samples.double().numpy()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("step", choices=("certify", "radii", "table"))
@@ -271,7 +287,7 @@ def main(argv=None):
             if "certify" in out and "certify_radii" in out:
                 start = out.get("start", 0)
                 print(table(out, labels_all[start:start + out["num"]].numpy(), _floor(args, out),
-                            _oracle(args, out)) + "\n")
+                            _oracle(args, out), _perfect_futility(args, out)) + "\n")
         return
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # same for both methods

@@ -395,7 +395,7 @@ def test_bench_script_smoke(tmp_path, setting):
     assert "| certify | " in table and "| certify_radii | " in table
     name = "small CNN, sigma 0.5" if setting == "0.5" else "embedded Dual RS"
     assert f"{name}: 3 images" in table
-    assert "zero-error floor" in table and "oracle (" in table
+    assert "zero-error floor" in table and "oracle (" in table and "perfect futility" in table
     recorded = np.load(tmp_path / f"{setting}_certify.npz")["classifier"]
     assert recorded.shape == (1 + 3, 3, 10)  # selection + 3 blocks of 100, 3 inputs, 10 classes
     # certify_radii's samples are a prefix of CERTIFY's: its own test replayed on the
