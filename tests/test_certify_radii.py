@@ -196,6 +196,33 @@ def test_confident_inputs_stop_early_at_the_largest_grid_radius():
     assert (flat.radius == 0).all()
 
 
+def test_futility_rule_takes_a_radius_up_again_when_the_votes_recover():
+    # Scripted votes: the first 6 estimation samples fail, every later one votes for class 0.
+    # After 100..400 samples the futility rule gives r = 2.612 up (6 failures look like a rate
+    # that n_max cannot overcome), but the input keeps drawing for r = 1.9 (certified at
+    # 1000); by then the rate looks fine again, and r = 2.612, which 6 failures in 20,000
+    # certify, is certified in the end instead of lost for good.
+    grid, n_max, sigma = (0.0, 0.5, 1.9, 2.612), 20_000, torch.full((1,), 1.0, dtype=torch.float64)
+    failures = 6
+
+    def votes(members, draws):
+        out = torch.zeros((len(draws), members.numel(), 2), dtype=torch.int64)
+        for k, d in enumerate(draws):
+            start = int(torch.as_tensor(d.start).reshape(-1)[0])
+            num = int(torch.as_tensor(d.num_samples).reshape(-1)[0])
+            failed = 0 if d.stream == Stream.SELECT else max(0, min(failures, start + num) - start)
+            out[k, :, 0], out[k, :, 1] = num - failed, failed
+        return out
+
+    test = sequential_radii._SequentialTest(votes, sigma, grid, radii_schedule(n_max), 0.001,
+                                            0.02, Stream.SELECT, Stream.ESTIMATE)
+    for n in (100, 400):  # the early give-up the test is about
+        assert test._plausible_index(np.array([0]), np.array([n - failures]), n)[0] == 2
+    r = sequential_radii.run_standard(votes, sigma, check_radii(grid), 0.001, n_max, 100, 0.02)
+    assert r.radius.tolist() == [2.612] and r.prediction.tolist() == [0]
+    assert r.samples.item() < 100 + n_max  # still stopped early, at the checkpoint certifying it
+
+
 def test_futility_rule_gives_up_an_unreachable_radius_early():
     # True radius 0.6 at sigma 0.5 (p = Phi(1.2) = 0.885): 0.5 is certified, and 0.75 (it needs
     # p >= Phi(1.5) = 0.933) is given up once the upper bound says n_max cannot reach it,
