@@ -39,9 +39,10 @@ and futility decisions only decide when to stop; they cost power (a certificate 
 sampling on might have reached), not soundness: the exact rule never does (the remaining
 samples could not certify r); the futility rule gives r up while p_c > u with probability at
 most futility_alpha per checkpoint, and an input with p_c <= u would need the remaining
-samples to beat their own expectation to reach r at n_max. Measured on 200 MNIST images at
-n_max = 100,000 (bench/RESULTS.md), the whole procedure certified at most 1 image fewer than
-CERTIFY at any grid radius, for sigma 0.25, 0.5, 1.0 and Dual RS.
+samples to beat their own expectation to reach r at n_max. Measured on 3 x 200 MNIST images
+at n_max = 100,000 (bench/RESULTS.md), the whole procedure certified at most 2 images fewer
+than CERTIFY at any grid radius (sigma 0.25, 0.5, 1.0 and Dual RS), each an input whose count
+at n_max lies within a few votes of the radius's threshold.
 
 Dual RS (``DualSmoothing``): the estimator (R_ve, at estimator_sigma, its level chosen by its
 own selection samples) and the classifier at the chosen level (R_cls) each run this test at
