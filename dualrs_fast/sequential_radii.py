@@ -343,7 +343,8 @@ def run_standard(votes: Callable, sigma: torch.Tensor, radii: tuple, alpha: floa
                  seed: Optional[int] = None, final_share: float = FINAL_SHARE) -> RadiiResult:
     """The sequential test of ``certify_radii`` on any vote source: ``votes(members, draws)``
     counts the votes of the given inputs for a list of ``sampling.Draw`` (the model's, or
-    recorded ones replayed by ``bench/replay_radii.py``); ``sigma`` (B,) float64."""
+    recorded ones replayed by ``bench/replay_radii.py``); ``sigma`` (B,) float64. The other
+    arguments are taken as ``certify_radii`` has checked them (radii from ``check_radii``)."""
     test = _SequentialTest(votes, sigma, radii, radii_schedule(n_max), alpha, futility_alpha,
                            Stream.SELECT, Stream.ESTIMATE, final_share)
     test.start(torch.arange(sigma.shape[0]), n0)
