@@ -131,14 +131,15 @@ def radii_schedule(n_max: int, first: int = FIRST_CHECKPOINT, growth: float = GR
     """Checkpoints n_1 < ... < n_K = n_max: from ``first``, each about ``growth`` times the
     previous, rounded up to a multiple of ``first`` (so CERTIFY's votes recorded per block of
     ``first`` samples replay the sequential test exactly: ``bench/replay_radii.py``), and
-    n_max last, at least ``growth`` times the one before (alone if n_max < growth * first).
-    Fixed before sampling: the union bound needs that."""
+    n_max last, at least sqrt(``growth``) times the one before (so the last step is between
+    sqrt(growth) and growth^1.5; n_max alone if below sqrt(growth) * first). Fixed before
+    sampling: the union bound needs that."""
     if not growth > 1:
         raise ValueError(f"growth must be > 1, got {growth}")
     n_max = check_positive_int("n_max", n_max)
     first = check_positive_int("first", first)
     points, n = [], first
-    while n * growth <= n_max:
+    while n * math.sqrt(growth) <= n_max:
         points.append(n)
         n = first * math.ceil(n * growth / first)
     return points + [n_max]
