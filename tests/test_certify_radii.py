@@ -125,15 +125,16 @@ def _expected_grid(prediction, radius, radii):
 
 
 def test_one_checkpoint_is_certify_on_the_embedded_cnn(mnist):
-    # n_max below two checkpoints (<= 118): the same samples, the same alpha, so CERTIFY's decisions.
+    # n_max below two checkpoints (< 110): the same samples, the same alpha, so CERTIFY's decisions.
     x, _ = mnist
     model = load_default_classifier(0.5)
     grid = check_radii(0.25 * k for k in range(9))
-    seq = drs.certify_radii(model, x, grid, sigma=0.5, n_max=110, n0=50, alpha=0.001, seed=4)
-    full = drs.certify(model, x, sigma=0.5, n=110, n0=50, alpha=0.001, seed=4)
+    assert radii_schedule(105) == [105]
+    seq = drs.certify_radii(model, x, grid, sigma=0.5, n_max=105, n0=50, alpha=0.001, seed=4)
+    full = drs.certify(model, x, sigma=0.5, n=105, n0=50, alpha=0.001, seed=4)
     assert torch.equal(seq.prediction, full.prediction)
     assert torch.equal(seq.certified, _expected_grid(full.prediction, full.radius, grid))
-    assert (seq.samples == 160).all()
+    assert (seq.samples == 155).all()
     assert seq.certified[:, 1:].any()  # not all decided at r = 0
 
 
@@ -346,8 +347,8 @@ def test_dual_one_checkpoint_is_plain_dual_certify_on_the_embedded_models(mnist)
     x, _ = mnist
     dual = load_default_dual()
     grid = check_radii(0.25 * k for k in range(9))
-    seq = drs.certify_radii(dual, x, grid, n_max=110, n0=50, alpha=0.001, seed=2)
-    full = dual.certify(x, n=110, n0=50, alpha=0.001, seed=2, estimator_rounds=1)
+    seq = drs.certify_radii(dual, x, grid, n_max=105, n0=50, alpha=0.001, seed=2)
+    full = dual.certify(x, n=105, n0=50, alpha=0.001, seed=2, estimator_rounds=1)
     assert torch.equal(seq.prediction, full.prediction)
     assert torch.equal(seq.certified, _expected_grid(full.prediction, full.radius, grid))
     ran = full.level >= 0
