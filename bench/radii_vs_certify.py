@@ -39,6 +39,9 @@ from dualrs_fast.sampling import Draw, count_votes, tune_cpu_allocator
 from dualrs_fast.sequential_radii import grid_index
 from dualrs_fast.smoothing import ABSTAIN, certify_counts
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -P leaves it out
+from replay_radii import certify_top, replay  # noqa: E402
+
 GRID = tuple(0.25 * k for k in range(9))  # 0, 0.25, ..., 2
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -221,47 +224,43 @@ def table(out, labels, floor=None, oracle=None, perfect_futility=None) -> str:
     return "\n".join(lines)
 
 
-def _floor(args, out):
+def _level_sigmas(dual, level) -> np.ndarray:
+    """The classifier's sigma per input from the recorded levels (1.0 where none: unused)."""
+    return np.where(level >= 0, np.asarray(dual.sigmas)[np.maximum(level, 0)], 1.0)
+
+
+def _floor(out, recorded, dual):
     """zero_error_floor of a setting's CERTIFY radii (Dual RS: sigmas from the recorded levels)."""
     radius, alpha = out["certify"]["radius"], out["alpha"]
     if out["setting"] != "dual":
         return zero_error_floor(radius, float(out["setting"]), alpha, n0=out["n0"])
-    dual = load_default_dual()
-    level = np.load(os.path.join(args.dir, "dual_certify.npz"))["level"]
-    sigma = np.where(level >= 0, np.asarray(dual.sigmas)[np.maximum(level, 0)], 1.0)
     alpha_ve, alpha_cls = dual.alphas(alpha)
-    return zero_error_floor(radius, sigma, alpha_cls, dual.estimator_sigma, alpha_ve,
-                            n0=out["n0"])
+    return zero_error_floor(radius, _level_sigmas(dual, recorded["level"]), alpha_cls,
+                            dual.estimator_sigma, alpha_ve, n0=out["n0"])
 
 
-def _oracle(args, out):
-    """oracle_samples of a setting from its recorded CERTIFY votes (None if not recorded)."""
-    path = os.path.join(args.dir, f"{out['setting']}_certify.npz")
-    if not os.path.exists(path):
-        return None
-    z = np.load(path)
-    radius = np.asarray(out["certify"]["radius"], dtype=np.float64)
-    prediction = np.asarray(out["certify"]["prediction"])
-    top = grid_index(GRID, radius, prediction < 0)
+def _oracle(out, z, dual):
+    """oracle_samples of a setting from its recorded CERTIFY votes ``z``."""
+    top = certify_top(out)
     block, n0, alpha = int(z["block"]), int(z["n0"]), float(z["alpha"])
     if out["setting"] != "dual":
         return oracle_samples(z["classifier"], top, float(out["setting"]), alpha, n0, block)
-    dual = load_default_dual()
     alpha_ve, alpha_cls = dual.alphas(alpha)
     level = z["level"]
-    sigma = np.where(level >= 0, np.asarray(dual.sigmas)[np.maximum(level, 0)], 1.0)
     return (oracle_samples(z["estimator"], top, dual.estimator_sigma, alpha_ve, n0, block)
-            + np.where(level >= 0, oracle_samples(z["classifier"], top, sigma, alpha_cls, n0,
-                                                   block), 0.0))
+            + np.where(level >= 0, oracle_samples(z["classifier"], top, _level_sigmas(dual, level),
+                                                   alpha_cls, n0, block), 0.0))
 
 
-def _perfect_futility(args, out):
-    """certify_radii's samples replayed with the futility oracle (None if votes not recorded)."""
-    if not os.path.exists(os.path.join(args.dir, f"{out['setting']}_certify.npz")):
-        return None
-    sys.path.insert(0, HERE)  # python -P leaves the script's folder out
-    from replay_radii import replay
-    return replay(args.dir, out["setting"], oracle_futility=True).samples.double().numpy()
+def _table(args, out, labels) -> str:
+    """``table`` with the bound lines computed from the recorded votes, when recorded."""
+    path = os.path.join(args.dir, f"{out['setting']}_certify.npz")
+    recorded = np.load(path) if os.path.exists(path) else None
+    dual = load_default_dual() if out["setting"] == "dual" else None
+    if recorded is None:
+        return table(out, labels, _floor(out, recorded, dual))
+    return table(out, labels, _floor(out, recorded, dual), _oracle(out, recorded, dual),
+                 replay(out, recorded, oracle_futility=True).samples.double().numpy())
 
 
 def main(argv=None):
@@ -286,8 +285,7 @@ def main(argv=None):
                 out = json.load(f)
             if "certify" in out and "certify_radii" in out:
                 start = out.get("start", 0)
-                print(table(out, labels_all[start:start + out["num"]].numpy(), _floor(args, out),
-                            _oracle(args, out), _perfect_futility(args, out)) + "\n")
+                print(_table(args, out, labels_all[start:start + out["num"]].numpy()) + "\n")
         return
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # same for both methods

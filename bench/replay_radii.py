@@ -73,18 +73,27 @@ def futility_oracle(top: np.ndarray):
         test._plausible_index = rule
 
 
-def replay(directory: str, setting: str, futility_alpha=FUTILITY_ALPHA,
-           final_share=FINAL_SHARE, oracle_futility=False):
-    """certify_radii's result (a RadiiResult) on the votes recorded in ``directory``."""
+def load_recorded(directory: str, setting: str):
+    """A setting's run (SETTING_run.json) and CERTIFY's recorded votes (SETTING_certify.npz)."""
     with open(os.path.join(directory, f"{setting}_run.json")) as f:
         run = json.load(f)
-    z = np.load(os.path.join(directory, f"{setting}_certify.npz"))
+    return run, np.load(os.path.join(directory, f"{setting}_certify.npz"))
+
+
+def certify_top(run) -> np.ndarray:
+    """CERTIFY's largest certified grid index per input (-1: abstained)."""
+    return grid_index(check_radii(run["grid"]), np.asarray(run["certify"]["radius"]),
+                      np.asarray(run["certify"]["prediction"]) < 0)
+
+
+def replay(run, recorded, futility_alpha=FUTILITY_ALPHA, final_share=FINAL_SHARE,
+           oracle_futility=False):
+    """certify_radii's result (a RadiiResult) on CERTIFY's votes (``load_recorded``)."""
+    z, setting = recorded, run["setting"]
     n0, block, n_max = int(z["n0"]), int(z["block"]), int(z["n"])
     radii, alpha, batch = check_radii(run["grid"]), float(z["alpha"]), int(run["num"])
     rule = dict(progress=False, final_share=final_share)
-    top = grid_index(radii, np.asarray(run["certify"]["radius"]),
-                     np.asarray(run["certify"]["prediction"]) < 0)
-    oracle = futility_oracle(top) if oracle_futility else contextlib.nullcontext()
+    oracle = futility_oracle(certify_top(run)) if oracle_futility else contextlib.nullcontext()
     classifier = recorded_votes(z["classifier"], n0, block, Stream.SELECT, Stream.ESTIMATE)
     if setting != "dual":
         sigma = torch.full((batch,), float(setting), dtype=torch.float64)
@@ -114,10 +123,8 @@ def main(argv=None):
     p.add_argument("--final-share", type=float, default=FINAL_SHARE)
     p.add_argument("--oracle-futility", action="store_true")
     args = p.parse_args(argv)
-    r = replay(args.dir, args.setting, args.futility_alpha, args.final_share,
-               args.oracle_futility)
-    with open(os.path.join(args.dir, f"{args.setting}_run.json")) as f:
-        run = json.load(f)
+    run, recorded = load_recorded(args.dir, args.setting)
+    r = replay(run, recorded, args.futility_alpha, args.final_share, args.oracle_futility)
     sys.path.insert(0, HERE)  # python -P leaves the script's folder out
     from radii_vs_certify import GRID, _accuracy
     from dualrs_fast.loading import load_dataset

@@ -365,6 +365,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
     n_ve = check_positive_int("n_max_estimator",
                               n_max if n_max_estimator is None else n_max_estimator)
     sigma_ve = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
+    level_sigma = torch.tensor(dual.sigmas, dtype=torch.float64)
 
     def estimator_votes(members, draws):
         return count_votes(dual.estimator, xb[members], sigma_ve[members], draws, seed=seed,
@@ -373,7 +374,6 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
 
     def classifier_votes(level, members, draws):
         """Each member at its level's route; routes sharing one model in one pass."""
-        sigma_cls = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
         counts = None
         by_route = {}
         for k in level[members].unique().tolist():
@@ -381,7 +381,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
         for ks in by_route.values():
             mine = torch.isin(level[members], torch.tensor(ks))
             group = members[mine]
-            c = count_votes(dual.routes[ks[0]], xb[group], sigma_cls[group],
+            c = count_votes(dual.routes[ks[0]], xb[group], level_sigma[level[group]],
                             [_subset(d, mine) for d in draws], seed=seed,
                             ids=ids[group], batch_size=batch_size, pass_sigma=True,
                             progress=False, desc="classifier")
