@@ -15,7 +15,7 @@ MAX_SEED = 2**64
 MAX_SAMPLES = 2**32 - 1
 #: sigma must span at least this many float steps (eps * the input's largest |value|): below
 #: that the noisy input is the float-rounded model's input, not x + Gaussian noise, and the
-#: certificate describes rounding (README "Limits")
+#: certificate describes rounding (docs/api.md, the limit on sigma)
 MIN_SIGMA_STEPS = 512
 #: inputs beyond [-RANGE_SLACK, 1 + RANGE_SLACK] are taken for another scale (normalised,
 #: 0..255, [-1, 1]) and warned about; perturbed images a little outside [0, 1] are not
