@@ -81,7 +81,7 @@ def check_certificates(table: dict, where="the log") -> None:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"{where}: {int(bad.sum())} row(s) with a radius that is not a finite "
-                         f"number >= 0 (first: line {k + 2}, radius {radius[k]!r}); they are "
+                         f"number >= 0 (first: line {k + 2}, radius {float(radius[k])!r}); they are "
                          "no certificates: the log is corrupt or was edited")
     correct = np.asarray(table["correct"])
     if not np.isin(correct, (0, 1)).all():
