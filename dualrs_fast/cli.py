@@ -30,7 +30,6 @@ SIGMA_HELP = ("noise standard deviation in pixel units: images are in [0, 1] and
 ALPHA_HELP = ("failure probability of each certificate: with probability at least 1 - alpha "
               "over the sampling noise, a reported radius is a true lower bound of the smoothed "
               "classifier's l2 robustness radius at that input (default 0.001)")
-SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 # Each subcommand's --help ends with examples that run in about a minute on 2 CPU cores.
 EXAMPLES = {
     "certify": """examples:
@@ -509,13 +508,10 @@ def _summary(kind: str, task, rows: dict, args, where: str) -> None:
         correct = np.array([int(c[3]) for c in cells])
         print(f"accuracy {correct.mean():.3f}, abstained {np.mean(pred == -1):.3f}", file=out)
         return
-    from .logs import certified_accuracy
+    from .logs import SUMMARY_RADII, summary_line
     table = {"correct": np.array([int(c[4]) for c in cells]),
              "radius": np.array([float(c[3]) for c in cells])}
-    radii = task.config.get("radii", SUMMARY_RADII)
-    acc = certified_accuracy(table, radii)
-    print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}" for r, a in zip(radii, acc)),
-          file=out)
+    print(summary_line(table, task.config.get("radii", SUMMARY_RADII)), file=out)
     if "radii" in task.config:
         samples = np.array([int(c[-1]) for c in cells])
         print(f"samples per input: {samples.mean():,.0f} on average (at most {args.n0 + args.n:,}"
@@ -795,7 +791,17 @@ def _guarded(fn, args) -> int:
 
 
 def main(argv=None) -> int:
-    return _guarded(_dispatch, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # restores showwarning for a program that calls main()
+        warnings.showwarning = _warning_printer(args.command)
+        return _guarded(_dispatch, args)
+
+
+def _warning_printer(command: str):
+    """A warning is one line naming the command, not the library's source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"dualrs {command}: warning: {message}", file=file or sys.stderr)
+    return show
 
 
 def tune_own_process() -> None:

@@ -11,6 +11,14 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+#: the radii of the one-line summary that `dualrs certify` and the demo print
+SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def summary_line(table: dict, radii: Sequence[float] = SUMMARY_RADII) -> str:
+    """'certified accuracy: r=0: 0.990, r=0.25: 0.940, ...' of a log table."""
+    acc = certified_accuracy(table, radii)
+    return "certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}" for r, a in zip(radii, acc))
 
 
 def format_row(idx: int, label: int, predict: int, radius: float, time: float, **extra) -> str:

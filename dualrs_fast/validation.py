@@ -89,7 +89,9 @@ def as_input_batch(x):
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        hint = (": torch.stack(x) for a list of image tensors, torch.tensor(x, "
+                "dtype=torch.float32) for nested numbers" if isinstance(x, (list, tuple)) else "")
+        raise TypeError(f"x must be a torch.Tensor or a numpy array, got {type(x).__name__}{hint}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be float32 or float64, got {x.dtype} (low precision noise can "
                         "create false certificates; cast to float32)")

@@ -107,3 +107,37 @@ def test_ctrl_c_under_procs_is_reported_once(toy, tmp_path):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert err.count("interrupted") == 1, err
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_an_image_without_its_channel_axis_gets_one_line_naming_the_fix():
+    import dualrs_fast as drs
+    from dualrs_fast.models import SmallCNN
+    model = SmallCNN().eval()
+    with pytest.raises(ValueError, match=r"shape \(28, 28\), read as a batch of 28 inputs of "
+                                         r"shape \(28,\): for one image \(H, W\) pass x\[None\]"):
+        drs.certify(model, torch.rand(28, 28), sigma=0.25, n0=10, n=10, seed=0)
+    r = drs.certify(model, torch.rand(28, 28)[None], sigma=0.25, n0=10, n=10, seed=0)
+    assert r.prediction.shape == (1,)
+
+
+def test_a_list_input_names_the_conversion():
+    import dualrs_fast as drs
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    with pytest.raises(TypeError, match=r"got list: torch.stack\(x\) for a list of image"):
+        drs.certify(model, [torch.rand(4), torch.rand(4)], sigma=0.25, n0=10, n=10, seed=0)
+
+
+def test_warnings_from_the_command_are_one_line(capsys, monkeypatch):
+    import warnings
+
+    def dispatch(args):
+        warnings.warn("sigma is small", UserWarning)  # as a library warning inside a command
+        return 0
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["plot", "some.tsv"]) == 0
+    assert capsys.readouterr().err == "dualrs plot: warning: sigma is small\n"
