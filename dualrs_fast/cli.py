@@ -417,7 +417,8 @@ def _task(args, kind: str):
     dataset = load_dataset(args.dataset, check_range=not args.any_range)
     indices = runner.select_indices(len(dataset), args.skip, args.max)
     smoother, entries, where = build_smoother(args, dataset)
-    config = {"format": 1, "command": kind, "method": "dual" if args.dual else "standard",
+    # format 2: float64 noise for float32 inputs (issue 20); a format-1 log used other noise
+    config = {"format": 2, "command": kind, "method": "dual" if args.dual else "standard",
               "dataset_sha256": dataset.fingerprint(), "skip": args.skip, "max": args.max,
               "seed": args.seed, "n": args.n, "alpha": args.alpha, **entries}
     info = {"dataset": dataset.name, "model": where, "dualrs_fast": __version__,
