@@ -325,7 +325,7 @@ def build_smoother(args, dataset):
     """-> (model or DualSmoothing, config entries identifying it, human description)."""
     from . import models
     from .dual import DualSmoothing, check_sigmas
-    from .loading import check_model_on, fingerprint, load_model
+    from .loading import check_model_on, fingerprint, load_model, trust_case
     from .training import estimator_arch
 
     device = _device(args)
@@ -352,6 +352,7 @@ def build_smoother(args, dataset):
             model = models.load_default_classifier(sigma, map_location=device)
             where = f"embedded small_cnn (sigma {sigma:g})"
         check_model_on(model, dataset.x, None, min_outputs=classes)
+        where = f"{where}; {trust_case(model)}"
         return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
 
     if args.sigma is not None:
@@ -401,7 +402,7 @@ def build_smoother(args, dataset):
                "estimator_sigma": float(dual.estimator_sigma),
                "estimator_alpha_fraction": dual.estimator_alpha_fraction,
                "model_sha256": fingerprint(*parts)}
-    return dual, entries, where
+    return dual, entries, f"{where}; {trust_case(*parts)}"
 
 
 def _task(args, kind: str):

@@ -174,8 +174,8 @@ def check_model_on(model, x: torch.Tensor, num_outputs: Optional[int], what: str
     (or K >= min_outputs). -> K."""
     device = next((p.device for p in getattr(model, "parameters", lambda: [])()), x.device)
     try:
-        with torch.inference_mode():
-            out = model(x[:1].to(device))
+        with torch.inference_mode():  # a copy: x[:1] is a view a model could write into
+            out = model(x[:1].to(device, copy=True))
     except Exception as exc:  # noqa: BLE001 - shape errors come in many exception types
         raise LoadError(f"the {what} fails on an input of shape {tuple(x.shape[1:])}: "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -189,6 +189,15 @@ def check_model_on(model, x: torch.Tensor, num_outputs: Optional[int], what: str
         raise LoadError(f"the {what} returns {k} classes but the labels go up to "
                         f"{min_outputs - 1}: wrong model for this dataset?")
     return k
+
+
+def trust_case(*modules) -> str:
+    """Which side of the trust boundary (README "Threat model") a command-line run is on."""
+    if any(isinstance(sub, torch.jit.ScriptModule) for m in modules
+           if isinstance(m, torch.nn.Module) for sub in m.modules()):
+        return ("TorchScript code trusted with --allow-torchscript: its certificates hold only "
+                "if that code is a fixed function of each row")
+    return "weights in built-in architectures: stateless, row-independent functions"
 
 
 def fingerprint(*modules) -> str:

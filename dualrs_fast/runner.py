@@ -82,7 +82,7 @@ def select_indices(size: int, skip: int = 1, max_index: Optional[int] = None) ->
 def output_classes(smoother, x: torch.Tensor) -> int:
     """Classes the model (Dual RS: its widest expert) scores, from one forward pass."""
     from .sampling import model_device
-    one = x[:1]
+    one = x[:1].clone()  # x[:1] is a view of the dataset: no model gets to write into it
     with torch.inference_mode():
         if not isinstance(smoother, DualSmoothing):
             return int(smoother(one.to(model_device(smoother, one.device))).shape[1])
