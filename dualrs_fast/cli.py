@@ -321,6 +321,16 @@ def _default_dual(device="cpu"):
         raise ValueError(f"{exc}; or pass --estimator PATH") from None
 
 
+def _recorded_sigma(sigma, option: str) -> float:
+    """A sigma given or recorded in a checkpoint's metadata (a file: any value may be there)."""
+    from .validation import check_sigma
+    try:
+        return check_sigma(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma {sigma!r} (recorded in the checkpoint or given) is not a "
+                         f"positive number; pass {option}") from None
+
+
 def build_smoother(args, dataset):
     """-> (model or DualSmoothing, config entries identifying it, human description)."""
     from . import models
@@ -344,8 +354,7 @@ def build_smoother(args, dataset):
             if sigma is None:
                 raise ValueError("pass --sigma: the noise level to smooth the model with, in "
                                  "pixel units (its checkpoint does not record one)")
-            if not sigma > 0:
-                raise ValueError(f"the checkpoint records sigma={sigma}; pass --sigma > 0")
+            sigma = _recorded_sigma(sigma, "--sigma")
             where = args.model[0]
         else:
             sigma = args.sigma or 0.25
@@ -378,7 +387,8 @@ def build_smoother(args, dataset):
                                allow_torchscript=args.allow_torchscript)
         meta = getattr(estimator, "meta", None) or {}
         sigmas = check_sigmas(args.sigmas or meta.get("sigmas") or (0.25, 0.5, 1.0))
-        estimator_sigma = args.estimator_sigma or meta.get("estimator_sigma") or 0.25
+        estimator_sigma = _recorded_sigma(args.estimator_sigma or meta.get("estimator_sigma")
+                                          or 0.25, "--estimator-sigma")
         if args.model:
             if len(args.model) != len(sigmas):
                 raise ValueError(f"--dual needs one --model per --sigmas level ({len(sigmas)}), "
@@ -460,12 +470,13 @@ def _summary(kind: str, task, rows: dict, args, where: str) -> None:
         correct = np.array([int(c[3]) for c in cells])
         print(f"accuracy {correct.mean():.3f}, abstained {np.mean(pred == -1):.3f}", file=out)
         return
-    from .logs import certified_accuracy
+    from .logs import certified_accuracy, format_radius
     table = {"correct": np.array([int(c[4]) for c in cells]),
              "radius": np.array([float(c[3]) for c in cells])}
     radii = task.config.get("radii", SUMMARY_RADII)
     acc = certified_accuracy(table, radii)
-    print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}" for r, a in zip(radii, acc)),
+    print("certified accuracy: " + ", ".join(f"r={format_radius(r)}: {a:.3f}"
+                                             for r, a in zip(radii, acc)),
           file=out)
     if "radii" in task.config:
         samples = np.array([int(c[-1]) for c in cells])

@@ -39,7 +39,7 @@ from .dual import DualSmoothing
 from .log_seal import Seal, SealError, sealed_length
 from .logs import COLUMNS, format_row
 from .progress import interactive, progress_bar
-from .sequential_radii import certify_radii
+from .sequential_radii import certify_radii, check_radii
 
 DUAL_COLUMNS = COLUMNS + ("sigma", "radius_estimator", "radius_classifier")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")  # Cohen's predict.py log
@@ -178,8 +178,11 @@ def certify_radii_task(smoother, dataset, indices, *, radii, sigma=None, n0: int
         seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
         return _certify_rows(ids, labels, r, seconds, dual, samples=True)
 
-    return Task((DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS, config or {},
-                list(indices), compute, per_input, info or {})
+    columns = (DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS
+    rules = log_rows.with_radii(_row_rules(smoother, dataset, indices, columns, None, n, alpha,
+                                           sigma, n_estimator), check_radii(radii), per_input)
+    return Task(columns, config or {}, list(indices), compute, per_input, info or {},
+                check_row=rules.check)
 
 
 def predict_task(smoother, dataset, indices, *, sigma=None, n: int, alpha: float,
