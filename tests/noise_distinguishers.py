@@ -59,6 +59,17 @@ def radius_lattice_score(rows: torch.Tensor, background: int, sigma: float,
     return _score(_grid_distance(-torch.expm1(-t), RADIUS_SPACING), t < RADIUS_MAX_T, per_row)
 
 
+def radius_lattice_score_f64(rows: torch.Tensor, background: int, sigma: float,
+                             t_max: float = 0.01) -> float:
+    """The radius test at float64 resolution (float64 rows, sigma known): 1 - e**-t against
+    the 2**-53 grid of the engine's uniforms, computed in long double (64-bit mantissa)."""
+    v = rows.reshape(len(rows), -1)[:, :background].numpy().astype(np.longdouble)
+    t = (v[:, 0::2] ** 2 + v[:, 1::2] ** 2) / np.longdouble(2 * sigma * sigma)
+    m = -np.expm1(-t[t < t_max]) * np.longdouble(2.0**53)
+    d = torch.from_numpy(np.abs(m - np.round(m)).astype(np.float64))
+    return _score(d, torch.ones_like(d, dtype=torch.bool), per_row=False)
+
+
 def background_input(dim: int, background: int, seed: int = 0) -> torch.Tensor:
     """(1, dim) float32: zeros in the first ``background`` coordinates, pixels after."""
     x = torch.rand(1, dim, generator=torch.Generator().manual_seed(seed))

@@ -23,7 +23,8 @@ import dualrs_fast as drs
 from dualrs_fast import sampling
 from dualrs_fast.compat import Smooth
 from noise_distinguishers import (angle_lattice_score, background_input, engine_rows,
-                                  gaussian_rows, old_float32_rows, radius_lattice_score)
+                                  gaussian_rows, old_float32_rows, radius_lattice_score,
+                                  radius_lattice_score_f64)
 
 CPU_BACKENDS = ["numba", "numba-simd", "torch"]
 SIGMA = 0.25
@@ -148,3 +149,24 @@ def test_the_recogniser_gets_no_false_certificate_through_dual_smoothing(x, back
     dual = drs.DualSmoothing(_Level0(), experts, sigmas=(SIGMA, 0.5), estimator_sigma=0.5)
     r = dual.certify(x, n0=20, n=300, alpha=0.001)
     assert r.level.tolist() == [0] and r.prediction.tolist() == [0]
+
+
+# ---- float64 inputs: a known limitation (README "Threat model")
+
+needs_long_double = pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60,
+                                       reason="needs an 80-bit long double")
+
+
+@needs_long_double
+def test_the_float64_radius_test_passes_genuine_float64_noise(x):
+    assert abs(radius_lattice_score_f64(gaussian_rows(x.double(), SIGMA, 64, 3), BACKGROUND,
+                                        SIGMA)) < Z
+
+
+@needs_long_double
+@pytest.mark.xfail(strict=True, reason="not defended (README Threat model): float64 inputs' "
+                   "noise shows the 2**-53 grid of its uniforms to a model that knows sigma")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_inputs_show_no_radius_lattice_at_float64_resolution(x, backend):
+    rows = engine_rows(backend, x.double(), SIGMA, 64, 3)   # measured: z about -24
+    assert abs(radius_lattice_score_f64(rows, BACKGROUND, SIGMA)) < Z
