@@ -25,6 +25,7 @@ from dualrs_fast.compat import Smooth
 from noise_distinguishers import (angle_lattice_score, background_input, engine_rows,
                                   gaussian_rows, old_float32_rows, radius_lattice_score,
                                   radius_lattice_score_f64)
+from test_float64_noise import _Level0
 
 CPU_BACKENDS = ["numba", "numba-simd", "torch"]
 SIGMA = 0.25
@@ -132,13 +133,6 @@ def test_the_recogniser_gets_no_false_certificate_through_compat_smooth(x):
     smooth = Smooth(NoiseRecogniser(), num_classes=2, sigma=SIGMA)
     prediction, radius = smooth.certify(x.reshape(1, 28, 28), n0=20, n=300, alpha=0.001, batch_size=128)
     assert prediction == 0 and radius > 0
-
-
-class _Level0(torch.nn.Module):
-    def forward(self, x):
-        out = torch.zeros(len(x), 2, dtype=x.dtype)
-        out[:, 0] = 1.0
-        return out
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

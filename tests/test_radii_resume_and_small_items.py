@@ -22,6 +22,7 @@ from dualrs_fast.models import TinyMLP, save_checkpoint
 
 from analytic import LinearBinary
 from cli_helpers import dualrs, make_toy
+from test_resume_forgery import edit_row
 
 GRID = "0.1,0.2,0.6666666666666666"   # 2/3: '%.9g' rounds it up
 
@@ -76,13 +77,7 @@ def _reseal(log):
 
 
 def _forge(log, line_no, **cells):
-    lines = log.read_text().splitlines()
-    columns = lines[0].split("\t")
-    row = lines[line_no - 1].split("\t")
-    for name, value in cells.items():
-        row[columns.index(name)] = value
-    lines[line_no - 1] = "\t".join(row)
-    log.write_text("\n".join(lines) + "\n")
+    edit_row(log, line_no, **cells)
     _reseal(log)
 
 
@@ -192,15 +187,9 @@ def test_a_bad_sigma_in_checkpoint_metadata_is_a_one_line_error(sigma, tmp_path,
 def test_plot_refuses_contradictory_and_non_ascii_rows(made, cells, expected, tmp_path,
                                                        capsys):
     _, log = _copy(made, "plain", tmp_path)
-    lines = log.read_text().splitlines()
-    row = lines[1].split("\t")
-    label = row[1]
-    cells = {k: (str((int(label) + 1) % 4) if v == "X" else v) for k, v in cells.items()}
-    columns = lines[0].split("\t")
-    for name, value in cells.items():
-        row[columns.index(name)] = value
-    lines[1] = "\t".join(row)
-    log.write_text("\n".join(lines) + "\n")
+    label = log.read_text().splitlines()[1].split("\t")[1]
+    edit_row(log, 2, **{k: (str((int(label) + 1) % 4) if v == "X" else v)
+                        for k, v in cells.items()})
     code, _, err = dualrs(capsys, "plot", log, "--out", tmp_path / "p.png")
     assert code == 2 and expected in err and "Traceback" not in err, err
     assert not (tmp_path / "p.png").exists()
