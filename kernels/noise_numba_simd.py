@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .noise_numba import _CHUNK, _add_scaled_row, _philox_row, run_noise_kernel
+from .noise_numba import _CHUNK, _philox_row, run_noise_kernel
 
 _ONE, _TWO, _HALF = 1.0, 2.0, 0.5
 _TWO_POW_21 = 2.0**21
@@ -48,9 +48,13 @@ _LN2_HI = float.fromhex("0x1.62e42fefa3800p-1")
 _LN2_LO = 5.497923018708371e-14
 # log(1 + f): R = s^2 (2/3 + s^2 (2/5 + ... + s^2 2/21))
 _LOG_COEFFS = tuple(2.0 / (2 * k + 1) for k in range(1, 11))
-_SQRT_HALF_HI = np.int32(0x3FE6A09E)  # high word of float64 sqrt(1/2)
+_SQRT_HALF_HI = 0x3FE6A09E  # high word of float64 sqrt(1/2)
+_EXP_BIAS = np.int32(1 << 10)  # hx + _EXP_OFFSET >= 0 for every u >= 2**-54
+_EXP_OFFSET = np.uint32((1 << 30) - _SQRT_HALF_HI)
 _SHIFT_HI = np.uint64(32)
-_SHIFT_EXP = np.int32(20)  # exponent position in the high word
+_SHIFT_EXP = np.uint32(20)  # exponent position in the high word
+_SIGN_BIT = np.uint32(1 << 31)
+_TWO_POW_31 = 2.0**31
 _SHIFT_EXP64 = np.int64(52)
 # pi/2 = _P1 + _P2 + _P3 (Cody-Waite); _P1 and _P2 have 33 significant bits, so q * _P1 and
 # q * _P2 are exact for q <= 4 (values checked in tests against 60-digit pi)
@@ -124,10 +128,12 @@ def _fma(typingctx, a, b, c):
 
 @numba.njit(inline="always")
 def _unit(hi, lo):
-    """The specification's 53-bit uniform in (0, 1] from two uint32 words, via float64
-    (uint32 -> float64 converts in SIMD registers on AVX2, uint64 -> float64 would not): the
-    sum hi * 2**21 + lo // 2**11 < 2**53 is exact, so + 0.5 rounds as the reference's."""
-    k = np.float64(hi) * _TWO_POW_21 + np.float64(np.uint32(lo >> _LO_SHIFT))
+    """The specification's 53-bit uniform in (0, 1] from two uint32 words, via signed int32
+    -> float64 conversions (one AVX2 instruction; unsigned or 64-bit ones have none before
+    AVX-512): the sum hi * 2**21 + lo // 2**11 < 2**53 is exact, so + 0.5 rounds as the
+    reference's."""
+    hi_f = np.float64(np.int32(hi ^ _SIGN_BIT)) + _TWO_POW_31
+    k = hi_f * _TWO_POW_21 + np.float64(np.int32(lo >> _LO_SHIFT))
     return (k + _HALF) * _TWO_POW_M53
 
 
@@ -135,8 +141,10 @@ def _unit(hi, lo):
 def _log(u):
     """log(u) for normal positive float64 u."""
     ix = _f64_bits(u)
-    hx = np.int32(np.uint64(ix) >> _SHIFT_HI)
-    k = np.int32((hx - _SQRT_HALF_HI) >> _SHIFT_EXP)
+    hx = np.uint32(np.uint64(ix) >> _SHIFT_HI)
+    # k = floor((hx - _SQRT_HALF_HI) / 2**20) with unsigned (logical) shifts only: AVX2 has
+    # no 64-bit arithmetic shift
+    k = np.int32(np.uint32(hx + _EXP_OFFSET) >> _SHIFT_EXP) - _EXP_BIAS
     f = _bits_f64(ix - (np.int64(k) << _SHIFT_EXP64)) - _ONE  # exact
     hfsq = _HALF * f * f
     s = f / (_TWO + f)
@@ -168,11 +176,29 @@ def _cos_sin(th):
 
 @numba.njit(inline="always")
 def _box_muller_row(bits, n_blocks, z):
+    """z[0, b], z[1, b] = the two normals of block b (elements 2b and 2b + 1): two
+    contiguous rows, which LLVM vectorises (interleaved stores into one row it would not)."""
     for b in range(n_blocks):
         rad = math.sqrt(-_TWO * _log(_unit(bits[0, b], bits[1, b])))
         c, s = _cos_sin(_TWO_PI * _unit(bits[2, b], bits[3, b]))
-        z[2 * b] = rad * c
-        z[2 * b + 1] = rad * s
+        z[0, b] = rad * c
+        z[1, b] = rad * s
+
+
+@numba.njit(inline="always")
+def _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity):
+    """``noise_numba._add_scaled_row`` for z in two rows: element e takes z[e % 2, e // 2]."""
+    half = dim // 2
+    if identity:
+        for b in range(half):
+            out[r, 2 * b] = x[i, 2 * b] + s * z[0, b]
+            out[r, 2 * b + 1] = x[i, 2 * b + 1] + s * z[1, b]
+    else:
+        for b in range(half):
+            out[r, dest[2 * b]] = x[i, 2 * b] + s * z[0, b]
+            out[r, dest[2 * b + 1]] = x[i, 2 * b + 1] + s * z[1, b]
+    if dim % 2:
+        out[r, dest[dim - 1] if not identity else dim - 1] = x[i, dim - 1] + s * z[0, half]
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -183,14 +209,14 @@ def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest
     for chunk in numba.prange((n_rows + _CHUNK - 1) // _CHUNK):
         _allow_512_bit_vectors()  # marks the function that holds this loop body
         bits = np.empty((4, n_blocks), np.uint32)
-        z = np.empty(2 * n_blocks, np.float64)
+        z = np.empty((2, n_blocks), np.float64)
         for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
             i = row_input[r]
             s = sigma[i]
             _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                         np.uint32(row_stream[r]), k0, k1)
             _box_muller_row(bits, n_blocks, z)
-            _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
+            _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -353,14 +353,14 @@ def _simd_rows_at_default_width(x, sigma, ids, k0, k1, row_input, row_stream, ro
     """The simd kernel's row loop without the 512-bit attribute (LLVM's default width)."""
     n_blocks = (x.shape[1] + 1) // 2
     bits = np.empty((4, n_blocks), np.uint32)
-    z = np.empty(2 * n_blocks, np.float64)
+    z = np.empty((2, n_blocks), np.float64)
+    dest = np.zeros(1, np.int64)
     for r in range(out.shape[0]):
         i = row_input[r]
         noise_numba_simd._philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                                      np.uint32(row_stream[r]), k0, k1)
         noise_numba_simd._box_muller_row(bits, n_blocks, z)
-        for e in range(x.shape[1]):
-            out[r, e] = x[i, e] + sigma[i] * z[e]
+        noise_numba_simd._add_scaled_pairs(out, r, x, i, sigma[i], z, x.shape[1], dest, True)
 
 
 @pytest.mark.parametrize("dim", [1, 7, 33, 784, 3072])
