@@ -371,11 +371,21 @@ def _default_dual(device="cpu"):
         raise ValueError(f"{exc}; or pass --estimator PATH") from None
 
 
+def _recorded_sigma(sigma, option: str) -> float:
+    """A sigma given or recorded in a checkpoint's metadata (a file: any value may be there)."""
+    from .validation import check_sigma
+    try:
+        return check_sigma(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma {sigma!r} (recorded in the checkpoint or given) is not a "
+                         f"positive number; pass {option}") from None
+
+
 def build_smoother(args, dataset):
     """-> (model or DualSmoothing, config entries identifying it, human description)."""
     from . import models
     from .dual import DualSmoothing, check_sigmas
-    from .loading import check_model_on, fingerprint, load_model
+    from .loading import check_model_on, fingerprint, load_model, trust_case
     from .training import estimator_arch
 
     device = _device(args)
@@ -394,14 +404,14 @@ def build_smoother(args, dataset):
             if sigma is None:
                 raise ValueError("pass --sigma: the noise level to smooth the model with, in "
                                  "pixel units (its checkpoint does not record one)")
-            if not sigma > 0:
-                raise ValueError(f"the checkpoint records sigma={sigma}; pass --sigma > 0")
+            sigma = _recorded_sigma(sigma, "--sigma")
             where = args.model[0]
         else:
             sigma = args.sigma or 0.25
             model = models.load_default_classifier(sigma, map_location=device)
             where = f"embedded small_cnn (sigma {sigma:g})"
         check_model_on(model, dataset.x, None, min_outputs=classes)
+        where = f"{where}; {trust_case(model)}"
         return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
 
     if args.sigma is not None:
@@ -427,7 +437,8 @@ def build_smoother(args, dataset):
                                allow_torchscript=args.allow_torchscript)
         meta = getattr(estimator, "meta", None) or {}
         sigmas = check_sigmas(args.sigmas or meta.get("sigmas") or (0.25, 0.5, 1.0))
-        estimator_sigma = args.estimator_sigma or meta.get("estimator_sigma") or max(sigmas)
+        estimator_sigma = _recorded_sigma(args.estimator_sigma or meta.get("estimator_sigma")
+                                          or max(sigmas), "--estimator-sigma")
         if args.model:
             if len(args.model) != len(sigmas):
                 raise ValueError(f"--dual needs one --model per --sigmas level ({len(sigmas)}), "
@@ -451,7 +462,7 @@ def build_smoother(args, dataset):
                "estimator_sigma": float(dual.estimator_sigma),
                "estimator_alpha_fraction": dual.estimator_alpha_fraction,
                "model_sha256": fingerprint(*parts)}
-    return dual, entries, where
+    return dual, entries, f"{where}; {trust_case(*parts)}"
 
 
 def _task(args, kind: str):
@@ -467,7 +478,8 @@ def _task(args, kind: str):
     dataset = load_dataset(args.dataset, check_range=not args.any_range)
     indices = runner.select_indices(len(dataset), args.skip, args.max)
     smoother, entries, where = build_smoother(args, dataset)
-    config = {"format": 1, "command": kind, "method": "dual" if args.dual else "standard",
+    # format 2: float64 noise for float32 inputs (issue 20); a format-1 log used other noise
+    config = {"format": 2, "command": kind, "method": "dual" if args.dual else "standard",
               "dataset_sha256": dataset.fingerprint(), "skip": args.skip, "max": args.max,
               "seed": args.seed, "n": args.n, "alpha": args.alpha, **entries}
     info = {"dataset": dataset.name, "model": where, "dualrs_fast": __version__,

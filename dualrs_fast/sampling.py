@@ -172,7 +172,9 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     backend = resolve_backend(noise_backend, device)
     gen_device = torch.device("cpu") if backend.startswith("numba") else device
     x_flat = x.detach().reshape(batch, -1).to(gen_device).contiguous()
-    sigma = sigma.to(device=gen_device, dtype=x_flat.dtype).contiguous()
+    # float64 like the noise: sigma rounded to a float32 input's dtype could fall below the
+    # sigma the radius is computed with
+    sigma = sigma.to(device=gen_device, dtype=torch.float64).contiguous()
     ids = ids.to(gen_device).contiguous()
     dim = x_flat.shape[1]
     check_sigma_resolution(x_flat, sigma)

@@ -126,15 +126,17 @@ def check_ids(ids, batch: int) -> torch.Tensor:
     if ids is None:
         return torch.arange(batch, dtype=torch.int64)
     ids = torch.as_tensor(ids).reshape(-1)
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"ids must be integers, got {ids.dtype}")
     if ids.numel() != batch:
         raise ValueError(f"ids must have one entry per input ({batch}), got {ids.numel()}")
-    if (ids < 0).any() or (ids >= 2**32).any():
+    # as Python ints: comparisons in uint8 would wrap 2**32, uint32 / uint64 have none on CPU
+    values = ids.tolist()
+    if any(not 0 <= v < 2**32 for v in values):
         raise ValueError("ids must be in [0, 2**32)")
-    if ids.unique().numel() != ids.numel():
+    if len(set(values)) != len(values):
         raise ValueError("ids must be distinct: inputs with the same id would share their noise")
-    return ids.to(torch.int64).cpu()
+    return torch.tensor(values, dtype=torch.int64)
 
 
 def check_model_input_dtype(model, dtype: torch.dtype) -> None:
