@@ -26,8 +26,8 @@ import torch
 from .bounds import certified_radius
 from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
                                 same_function, split_joint)
-from .estimator_rounds import (EstimatorBounds, checkpoint_alphas, target_schedule,
-                               within_alpha)
+from .estimator_rounds import (DEFAULT_ROUNDS, EstimatorBounds, checkpoint_alphas,
+                               target_schedule, within_alpha)
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
@@ -239,7 +239,7 @@ class DualSmoothing:
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
-                estimator_rounds: int = 4,
+                estimator_rounds: int = DEFAULT_ROUNDS,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).

@@ -27,6 +27,10 @@ from .bounds import certified_radius
 from .noise import Stream
 from .sampling import Draw
 
+#: checkpoints per schedule by default: geometric steps of about x2 from the first useful
+#: checkpoint to n on the embedded MNIST models, where 4 steps of about x3 drew 10-20% more
+#: estimator samples at the same R_ve (simulated on 44 test inputs routed to sigma 0.5)
+DEFAULT_ROUNDS = 6
 
 def within_alpha(alpha: float, shares: list) -> list:
     """Lower the last share by ulps until the shares sum to at most alpha in floating point

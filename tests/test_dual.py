@@ -15,6 +15,7 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast.batch_probe import PROBE_ROWS
 from dualrs_fast.denoising import OneShotDiffusionDenoiser
+from dualrs_fast.estimator_rounds import DEFAULT_ROUNDS
 from dualrs_fast import training
 from dualrs_fast.models import ClassGroupEstimator, SmallCNN, load_checkpoint, save_checkpoint
 from dualrs_fast.training import (cached_estimated_radii, class_group_estimator,
@@ -275,7 +276,7 @@ def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
     # each input's bound at its checkpoint's share of f alpha (its schedule, planned from
     # R_cls, is tested in test_dual_sequential.py); no estimator sample where the classifier
     # abstained before the sequential estimator ran
-    alpha_ve = expected_estimator_alpha(r, dual, alpha, rounds.get("estimator_rounds", 4))
+    alpha_ve = expected_estimator_alpha(r, dual, alpha, rounds.get("estimator_rounds", DEFAULT_ROUNDS))
     np.testing.assert_array_equal(r.estimator_alpha.numpy(), alpha_ve)
     assert np.all((samples >= 0) & (samples <= n_ve))
     if rounds:
