@@ -82,7 +82,7 @@ class JointVotes(torch.nn.Module):
     """One forward pass of the expert, two votes: row r gets a one-hot logit at
     class * num_levels + level (class = argmax of the expert's logits, level = argmax of the
     estimator's level logits, both first-maximum like the vote kernels); a row with a
-    non-finite logit is all NaN, so the engine refuses it as it would the expert's."""
+    non-finite logit gets NaN entries, so the engine refuses it as it would the expert's."""
 
     def __init__(self, expert: Callable, levels_from_logits: Callable, num_levels: int):
         super().__init__()
@@ -95,13 +95,11 @@ class JointVotes(torch.nn.Module):
         if levels.dim() != 2 or levels.shape[1] != self.num_levels:
             raise ValueError(f"levels_from_logits must return (N, {self.num_levels}) logits, "
                              f"got {tuple(levels.shape)}")
-        joint = logits.argmax(1) * self.num_levels + levels.argmax(1)
-        out = torch.zeros(logits.shape[0], logits.shape[1] * self.num_levels,
-                          dtype=logits.dtype, device=logits.device)
-        out[torch.arange(logits.shape[0], device=logits.device), joint] = 1
-        bad = ~(torch.isfinite(logits).all(1) & torch.isfinite(levels).all(1))
-        out[bad] = float("nan")
-        return out
+        joint = logits.argmax(1, keepdim=True) * self.num_levels + levels.argmax(1, keepdim=True)
+        # 0 where every logit is finite, NaN where one is not (inf * 0 and NaN * 0 are NaN)
+        poison = (logits.sum(1, keepdim=True) + levels.sum(1, keepdim=True).to(logits.dtype)) * 0
+        out = poison.expand(-1, logits.shape[1] * self.num_levels).clone()
+        return out.scatter_(1, joint, 1.0)
 
 
 def split_joint(counts: torch.Tensor, num_levels: int) -> Tuple[torch.Tensor, torch.Tensor]:
