@@ -20,14 +20,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from .bounds import certified_radius
 from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
                                 same_function, split_joint)
-from .estimator_rounds import (DEFAULT_ROUNDS, EstimatorBounds, checkpoint_alphas,
-                               target_schedule, within_alpha)
+from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,

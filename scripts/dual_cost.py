@@ -85,8 +85,8 @@ def main(argv=None) -> int:
             if name == "dual":
                 parts.append(r)
         print(f"inputs {start + xs.shape[0]}: dual / standard so far "
-              f"{seconds['dual'] / seconds['standard']:.3f} (CPU time {cpu['dual'] / cpu['standard']:.3f})",
-              flush=True)
+              f"{seconds['dual'] / seconds['standard']:.3f} "
+              f"(CPU time {cpu['dual'] / cpu['standard']:.3f})", flush=True)
     load_after = os.getloadavg()
     cat = {f: torch.cat([getattr(r, f) for r in parts]) for f in
            ("prediction", "radius", "level", "shared", "estimator_samples")}

@@ -276,7 +276,8 @@ def test_radii_are_clopper_pearson_at_the_alpha_shares(fraction, rounds):
     # each input's bound at its checkpoint's share of f alpha (its schedule, planned from
     # R_cls, is tested in test_dual_sequential.py); no estimator sample where the classifier
     # abstained before the sequential estimator ran
-    alpha_ve = expected_estimator_alpha(r, dual, alpha, rounds.get("estimator_rounds", DEFAULT_ROUNDS))
+    alpha_ve = expected_estimator_alpha(r, dual, alpha,
+                                        rounds.get("estimator_rounds", DEFAULT_ROUNDS))
     np.testing.assert_array_equal(r.estimator_alpha.numpy(), alpha_ve)
     assert np.all((samples >= 0) & (samples <= n_ve))
     if rounds:
