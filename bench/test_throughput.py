@@ -158,13 +158,11 @@ def test_dual_rs(benchmark, name):
     per_level = {}
     for k, s in [(-1, None)] + list(enumerate(dual.sigmas)):
         at = (r.level == k).cpu()
-        if at.any():  # noisy samples per input (estimator and classifier) over standard RS's
-            est = r.estimator_samples[at].double()
-            drawn = N0 + torch.where(r.shared[at], est.clamp_min(n), est + N0 + n)
+        if at.any():
             per_level["abstain" if k < 0 else f"{s:g}"] = dict(
                 inputs=int(at.sum()), shared=int(r.shared[at].sum()),
                 estimator_samples=float(r.estimator_samples[at].double().mean()),
-                sample_ratio=float(drawn.mean()) / (N0 + n))
+                sample_ratio=float(r.samples[at].double().mean()) / (N0 + n))
     record("dual:" + name, dual_s=dual_s, n=n, standard_s={s: t.median for s, t in
                                                            standards.items()},
            ratios=ratios, ratio=ratios[0.5], per_level=per_level,

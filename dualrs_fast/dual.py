@@ -53,6 +53,8 @@ class DualCertifyResult(CertifyResult):
     estimator_rounds: int = 1               # checkpoints in the estimator's schedules at most
     shared: torch.Tensor = None             # (B,) bool: estimator and classifier votes came
                                             # from one pass (``derived_estimator``)
+    samples: torch.Tensor = None            # (B,) noisy samples drawn, estimator and
+                                            # classifier together (standard RS: n0 + n)
 
 
 def check_sigmas(sigmas) -> tuple:
@@ -289,7 +291,8 @@ class DualSmoothing:
             cls = run.shared_pass(ve, shared, n0, n, n_ve, alpha_ve, alpha_cls)
             keep(shared, cls, torch.full((shared.numel(),), self.estimator_sigma,
                                          dtype=torch.float64))
-        own = torch.nonzero(~torch.isin(torch.arange(batch), shared)).reshape(-1)
+        is_shared = torch.isin(torch.arange(batch), shared)
+        own = torch.nonzero(~is_shared).reshape(-1)
         routed = own
         if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
             ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
@@ -316,6 +319,9 @@ class DualSmoothing:
         estimator_abstains = ve.abstains & ~classifier_abstained
         prediction[ve.abstains] = ABSTAIN
         sigma[estimator_abstains] = math.nan
+        samples = n0_ve + torch.where(
+            is_shared, max(n, n_ve) + max(0, n0 - n0_ve),
+            ve.drawn + torch.isin(torch.arange(batch), routed).long() * (n0 + n))
         radius_ve = float32_rounded_down(ve.radius.numpy())
         radius_cls = radius_cls.float()
         return DualCertifyResult(
@@ -326,8 +332,7 @@ class DualSmoothing:
             level=torch.where(estimator_abstains, ABSTAIN, ve.level),
             count_estimator=ve.count, n_estimator=n_ve,
             estimator_samples=ve.drawn.clone(), estimator_alpha=ve.alpha.clone(),
-            estimator_rounds=ve.rounds, shared=torch.isin(torch.arange(batch), shared),
-            seed=seed)
+            estimator_rounds=ve.rounds, shared=is_shared, samples=samples, seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
                 seed: Optional[int] = None, *, ids=None,

@@ -204,6 +204,8 @@ def test_confident_estimator_stops_at_the_first_checkpoint():
              for r, c in zip(seq.radius_classifier, certified)]
     assert seq.estimator_samples.tolist() == first and (plain.estimator_samples == 6400).all()
     assert certified.sum() > 10 and max(first) < 6400 / 20
+    # samples drawn: estimator selection, its estimation samples, then n0 + n of the expert
+    assert torch.equal(seq.samples, 50 + seq.estimator_samples + 50 + 6400)
     assert torch.equal(seq.prediction, plain.prediction)
     assert torch.equal(seq.radius, plain.radius)     # R_cls binds in both
     assert (seq.radius_estimator >= seq.radius_classifier).all()

@@ -256,7 +256,7 @@ def test_one_forward_pass_serves_both_votes():
     x = _inputs(np.full(6, 5.0), np.full(6, 3.0), seed=4)
     n0, n = 40, 500
     r = dual.certify(x, n0=n0, n=n, alpha=0.01, seed=0)
-    assert r.shared.all() and (r.estimator_samples == n).all()
+    assert r.shared.all() and (r.estimator_samples == n).all() and (r.samples == n0 + n).all()
     assert calls == [2, 2]                       # the width check and the derivation check
     probes = 2 * (8 + 8)                         # batch probe: 2 passes x (8 + 4 + 4) rows
     clean = 2 + 2 + 2 + 2                        # width check, derivation check (estimator
