@@ -325,6 +325,7 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         "with the references in Triton's CPU interpreter).",
         "",
     ]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + kept_sections(path))
 
 

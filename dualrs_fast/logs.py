@@ -11,6 +11,14 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+#: the radii of the one-line summary that `dualrs certify` and the demo print
+SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def summary_line(table: dict, radii: Sequence[float] = SUMMARY_RADII) -> str:
+    """'certified accuracy: r=0: 0.990, r=0.25: 0.940, ...' of a log table."""
+    acc = certified_accuracy(table, radii)
+    return "certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}" for r, a in zip(radii, acc))
 
 
 def format_row(idx: int, label: int, predict: int, radius: float, time: float, **extra) -> str:
@@ -81,7 +89,7 @@ def check_certificates(table: dict, where="the log") -> None:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"{where}: {int(bad.sum())} row(s) with a radius that is not a finite "
-                         f"number >= 0 (first: line {k + 2}, radius {radius[k]!r}); they are "
+                         f"number >= 0 (first: line {k + 2}, radius {float(radius[k])!r}); they are "
                          "no certificates: the log is corrupt or was edited")
     correct = np.asarray(table["correct"])
     if not np.isin(correct, (0, 1)).all():

@@ -669,5 +669,14 @@ def spawn(world: int, target, args=(), threads: Optional[int] = None) -> None:
     import torch.multiprocessing as mp
     threads = threads or max(1, torch.get_num_threads() // world)
     with tempfile.TemporaryDirectory(prefix="dualrs_dist_") as tmp:
-        mp.spawn(_spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args),
-                                 os.getpid()), nprocs=world, join=True)
+        workers = mp.start_processes(
+            _spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args),
+                            os.getpid()), nprocs=world, join=False, start_method="spawn")
+        try:
+            while not workers.join():
+                pass
+        except KeyboardInterrupt:  # the workers ignore Ctrl-C (the CLI's _rank_main): end them
+            for process in workers.processes:
+                process.kill()
+                process.join()
+            raise

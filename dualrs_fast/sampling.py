@@ -230,7 +230,17 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     probe = _model_input(probe, x.shape, use_cl).to(device)
 
     def probe_call(rows: slice) -> torch.Tensor:
-        logits = call(model, probe[rows], probe_input[rows])
+        try:
+            logits = call(model, probe[rows], probe_input[rows])
+        except (RuntimeError, ValueError) as exc:  # the model's first call: how x was read
+            if x.dim() != 2:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"the model failed on x of shape {tuple(x.shape)}, read as a batch of "
+                f"{x.shape[0]} inputs of shape ({x.shape[1]},): for one image (H, W) pass "
+                f"x[None] (1, H, W), for a batch of them x[:, None] (B, 1, H, W). "
+                f"The model said: {reason}") from exc
         check_logits(logits, probe[rows].shape[0], num_classes)
         return logits
 

@@ -15,7 +15,7 @@ MAX_SEED = 2**64
 MAX_SAMPLES = 2**32 - 1
 #: sigma must span at least this many float steps (eps * the input's largest |value|): below
 #: that the noisy input is the float-rounded model's input, not x + Gaussian noise, and the
-#: certificate describes rounding (README "Limits")
+#: certificate describes rounding (docs/api.md, the limit on sigma)
 MIN_SIGMA_STEPS = 512
 #: inputs beyond [-RANGE_SLACK, 1 + RANGE_SLACK] are taken for another scale (normalised,
 #: 0..255, [-1, 1]) and warned about; perturbed images a little outside [0, 1] are not
@@ -89,7 +89,9 @@ def as_input_batch(x):
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        hint = (": torch.stack(x) for a list of image tensors, torch.tensor(x, "
+                "dtype=torch.float32) for nested numbers" if isinstance(x, (list, tuple)) else "")
+        raise TypeError(f"x must be a torch.Tensor or a numpy array, got {type(x).__name__}{hint}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be float32 or float64, got {x.dtype} (low precision noise can "
                         "create false certificates; cast to float32)")
