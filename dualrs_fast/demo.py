@@ -64,8 +64,7 @@ def run_demo(num_inputs: int = 10, sigma: float = 0.25, n0: int = 100, n: int = 
         r = smoother.certify(x_test[i], n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                              seed=seed, ids=[i])
         elapsed = time.perf_counter() - start
-        samples += n0 + int(r.estimator_samples.sum())  # the sequential estimator may stop early
-        samples += 0 if math.isnan(float(r.sigma[0])) else n0 + n  # the chosen classifier
+        samples += int(r.samples.sum())  # estimator and classifier (one pass where shared)
         label, pred, radius = int(y_test[i]), int(r.prediction[0]), float(r.radius[0])
         s, r_ve, r_cls = float(r.sigma[0]), float(r.radius_estimator[0]), float(r.radius_classifier[0])
         print(format_row(i, label, pred, radius, elapsed, sigma=s, radius_estimator=r_ve,
