@@ -5,7 +5,8 @@
   ``datasets.py`` keep it; DIR may be that folder or its parent). Each batch is a Python 2
   pickle of ``{'data': uint8 (10000, 3072) rows of R, G, B 32x32 planes, 'labels': [int]}``.
   A pickle can name any function to call while it loads, so these load with an unpickler that
-  knows only numpy's array reconstruction (``ndarray``, ``dtype``, ``_reconstruct``): a pickle
+  knows only numpy's array reconstruction (``ndarray``, ``dtype``, ``_reconstruct``, and
+  ``_codecs.encode`` for bytes in Python 3's protocol-2 pickles): a pickle
   naming anything else (code) is refused before anything is called.
 - ``npz:PATH``: arrays ``x`` (N, C, H, W) and integer ``y`` (N,) read with
   ``allow_pickle=False``; uint8 pixels are divided by 255, and (N, H, W, C) images with C in
@@ -15,6 +16,7 @@ Both return pixels in [0, 1] as float32 (N, C, H, W) and int64 labels.
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 
@@ -41,7 +43,9 @@ def _numpy_reconstruct():
 
 _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
             ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-            ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct()}
+            ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+            # Python 3's protocol-2 pickles write bytes as _codecs.encode(text, 'latin1')
+            ("_codecs", "encode"): codecs.encode}
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
