@@ -14,11 +14,16 @@ the same images at sigma 0.25, n0 = 100, n = --n, alpha = 0.001, batch 1000:
   changed, nothing else);
 - ``packed``: ``python -m dualrs_fast.cohen_certify`` (certify.py's arguments; all images in
   one certify_many call).
+- ``packed+compile``: the same with ``--compile`` (opt-in torch.compile; its inductor cache
+  lives in the workdir, so the first round's time includes the cold compile, later rounds
+  load it).
 
 Each variant runs in its own process because the engine tunes glibc's allocator process-wide:
-Cohen's code in a process that had run ours would get that speed-up too. Times are the logs'
-time columns (certify calls only, not process start or model loading), per image. Ratios are
-Cohen's per-image time over the variant's within the same round (back-to-back processes).
+Cohen's code in a process that had run ours would get that speed-up too. Wall times are the
+logs' time columns (certify calls only, not process start or model loading), per image; CPU
+times are the process's CPU seconds over the whole certify.py run (model building included),
+per image, less sensitive to other processes on a shared machine. Ratios are Cohen's over the
+variant's within the same round (back-to-back processes; odd rounds run in reverse order).
 """
 import argparse
 import json
@@ -38,7 +43,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 import cohen_codebase  # noqa: E402
 
-VARIANTS = ("cohen", "compat", "packed")
+VARIANTS = ("cohen", "compat", "packed", "packed+compile")
 SIGMA, N0, ALPHA, BATCH = 0.25, 100, 0.001, 1000
 
 
@@ -69,12 +74,15 @@ def run_variant(variant: str, workdir: Path, images: int, n: int) -> None:
     argv = ["cifar10", workdir / "checkpoint.pth.tar", SIGMA, workdir / f"{variant}.tsv",
             "--N0", N0, "--N", n, "--alpha", ALPHA, "--batch", BATCH, "--max", images]
     os.chdir(workdir)
-    if variant == "packed":
+    cpu = time.process_time()
+    if variant.startswith("packed"):
         from dualrs_fast.cohen_certify import main
-        main([str(a) for a in argv] + ["--pack", str(images)])
+        compile_flag = ["--compile"] if variant.endswith("compile") else []
+        main([str(a) for a in argv] + ["--pack", str(images)] + compile_flag)
     else:
         core = cohen_codebase.compat_core() if variant == "compat" else None
         cohen_codebase.run_script("certify.py", argv, core=core, cwd=workdir)
+    (workdir / f"{variant}.cpu").write_text(str(time.process_time() - cpu))
 
 
 def per_image_seconds(log: Path):
@@ -90,19 +98,22 @@ def measure(args) -> dict:
     rounds = []
     for r in range(args.rounds):
         row = {}
-        for variant in VARIANTS:
+        for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):  # drift hits both sides
             load_before = os.getloadavg()[0]
             subprocess.run([sys.executable, "-P", __file__, "--run", variant, "--workdir",
                             str(workdir), "--images", str(args.images), "--n", str(args.n)],
-                           check=True)
+                           check=True, env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(
+                               workdir / "inductor")))
             times, predictions, radii = per_image_seconds(workdir / f"{variant}.tsv")
-            row[variant] = dict(times=times, mean=statistics.mean(times),
+            cpu = float((workdir / f"{variant}.cpu").read_text()) / len(times)
+            row[variant] = dict(times=times, mean=statistics.mean(times), cpu=cpu,
                                 predictions=predictions, radii=radii,
                                 load=[round(load_before, 2), round(os.getloadavg()[0], 2)])
-            print(f"round {r} {variant}: {row[variant]['mean']:.2f} s/image "
+            print(f"round {r} {variant}: {row[variant]['mean']:.2f} s/image, {cpu:.2f} CPU s "
                   f"(load {load_before:.2f} -> {os.getloadavg()[0]:.2f})", flush=True)
         for variant in VARIANTS[1:]:
             row[variant]["speedup"] = row["cohen"]["mean"] / row[variant]["mean"]
+            row[variant]["cpu_speedup"] = row["cohen"]["cpu"] / row[variant]["cpu"]
         rounds.append(row)
     return dict(images=args.images, n=args.n, rounds=rounds, workdir=str(workdir))
 
@@ -114,14 +125,16 @@ def report(result: dict) -> str:
                 if line.startswith("Model name:")), platform.processor())
     lines = [f"CPU: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; "
              f"{result['images']} images x n = {result['n']} per variant and round",
-             "", "| round | Cohen s/image | compat s/image | packed s/image | compat speed-up | "
-             "packed speed-up | 1-min load before each (cohen / compat / packed) |",
+             "", "| round | variant | s/image (wall) | CPU s/image | speed-up (wall) | "
+             "speed-up (CPU) | 1-min load before -> after |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, row in enumerate(result["rounds"]):
-        loads = " / ".join(f"{row[v]['load'][0]:.1f}" for v in VARIANTS)
-        lines.append(f"| {k} | {row['cohen']['mean']:.2f} | {row['compat']['mean']:.2f} | "
-                     f"{row['packed']['mean']:.2f} | {row['compat']['speedup']:.2f}x | "
-                     f"{row['packed']['speedup']:.2f}x | {loads} |")
+        for v in VARIANTS:
+            r = row[v]
+            gain = (f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x" if v != "cohen"
+                    else "1 | 1")
+            lines.append(f"| {k} | {v} | {r['mean']:.2f} | {r['cpu']:.2f} | {gain} | "
+                         f"{r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
     return "\n".join(lines)
 
 

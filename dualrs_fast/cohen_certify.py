@@ -4,7 +4,7 @@
 
 Same positional arguments and options as theirs (``dataset base_classifier sigma outfile
 --batch --skip --max --split --N0 --N --alpha``) plus ``--pack`` (inputs per
-``compat.Smooth.certify_many`` call) and ``--seed``. ``dataset`` is ``cifar10`` (read, like
+``compat.Smooth.certify_many`` call), ``--seed`` and ``--compile``. ``dataset`` is ``cifar10`` (read, like
 theirs, from ``./dataset_cache/cifar-10-batches-py``) or any ``--dataset`` of ``dualrs``
 (``cifar10:DIR``, ``npz:PATH``, ...). The model file loads as weights only (their training
 snapshots name the architecture). The log has their columns; each row's time is its call's
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", type=int, default=DEFAULT_PACK, help="inputs per certify_many call")
     p.add_argument("--seed", type=int, default=None,
                    help="noise seed (default: a fresh secret one per run)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (opt-in: tens of seconds once per process)")
     return p
 
 
@@ -62,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data = load_dataset(_dataset_spec(args.dataset, args.split))
     model = load_model(args.base_classifier, arch_option=None, kwargs_option=None)
     classes = check_model_on(model, data.x, None, min_outputs=int(data.y.max()) + 1)
-    smooth = Smooth(model, classes, args.sigma, seed=args.seed)
+    smooth = Smooth(model, classes, args.sigma, seed=args.seed, compile=args.compile)
     indices = select_indices(len(data), args.skip, None if args.max < 0 else args.max)
     with LogWriter(args.outfile) as log:
         for start in range(0, len(indices), args.pack):

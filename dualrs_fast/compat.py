@@ -37,11 +37,14 @@ class Smooth:
     ABSTAIN = smoothing.ABSTAIN
 
     def __init__(self, base_classifier: torch.nn.Module, num_classes: int, sigma: float, *,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, compile: bool = False):
+        """seed: see the module's doc; compile: opt-in torch.compile of the base classifier
+        (a cold compile takes tens of seconds; see ``drs.certify``)."""
         self.base_classifier = base_classifier
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.sigma = check_sigma(sigma)
         self.seed = None if seed is None else check_seed(seed)
+        self.compile = bool(compile)
         self._noise_keys = 0  # noise keys handed out so far: call k draws under key k
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int):
@@ -157,7 +160,8 @@ class Smooth:
         """Votes (len(draws), B, num_classes); a model narrower than num_classes gets zero
         counts for the classes it cannot output (as Cohen's counts do)."""
         counts = count_votes(self.base_classifier, x, sigma, draws, seed=seed, ids=ids,
-                             batch_size=check_positive_int("batch_size", batch_size))
+                             batch_size=check_positive_int("batch_size", batch_size),
+                             compile=self.compile)
         width = counts.shape[-1]
         if width > self.num_classes:
             raise ValueError(f"the base classifier returns {width} logits but num_classes is "
