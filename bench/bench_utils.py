@@ -253,9 +253,10 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
     if "small_cnn+malloc" in r:
         lines += [
             "",
-            "## With `sampling.tune_cpu_allocator()` (opt-in, glibc)",
+            "## With `sampling.tune_cpu_allocator()` (glibc; the engine's default)",
             "",
-            "Measured last in the same run (the setting is process-wide): glibc's malloc then "
+            "Measured last in the same run (the setting is process-wide; the rows above ran "
+            "with DUALRS_FAST_TUNE_MALLOC=0, bench/conftest.py): glibc's malloc then "
             "keeps large freed blocks instead of an mmap / munmap per activation tensor, whose "
             "page faults cost a third of a conv net's CPU time at batch_size 1000 here.",
             "",

@@ -204,7 +204,8 @@ def test_votes_backend(benchmark, backend):
 
 
 # Last, because it changes the process for good: the same ratios with glibc's malloc tuned
-# (sampling.tune_cpu_allocator, opt-in), which removes the page faults of large activations.
+# (sampling.tune_cpu_allocator; the engine's default, off above), which removes the page faults
+# of large activations.
 TUNED = [("small_cnn", "a"), ("small_cnn", "b"), ("resnet20", "a")]
 
 

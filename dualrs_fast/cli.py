@@ -108,7 +108,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "state_dict (give --arch) or, with --allow-torchscript, a TorchScript "
                         "file; with --dual, one expert "
                         "per --sigmas level. Default: the embedded small CNN trained at --sigma")
-    g.add_argument("--arch", help="architecture of a state_dict: tiny_mlp, small_cnn, resnet20")
+    g.add_argument("--arch", help="architecture of a state_dict: tiny_mlp, small_cnn, resnet20, "
+                   "cifar_resnet20, cifar_resnet110, resnet50 (Cohen et al.'s checkpoints name "
+                   "theirs)")
     g.add_argument("--arch-kwargs", type=_json_dict, default={}, metavar="JSON",
                    help="constructor arguments for --arch, e.g. '{\"in_channels\": 3}' "
                         "(num_classes is read from the state_dict)")
@@ -145,8 +147,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="mnist5k",
                    help="mnist5k (the 1000 held-out test images of the embedded MNIST subset; "
-                        "default), mnist5k-train, or a .pt/.npz file with x (N, ...) in [0, 1] "
-                        "and integer labels y (N,)")
+                        "default), mnist5k-train, a .pt/.npz file with x (N, ...) in [0, 1] "
+                        "and integer labels y (N,), cifar10:DIR / cifar10-train:DIR (CIFAR-10's "
+                        "python batches) or npz:PATH (uint8 or NHWC arrays accepted)")
     g.add_argument("--any-range", action="store_true",
                    help="accept dataset values outside [0, 1] (sigma is then in your scale)")
     g.add_argument("--skip", type=int, default=1,
@@ -819,10 +822,10 @@ def _warning_printer(command: str):
 def tune_own_process() -> None:
     """Process-wide settings for a process the command owns (not for an importing program):
     glibc's malloc keeps large blocks (sampling.tune_cpu_allocator: certify 1.47x, training
-    1.37x per CPU second on the small CNN here), unless MALLOC_MMAP_THRESHOLD_ is set."""
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        from .sampling import tune_cpu_allocator
-        tune_cpu_allocator()
+    1.37x per CPU second on the small CNN here), unless MALLOC_MMAP_THRESHOLD_ is set or
+    DUALRS_FAST_TUNE_MALLOC=0 (the sampling engine does the same on its first CPU run)."""
+    from .sampling import tune_cpu_allocator_once
+    tune_cpu_allocator_once()
 
 
 def entry() -> int:

@@ -24,7 +24,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import models
+from . import external_data, models
+from .cohen_archs import arch_of_checkpoint
 
 _CHECKPOINT_KEYS = ("arch", "kwargs", "state_dict", "meta")
 DATASETS = ("mnist5k", "mnist5k-train")
@@ -158,6 +159,10 @@ def load_model(path, arch: Optional[str] = None, arch_kwargs: Optional[dict] = N
             raise LoadError(str(exc)) from None
         model.meta = meta  # e.g. the training sigma, as load_default_classifier does
         return model
+    cohen_arch = arch_of_checkpoint(obj)  # Cohen et al.'s snapshots name their architecture
+    if cohen_arch is not None and arch not in (None, cohen_arch):
+        raise LoadError(f"{path} is a {cohen_arch} checkpoint but {arch_option} {arch} was given")
+    arch = cohen_arch or arch
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # e.g. {"epoch", "arch", "state_dict", "optimizer"} training snapshots
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -192,7 +197,7 @@ def check_model_on(model, x: torch.Tensor, num_outputs: Optional[int], what: str
 
 
 def trust_case(*modules) -> str:
-    """Which side of the trust boundary (README "Threat model") a command-line run is on."""
+    """Which side of the trust boundary (docs/threat-model.md) a command-line run is on."""
     if any(isinstance(sub, torch.jit.ScriptModule) for m in modules
            if isinstance(m, torch.nn.Module) for sub in m.modules()):
         return ("TorchScript code trusted with --allow-torchscript: its certificates hold only "
@@ -298,7 +303,8 @@ def _read_dataset_file(path: Path):
 def load_dataset(spec: str = "mnist5k", check_range: bool = True,
                  range_option: Optional[str] = "--any-range") -> Dataset:
     """``mnist5k`` (the 1000 held-out test images of the embedded split), ``mnist5k-train``,
-    or a path to a .pt / .npz file with ``x`` (N, ...) in [0, 1] and ``y`` (N,).
+    a path to a .pt / .npz file with ``x`` (N, ...) in [0, 1] and ``y`` (N,), or
+    ``cifar10:DIR`` / ``cifar10-train:DIR`` / ``npz:PATH`` (``external_data``).
     ``range_option``: the flag that turns ``check_range`` off, named in its error (None: the
     caller has none)."""
     from . import data
@@ -307,11 +313,18 @@ def load_dataset(spec: str = "mnist5k", check_range: bool = True,
         if spec == "mnist5k":
             return Dataset(spec, x_test, y_test)
         return Dataset(spec, x_train, y_train)
-    path = Path(spec)
-    if not path.is_file():
-        raise LoadError(f"dataset {spec!r} is neither a known name ({', '.join(DATASETS)}) "
-                        "nor an existing .pt / .npz file")
-    x, y = (_tensor(v, k, path) for k, v in zip("xy", _read_dataset_file(path)))
+    if external_data.is_external(spec):  # cifar10:DIR, cifar10-train:DIR, npz:PATH
+        try:
+            x, y = external_data.load(spec)
+        except ValueError as exc:
+            raise LoadError(str(exc)) from None
+        path = spec
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise LoadError(f"dataset {spec!r} is neither a known name ({', '.join(DATASETS)}), "
+                            "an existing .pt / .npz file, nor cifar10:DIR / npz:PATH")
+        x, y = (_tensor(v, k, path) for k, v in zip("xy", _read_dataset_file(path)))
     if not x.dtype.is_floating_point:
         raise LoadError(f"{path}: x must hold float pixels in [0, 1], got {x.dtype} "
                         "(divide 0..255 images by 255)")

@@ -98,13 +98,19 @@ class LogWriter:
 
 
 def read_log(path) -> dict:
-    """-> {column: np.ndarray}; checks the Cohen columns are present."""
+    """-> {column: np.ndarray}; checks the Cohen columns are present and each row has a
+    value in every column; blank lines are skipped."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows or tuple(rows[0][:len(COLUMNS)]) != COLUMNS:
         raise ValueError(f"{path} is not a certification log: its header must start with "
                          f"{' '.join(COLUMNS)}")
-    names, body = rows[0], rows[1:]
+    names = rows[0]
+    body = [r for r in rows[1:] if r]  # blank lines are skipped, as pandas reads Cohen's logs
+    short = next((k for k, r in enumerate(rows[1:], start=2) if r and len(r) < len(names)), None)
+    if short is not None:
+        raise ValueError(f"{path}: line {short} has {len(rows[short - 1])} columns, the header "
+                         f"{len(names)}")
     table = {}
     for k, name in enumerate(names):
         values = [r[k] for r in body]

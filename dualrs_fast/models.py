@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cohen_archs import COHEN_ARCHS
+
 __all__ = [
     "MNIST_MEAN",
     "MNIST_STD",
@@ -288,6 +290,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "resnet20": ResNet20,
     "class_group": ClassGroupEstimator,
 }
+# Cohen et al.'s architectures under their names, so their checkpoints load (cohen_archs.py)
+MODEL_REGISTRY.update(COHEN_ARCHS)
 
 
 def _check_arch(name: str) -> type[nn.Module]:

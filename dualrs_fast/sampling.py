@@ -11,6 +11,7 @@ into per-(draw, input) histograms and counts non-finite rows -- no host sync unt
 Kernels: numba on the CPU, Triton on CUDA, plain PyTorch elsewhere (``kernels/``).
 """
 import ctypes
+import os
 import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -88,8 +89,9 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
     of a small CNN's CPU time at batch_size 1000 here (``bench/RESULTS.md``: certify
     1.5-1.8x faster for the small CNN and ResNet-20). Equivalent to starting Python with
     ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647``; the price is
-    that memory the process frees is kept rather than returned to the OS. The `dualrs` command
-    calls it in its own processes (``cli.entry``); the library API never does. Returns False (doing nothing) where glibc's ``mallopt`` is missing."""
+    that memory the process frees is kept rather than returned to the OS. The engine applies it
+    once per process on its first CPU run (``tune_cpu_allocator_once``). Returns False (doing
+    nothing) where glibc's ``mallopt`` is missing."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -100,6 +102,41 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(
         mallopt(m_trim_threshold, int(trim_threshold)))
+
+
+#: set DUALRS_FAST_TUNE_MALLOC=0 to keep glibc's default allocator in processes that sample
+TUNE_MALLOC_ENV = "DUALRS_FAST_TUNE_MALLOC"
+_ALLOCATOR_TUNED = []  # [result] once tune_cpu_allocator_once has run in this process
+
+
+def tune_cpu_allocator_once() -> bool:
+    """``tune_cpu_allocator()`` the first time it is called in a process, unless the process
+    set glibc's thresholds itself (MALLOC_MMAP_THRESHOLD_) or opted out with
+    DUALRS_FAST_TUNE_MALLOC=0. Process-wide side effect: large freed blocks stay with the
+    process for reuse (its resident memory does not shrink after a certify call)."""
+    if not _ALLOCATOR_TUNED:
+        wanted = (os.environ.get(TUNE_MALLOC_ENV, "1") != "0"
+                  and "MALLOC_MMAP_THRESHOLD_" not in os.environ)
+        _ALLOCATOR_TUNED.append(tune_cpu_allocator() if wanted else False)
+    return _ALLOCATOR_TUNED[0]
+
+
+def use_channels_last_weights(model) -> None:
+    """Store the 4-D weights of ``model``'s convolutions channels_last, in place (the values,
+    and the Parameter objects an optimizer holds, stay the same). Convolutions take the
+    faster NHWC path when their input or their weight is channels_last, and a leading
+    normalisation layer can hand the first convolution NCHW strides (Cohen et al.'s
+    NormalizeLayer does for 1-channel images), so the batch's layout alone does not
+    survive there."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(module, torch.nn.modules.conv._ConvNd) and isinstance(weight, torch.Tensor)
+                and weight.dim() == 4
+                and not weight.is_contiguous(memory_format=torch.channels_last)):
+            with torch.no_grad():
+                weight.data = weight.data.contiguous(memory_format=torch.channels_last)
 
 
 #: row maps are computed for this many batches at once: a handful of small tensor ops per
@@ -151,9 +188,11 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     x: (B, ...) validated batch; sigma: (B,) per-input noise levels; ids: (B,) noise keys.
     pass_sigma: call ``model(noisy, sigma_rows)`` (noise-conditioned models, denoisers) with
     each row's noise level, a float32 tensor (rows,).
-    channels_last: feed (B, C, H, W) batches in channels_last layout (default: on for 4-D
-    inputs, including C = 1, where it only sets the strides that make convolutions take their
-    faster NHWC path); the counts do not depend on it beyond float rounding in the model.
+    channels_last: feed (B, C, H, W) batches in channels_last layout and store the model's
+    convolution weights channels_last, in place (``use_channels_last_weights``; default: on
+    for 4-D inputs, including C = 1); the counts do not depend on it beyond float rounding in
+    the model. On the CPU the first call tunes glibc's allocator for the whole process
+    (``tune_cpu_allocator_once``; opt out with DUALRS_FAST_TUNE_MALLOC=0).
     noise_backend / votes_backend: 'auto' (numba-simd / numba on the CPU, triton on CUDA) or a
     name from ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba', the libm
     kernel, equal to 'numba-simd' up to float rounding).
@@ -205,6 +244,10 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     use_cl = (x.dim() == 4) if channels_last is None else bool(channels_last)
     if use_cl and x.dim() != 4:
         raise ValueError("channels_last needs (B, C, H, W) inputs")
+    if use_cl:
+        use_channels_last_weights(model)
+    if device.type == "cpu":
+        tune_cpu_allocator_once()
     cl_shape = tuple(x.shape[1:]) if use_cl and x.shape[1] > 1 else None
     dest = _channels_last_dest(cl_shape).to(gen_device) if cl_shape is not None else None
     rows_per_batch = min(batch_size, total) if not compile else batch_size
@@ -247,9 +290,11 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
         return logits
 
     counts = bad = votes = None
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a model may use autograd inside forward (as it can under
+    # Cohen et al.'s no_grad)
+    with torch.no_grad():
         check_batch_independent(probe_call)
-    with torch.inference_mode(), progress_bar(total, desc, "samples", progress,
+    with torch.no_grad(), progress_bar(total, desc, "samples", progress,
                                               unit_scale=True) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,
                                                            seg_start, seg_first_j, seg_stream,
