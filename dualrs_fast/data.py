@@ -29,6 +29,7 @@ import torch
 __all__ = [
     "DATASETS",
     "load_dataset",
+    "permuted_train_slice",
     "MNIST5K_RELPATH",
     "mnist5k_path",
     "load_mnist5k",
@@ -238,3 +239,11 @@ def load_dataset(name: str = "mnist5k", split: str = "test") -> tuple[torch.Tens
     if split not in splits:
         raise ValueError(f"dataset {name!r} has splits {', '.join(splits)}, not {split!r}")
     return loader(split)
+
+
+def permuted_train_slice(name: str, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images ``start..stop-1`` of a fixed permutation (seed 0) of ``name``'s training
+    split: the experts train on one slice, the estimators are fitted on a later, unseen one."""
+    x, y = load_dataset(name, "train")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[start:stop]
+    return x[order], y[order]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from dualrs_fast import data
 from dualrs_fast.data import DEFAULT_SPLIT_SEED, DEFAULT_TEST_SIZE, load_dataset
 from dualrs_fast.models import (DATASET_STATS, build_model, conditioned_weights_path,
                                 default_weights_path, save_checkpoint)
@@ -44,13 +45,11 @@ DATASET_RECIPES = {"mnist5k": (None, EPOCHS, NOISY_EVAL_REPEATS),
 
 
 def training_images(dataset: str, n_train):
-    """The training images of ``dataset``: all of them, or the first ``n_train`` of a
-    permutation seeded with 0 (the estimators' training inputs come from the same order)."""
-    X, y = load_dataset(dataset, "train")
-    if n_train is not None and n_train < X.shape[0]:
-        keep = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))[:n_train]
-        X, y = X[keep], y[keep]
-    return X, y
+    """mnist5k's training split, or the first ``n_train`` of a fixed permutation of the
+    dataset's training images (the estimators are fitted on later ones)."""
+    if dataset == "mnist5k":
+        return load_dataset(dataset, "train")
+    return data.permuted_train_slice(dataset, 0, n_train)
 
 
 def describe(dataset: str, n: int) -> str:
