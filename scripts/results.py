@@ -43,9 +43,9 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast.cascade import CascadeSmoothing
 from dualrs_fast.data import load_dataset
-from dualrs_fast.models import (ESTIMATOR_ARCHS, conditioned_weights_path,
-                                estimator_weights_path, load_default_classifier,
-                                load_default_dual)
+from dualrs_fast.models import (DEFAULT_ESTIMATORS, ESTIMATOR_ARCHS,
+                                conditioned_weights_path, estimator_weights_path,
+                                load_default_classifier, load_default_dual)
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 from dualrs_fast.smoothing import certify_counts
@@ -93,7 +93,8 @@ def load_methods(dataset):
         if estimator_weights_path(arch, dataset=dataset).is_file():
             methods[f"Dual RS ({arch} estimator, experts)"] = load_default_dual(
                 estimator=arch, dataset=dataset)
-            if conditioned_weights_path(dataset).is_file():
+            default = arch == DEFAULT_ESTIMATORS.get(dataset)
+            if default and conditioned_weights_path(dataset).is_file():
                 methods[f"Dual RS ({arch} estimator, one noise-conditioned classifier)"] = \
                     load_default_dual(estimator=arch, dataset=dataset, conditioned=True)
     return methods
@@ -231,6 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing-repeats", type=int, default=TIMING_REPEATS)
+    p.add_argument("--timing-inputs", type=int, default=CHUNK)
     p.add_argument("--out", type=Path, default=None, help="default: results/ per dataset")
     p.add_argument("--plot", type=Path, default=None, help="default: docs/ per dataset")
     args = p.parse_args(argv)
@@ -243,7 +245,8 @@ def main(argv=None) -> int:
     ids = torch.arange(args.start, args.start + x.shape[0])  # noise keyed by the test index
     start = time.perf_counter()
     methods = load_methods(args.dataset)
-    ratios = time_ratios(x[:CHUNK], ids[:CHUNK], args.budgets[0], methods, args.timing_repeats)
+    chunk = args.timing_inputs
+    ratios = time_ratios(x[:chunk], ids[:chunk], args.budgets[0], methods, args.timing_repeats)
     print("wall-time ratios", {k: round(v, 2) for k, v in ratios.items()}, flush=True)
     all_rows, all_summaries = {}, {}
     for n in args.budgets:
@@ -259,7 +262,7 @@ def main(argv=None) -> int:
 Test images {args.start}..{args.start + x.shape[0] - 1} of {args.dataset}'s test split, n0 = {N0}, alpha =
 {ALPHA}, seed {SEED}; written by `{command}` ({total / 60:.0f} min) on
 {machine()}. Radii in pixel-scale l2. The wall-time ratios are medians of {args.timing_repeats}
-interleaved calls on the first {CHUNK} inputs at n = {args.budgets[0]:,}.
+interleaved calls on the first {chunk} inputs at n = {args.budgets[0]:,}.
 
 {tables}
 
