@@ -27,10 +27,12 @@ import torch
 
 from dualrs_fast import data
 from dualrs_fast.data import DEFAULT_SPLIT_SEED, DEFAULT_TEST_SIZE, load_dataset
-from dualrs_fast.models import (DATASET_STATS, build_model, conditioned_weights_path,
-                                default_weights_path, save_checkpoint)
+from dualrs_fast.models import (DATASET_STATS, WEIGHTS_DIR, build_model,
+                                conditioned_weights_path, default_weights_path, save_checkpoint)
 from dualrs_fast.training import _SigmaFixed, evaluate_accuracy, train_classifier
 
+#: the checkout's weights (models.WEIGHTS_DIR is the installed package's)
+REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 ARCH = "small_cnn"
 EPOCHS = 60
 BATCH_SIZE = 64
@@ -118,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             path = conditioned_weights_path(args.dataset)
         else:
             path = default_weights_path(sigma, ARCH, dataset=args.dataset)
-        if args.out_dir is not None:
-            path = args.out_dir / path.name
+        path = (args.out_dir / path.name if args.out_dir is not None
+                else REPO_WEIGHTS / path.relative_to(WEIGHTS_DIR))
         path = save_checkpoint(path, model, arch, meta)
         size_kb = path.stat().st_size / 1024
         for s in at:

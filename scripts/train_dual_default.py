@@ -81,10 +81,12 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast.data import load_default_split, permuted_train_slice
 from dualrs_fast.dual import DualSmoothing
-from dualrs_fast.models import DATASET_STATS, estimator_weights_path
+from dualrs_fast.models import DATASET_STATS, WEIGHTS_DIR, estimator_weights_path
 from dualrs_fast.training import (LABEL_SAMPLES, REPORTED_RADII, committed_experts,
                                   default_split_data, train_estimator)
 
+#: the checkout's weights (models.WEIGHTS_DIR is the installed package's)
+REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 SIGMAS = (0.25, 0.5, 1.0)
 ARCH = "class_group"
 ESTIMATOR_ALPHA_FRACTION = 0.5
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         validate(experts, X, y, args.label_samples,
                  args.radii_cache.with_suffix(".validation.pt"))
         return 0
-    out = args.out or estimator_weights_path(args.arch, dataset=args.dataset)
+    out = args.out or REPO_WEIGHTS / estimator_weights_path(
+        args.arch, dataset=args.dataset).relative_to(WEIGHTS_DIR)
     options = {}
     if args.arch != "class_group":
         mean, std = DATASET_STATS[args.dataset]

@@ -113,3 +113,23 @@ def test_unknown_dataset_weights_are_refused():
         models.load_default_classifier(0.5, dataset="cifar")
     with pytest.raises(FileNotFoundError, match="no committed noise-conditioned classifier"):
         models.load_default_conditioned(dataset="mnist5k")
+
+
+def test_command_line_uses_the_datasets_own_models(tmp_path, capsys):
+    import json
+
+    from cli_helpers import dualrs, rows
+    from dualrs_fast.loading import fingerprint
+    quick = ["--n0", "20", "--n", "100", "--alpha", "0.01", "--seed", "0", "--quiet"]
+    for name, extra in (("standard", ["--sigma", "0.5"]), ("dual", ["--dual"])):
+        log = tmp_path / f"{name}.tsv"
+        code, _, err = dualrs(capsys, "certify", "--dataset", "fashion-mnist", "--max", 2,
+                              *extra, *quick, "--out", log)
+        assert code == 0, err
+        assert [int(r[1]) for r in rows(log)[1:]] == \
+            load_dataset("fashion-mnist", "test")[1][:2].tolist()
+    config = json.loads((tmp_path / "standard.tsv.args.json").read_text())
+    text = json.dumps(config)
+    expert = models.load_default_classifier(0.5, dataset="fashion-mnist")
+    assert fingerprint(expert) in text  # the fashion-mnist expert, not mnist5k's
+    assert fingerprint(models.load_default_classifier(0.5)) not in text
