@@ -138,8 +138,8 @@ def test_normalisation_inside_model():
 
 
 def test_build_model_unknown_name():
-    assert set(MODEL_REGISTRY) == {"tiny_mlp", "small_cnn", "resnet20", "class_group"}
-    with pytest.raises(ValueError, match="class_group, resnet20, small_cnn, tiny_mlp"):
+    assert set(MODEL_REGISTRY) == {"tiny_mlp", "small_cnn", "sigma_cnn", "resnet20", "class_group"}
+    with pytest.raises(ValueError, match="class_group, resnet20, sigma_cnn, small_cnn, tiny_mlp"):
         build_model("resnet50")
 
 
