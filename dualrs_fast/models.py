@@ -178,29 +178,19 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-class SigmaConditionedCNN(nn.Module):
+class SigmaConditionedCNN(SmallCNN):
     """A noise-conditioned classifier ``model(x, sigma)``, one model for every noise level: a
     SmallCNN over the image plus one constant channel holding each row's sigma (``sigma`` a
     float or a tensor (N,)). It is a row-independent function of (x, sigma), so Dual RS can
     send inputs routed to different levels through one forward pass."""
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        input_size: int = 28,
-        hidden: int = 128,
-        mean: float | Sequence[float] = MNIST_MEAN,
-        std: float | Sequence[float] = MNIST_STD,
-    ):
-        super().__init__()
+    def __init__(self, in_channels: int = 1, mean: float | Sequence[float] = MNIST_MEAN,
+                 std: float | Sequence[float] = MNIST_STD, **kwargs: Any):
         mean = _channel_stats(mean, in_channels, "mean")
         std = _channel_stats(std, in_channels, "std")
-        self.config = dict(in_channels=int(in_channels), num_classes=int(num_classes),
-                           input_size=int(input_size), hidden=int(hidden), mean=mean, std=std)
         # the sigma channel passes through the normalisation unchanged (mean 0, std 1)
-        self.net = SmallCNN(in_channels + 1, num_classes, input_size, hidden, mean + [0.0],
-                            std + [1.0])
+        super().__init__(in_channels + 1, mean=mean + [0.0], std=std + [1.0], **kwargs)
+        self.config.update(in_channels=int(in_channels), mean=mean, std=std)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
@@ -210,7 +200,7 @@ class SigmaConditionedCNN(nn.Module):
             raise ValueError(f"SigmaConditionedCNN expects x (N, C, H, W) and sigma (N,) or a "
                              f"number, got x {tuple(x.shape)} and sigma {tuple(sigma.shape)}")
         channel = sigma.view(-1, 1, 1, 1).expand(-1, 1, x.shape[2], x.shape[3])
-        return self.net(torch.cat([x, channel.to(memory_format=torch.contiguous_format)], 1))
+        return super().forward(torch.cat([x, channel], 1))
 
 
 class _BasicBlock(nn.Module):
