@@ -101,7 +101,7 @@ LEARNED = (("tiny_mlp, T=1, balanced", dict(arch="tiny_mlp")),
 #: (positions EXPERT_IMAGES.. of scripts/train_default.py's permutation); the learned
 #: estimator's recipe (2 CPU cores shared: few epochs).
 EXPERT_IMAGES, FIT_IMAGES = 20_000, 1000
-LEARNED_RECIPE = dict(epochs=8, temperature=0.25, lr=2e-3)
+LEARNED_RECIPE = dict(epochs=30, temperature=0.25, lr=2e-3)
 
 
 def fit_images(dataset: str):
