@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: the committed weights, models.estimator_weights_path")
     p.add_argument("--validate", action="store_true",
                    help="the docstring's validation protocol (mnist5k) instead; writes no weights")
+    p.add_argument("--consistency", type=float, default=40.0,
+                   help="--arch small_cnn: weight of the consistency (KL) term (paper: 40)")
+    p.add_argument("--entropy", type=float, default=0.5,
+                   help="--arch small_cnn: weight of the entropy term (paper: 0.5)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     X, y, described = fit_images(args.dataset)
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {}
     if args.arch != "class_group":
         mean, std = DATASET_STATS[args.dataset]
-        options = dict(arch_kwargs={"mean": list(mean), "std": list(std)}, **LEARNED_RECIPE)
+        options = dict(arch_kwargs={"mean": list(mean), "std": list(std)}, **LEARNED_RECIPE,
+                       consistency=args.consistency, entropy=args.entropy)
     radii_cache = args.radii_cache
     if args.dataset != "mnist5k":
         radii_cache = radii_cache.with_name(f"{radii_cache.stem}.{args.dataset}.pt")
