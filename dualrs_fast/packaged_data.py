@@ -6,8 +6,9 @@
   ``mnist/data/mnist.pkl.gz``, a Python-2 pickle of numpy arrays.
 
 Every file is checked against a SHA-256 recorded here before it is parsed (for the IDX files:
-of the data after the header, whose content is checked exactly); a mismatch is refused. The pickle is also read by an unpickler that can build numpy arrays and nothing else,
-so even a file that somehow passed the checksum cannot run code.
+of the data after the header, whose content is checked exactly); a mismatch is refused. The
+pickle is also read by an unpickler that can build numpy arrays and nothing else, so even a
+file that somehow passed the checksum cannot run code.
 """
 from __future__ import annotations
 
