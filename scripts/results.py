@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""The committed results table (results/RESULTS.md) and figure (docs/dual_rs.png): certified
-accuracy of standard RS at each single sigma, the multiscale cascade and Dual RS on held-out
-MNIST-5k test images, same models, same n0, n and alpha, at two budgets.
+"""The committed results tables (results/RESULTS.md for mnist5k, results/FASHION_MNIST.md) and
+figures (docs/dual_rs.png, docs/dual_rs_fashion_mnist.png): certified accuracy of standard RS
+at each single sigma, the multiscale cascade and Dual RS on held-out test images, same models,
+same n0, n and alpha, at two budgets.
 
-    make results            # = .venv/bin/python -P scripts/results.py  (~35 minutes on 2 cores)
+    make results            # both datasets (~35 minutes each on 2 idle cores)
+    python scripts/results.py --dataset fashion-mnist --n-test 200 --budgets 2000
     python scripts/results.py --n-test 20 --budgets 500 --out /tmp/r.md --plot /tmp/r.png   # quick check
 
 Rows, for each budget n (N0 = 100 selection samples, alpha = 0.001, seed 0, noise keyed by the
@@ -11,13 +13,20 @@ test index): standard RS with the committed classifier at sigma 0.25, 0.5 and 1.
 (models.load_default_classifier); the best single sigma at each radius (a row of maxima, not a
 method); CascadeSmoothing over the three classifiers (Jeong & Shin's multiscale smoothing);
 Dual RS with the committed estimator (models.load_default_dual, sequential estimator, alpha
-split in halves); and the oracle router: per input the level whose classifier certifies the
+split in halves), once per committed estimator (the class-group map; the paper's learned
+estimator where one is committed) and, where a noise-conditioned classifier is committed, with
+it in place of the experts (one model, inputs of all levels in one forward pass); and the
+oracle router: per input the level whose classifier certifies the
 largest correct radius at the classifier's half of alpha (what Dual RS would get with a perfect
 estimator whose R_ve never binds; a ceiling, not a certificate).
 
 Mean radius: the certified radius of correct predictions, 0 otherwise, averaged over inputs.
 Wall-time ratio: each method's time over standard RS at sigma 0.5 on the first CHUNK inputs,
 calls interleaved TIMING_REPEATS times (the machine may be shared), at the first budget.
+R_ve distribution: per Dual RS row, quantiles of the estimator's certified radius R_ve over the
+inputs it routes, beside those of the routed classifier's R_cls, the share of correct inputs
+whose radius min(R_ve, R_cls) is set by R_ve, and the mean radius the same routing would reach
+without the cap (a diagnostic, not a certificate).
 """
 from __future__ import annotations
 
@@ -33,8 +42,10 @@ import torch
 
 import dualrs_fast as drs
 from dualrs_fast.cascade import CascadeSmoothing
-from dualrs_fast.data import load_default_split
-from dualrs_fast.models import load_default_classifier, load_default_dual
+from dualrs_fast.data import load_dataset
+from dualrs_fast.models import (DEFAULT_ESTIMATORS, ESTIMATOR_ARCHS,
+                                conditioned_weights_path, estimator_weights_path,
+                                load_default_classifier, load_default_dual)
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 from dualrs_fast.smoothing import certify_counts
@@ -45,6 +56,12 @@ RADII = REPORTED_RADII
 SIGMAS = (0.25, 0.5, 1.0)
 N_TEST, N0, BUDGETS, ALPHA, SEED, BATCH, CHUNK = 500, 100, (2000, 10_000), 0.001, 0, 1000, 50
 TIMING_REPEATS = 3
+#: where each dataset's table and figure go
+OUTPUTS = {"mnist5k": ("RESULTS.md", "dual_rs.png"),
+           "fashion-mnist": ("FASHION_MNIST.md", "dual_rs_fashion_mnist.png"),
+           "mnist": ("MNIST.md", "dual_rs_mnist.png")}
+STANDARD = "standard σ={:g}"
+CASCADE = "cascade (multiscale, largest σ first)"
 
 
 def accuracy(radius, correct):
@@ -66,63 +83,89 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def load_methods():
-    """The committed classifiers, the cascade over them and the embedded Dual RS."""
-    experts = {s: load_default_classifier(s) for s in SIGMAS}
-    return experts, CascadeSmoothing(experts, sigmas=SIGMAS), load_default_dual()
+def load_methods(dataset):
+    """{label: smoother}: the committed classifiers, the cascade over them, and Dual RS with
+    each committed estimator (experts, and the noise-conditioned classifier where committed)."""
+    experts = {s: load_default_classifier(s, dataset=dataset) for s in SIGMAS}
+    methods = {STANDARD.format(s): m for s, m in experts.items()}
+    methods[CASCADE] = CascadeSmoothing(experts, sigmas=SIGMAS)
+    for arch in ESTIMATOR_ARCHS:
+        if estimator_weights_path(arch, dataset=dataset).is_file():
+            methods[f"Dual RS ({arch} estimator, experts)"] = load_default_dual(
+                estimator=arch, dataset=dataset)
+            default = arch == DEFAULT_ESTIMATORS.get(dataset)
+            if default and conditioned_weights_path(dataset).is_file():
+                methods[f"Dual RS ({arch} estimator, one noise-conditioned classifier)"] = \
+                    load_default_dual(estimator=arch, dataset=dataset, conditioned=True)
+    return methods
+
+
+def r_ve_summary(label, r, y):
+    """The estimator's R_ve next to the routed classifier's R_cls (docstring)."""
+    routed = r.level >= 0
+    correct = r.prediction == y
+    quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    ve = r.radius_estimator[routed].double().quantile(quantiles) if routed.any() else quantiles * 0
+    cls = r.radius_classifier[routed].double().quantile(quantiles) if routed.any() else quantiles * 0
+    capped = correct & (r.radius_estimator < r.radius_classifier)
+    uncapped = torch.where(correct, r.radius_classifier.double(), 0.0).mean()
+    return {"label": label, "ve": ve.tolist(), "cls": cls.tolist(),
+            "capped": float(capped.double().sum() / max(1, int(correct.sum()))),
+            "uncapped_mean": float(uncapped)}
 
 
 def budget_rows(x, y, n, ids, methods):
-    experts, cascade, dual = methods
-    rows, oracle = [], []
-    for s, model in experts.items():
-        # the two calls drs.certify makes, so the oracle's certificates reuse the same votes
-        sigma = torch.full((x.shape[0],), s, dtype=torch.float64)
-        counts, sec = timed(lambda: count_votes(
-            model, x, sigma, [Draw(Stream.SELECT, N0), Draw(Stream.ESTIMATE, n)], seed=SEED,
-            ids=ids, batch_size=BATCH))
-        r = certify_counts(counts[0], counts[1], n, ALPHA, sigma)
-        rows.append(row(f"standard σ={s:g}", r.radius, r.prediction == y, sec))
-        # the oracle's per-level certificates at the classifier's half of alpha
-        r = certify_counts(counts[0], counts[1], n, ALPHA / 2, sigma)
-        oracle.append(torch.where(r.prediction == y, r.radius.double(), 0.0))
+    rows, oracle, summaries = [], [], []
+    for label, method in methods.items():
+        if label.startswith("standard"):
+            s = float(label.split("=")[1])
+            # the two calls drs.certify makes, so the oracle's certificates reuse the same votes
+            sigma = torch.full((x.shape[0],), s, dtype=torch.float64)
+            counts, sec = timed(lambda: count_votes(
+                method, x, sigma, [Draw(Stream.SELECT, N0), Draw(Stream.ESTIMATE, n)],
+                seed=SEED, ids=ids, batch_size=BATCH))
+            r = certify_counts(counts[0], counts[1], n, ALPHA, sigma)
+            rows.append(row(label, r.radius, r.prediction == y, sec))
+            # the oracle's per-level certificates at the classifier's half of alpha
+            r = certify_counts(counts[0], counts[1], n, ALPHA / 2, sigma)
+            oracle.append(torch.where(r.prediction == y, r.radius.double(), 0.0))
+            continue
+        r, sec = timed(lambda: method.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
+                                              batch_size=BATCH))
+        extra = {"levels": [int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]}
+        if label.startswith("Dual RS"):
+            extra.update(estimator_samples=float(r.estimator_samples.double().mean()),
+                         r_ve_median=float(r.radius_estimator.median()))
+            summaries.append(r_ve_summary(label, r, y))
+        rows.append(row(label, r.radius, r.prediction == y, sec, **extra))
+    singles = rows[:len(SIGMAS)]
     best = {"label": "*best single σ at each radius*",
-            "acc": [max(r["acc"][i] for r in rows) for i in range(len(RADII))],
-            "mean": max(r["mean"] for r in rows), "seconds": None}
-    r, sec = timed(lambda: cascade.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
-                                           batch_size=BATCH))
-    rows.append(row("cascade (multiscale, largest σ first)", r.radius, r.prediction == y, sec,
-                    levels=[int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]))
-    r, sec = timed(lambda: dual.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
-                                        batch_size=BATCH))
-    rows.append(row("Dual RS (committed class_group estimator)", r.radius, r.prediction == y,
-                    sec, levels=[int((r.level == k).sum()) for k in range(-1, len(SIGMAS))],
-                    estimator_samples=float(r.estimator_samples.double().mean()),
-                    r_ve_median=float(r.radius_estimator.median())))
+            "acc": [max(r["acc"][i] for r in singles) for i in range(len(RADII))],
+            "mean": max(r["mean"] for r in singles), "seconds": None}
     per_level = torch.stack(oracle)
     best_level = per_level.argmax(0)
     radius = per_level.max(0).values
     rows.append(row("*oracle router (ceiling, not a certificate)*", radius.float(), radius > 0,
                     levels=[0] + [int(((best_level == k) & (radius > 0)).sum())
                                   for k in range(len(SIGMAS))]))
-    rows.insert(3, best)
-    return rows
+    rows.insert(len(SIGMAS), best)
+    return rows, summaries
 
 
-def time_ratios(x, ids, n, methods):
+def time_ratios(x, ids, n, methods, repeats):
     """Each method's wall time over standard RS at sigma 0.5, calls interleaved."""
-    experts, cascade, dual = methods
     kw = dict(n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids, batch_size=BATCH)
-    calls = {f"standard σ={s:g}": (lambda s=s: drs.certify(experts[s], x, sigma=s, **kw))
-             for s in SIGMAS}
-    calls["cascade (multiscale, largest σ first)"] = lambda: cascade.certify(x, **kw)
-    calls["Dual RS (committed class_group estimator)"] = lambda: dual.certify(x, **kw)
+    calls = {label: (lambda m=m, s=s: drs.certify(m, x, sigma=s, **kw)) for label, m, s in
+             ((label, m, float(label.split("=")[1])) for label, m in methods.items()
+              if label.startswith("standard"))}
+    calls.update({label: (lambda m=m: m.certify(x, **kw)) for label, m in methods.items()
+                  if not label.startswith("standard")})
     times = {name: [] for name in calls}
-    for _ in range(TIMING_REPEATS):
+    for _ in range(repeats):
         for name, fn in calls.items():
             times[name].append(timed(fn)[1])
     median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    return {name: t / median["standard σ=0.5"] for name, t in median.items()}
+    return {name: t / median[STANDARD.format(0.5)] for name, t in median.items()}
 
 
 def machine():
@@ -149,6 +192,17 @@ def markdown(rows, n, ratios):
     return "\n".join(lines)
 
 
+def r_ve_markdown(summaries, n):
+    head = ("| Dual RS | R_ve quantiles 10/25/50/75/90% | R_cls quantiles 10/25/50/75/90% | "
+            "correct inputs capped by R_ve | mean radius without the cap |")
+    lines = [f"#### R_ve against the radii it caps, n = {n:,}", "", head, "|---|---|---|---|---|"]
+    for r in summaries:
+        lines.append(f"| {r['label']} | " + " / ".join(f"{v:.2f}" for v in r["ve"]) + " | "
+                     + " / ".join(f"{v:.2f}" for v in r["cls"])
+                     + f" | {r['capped']:.3f} | {r['uncapped_mean']:.3f} |")
+    return "\n".join(lines)
+
+
 def plot(all_rows, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -171,36 +225,45 @@ def plot(all_rows, path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist5k", choices=sorted(OUTPUTS))
     p.add_argument("--n-test", type=int, default=N_TEST)
     p.add_argument("--start", type=int, default=0,
                    help="first test index (e.g. 600 with --n-test 200: the held-out check)")
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "RESULTS.md")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "dual_rs.png")
+    p.add_argument("--timing-repeats", type=int, default=TIMING_REPEATS)
+    p.add_argument("--timing-inputs", type=int, default=CHUNK, help="0: no wall-time ratios")
+    p.add_argument("--out", type=Path, default=None, help="default: results/ per dataset")
+    p.add_argument("--plot", type=Path, default=None, help="default: docs/ per dataset")
     args = p.parse_args(argv)
+    out_name, plot_name = OUTPUTS[args.dataset]
+    args.out = args.out or ROOT / "results" / out_name
+    args.plot = args.plot or ROOT / "docs" / plot_name
     torch.set_num_threads(args.threads)
-    _, _, x_test, y_test = load_default_split()
+    x_test, y_test = load_dataset(args.dataset, "test")
     x, y = x_test[args.start:args.start + args.n_test], y_test[args.start:args.start + args.n_test]
     ids = torch.arange(args.start, args.start + x.shape[0])  # noise keyed by the test index
     start = time.perf_counter()
-    methods = load_methods()
-    ratios = time_ratios(x[:CHUNK], ids[:CHUNK], args.budgets[0], methods)
+    methods = load_methods(args.dataset)
+    chunk = args.timing_inputs
+    ratios = (time_ratios(x[:chunk], ids[:chunk], args.budgets[0], methods, args.timing_repeats)
+              if chunk > 0 else {})
     print("wall-time ratios", {k: round(v, 2) for k, v in ratios.items()}, flush=True)
-    all_rows = {}
+    all_rows, all_summaries = {}, {}
     for n in args.budgets:
-        all_rows[n] = budget_rows(x, y, n, ids, methods)
+        all_rows[n], all_summaries[n] = budget_rows(x, y, n, ids, methods)
     total = time.perf_counter() - start
     command = ("make results" if argv is None and sys.argv[1:] == [] else
                "python scripts/results.py " + " ".join(sys.argv[1:] if argv is None else argv))
     tables = "\n\n".join(markdown(rows, n, ratios if n == args.budgets[0] else None)
+                         + "\n\n" + r_ve_markdown(all_summaries[n], n)
                          for n, rows in all_rows.items())
-    text = f"""# Certified accuracy: single sigma, cascade, Dual RS
+    text = f"""# Certified accuracy: single sigma, cascade, Dual RS ({args.dataset})
 
-Test images {args.start}..{args.start + x.shape[0] - 1} of the embedded MNIST-5k split, n0 = {N0}, alpha =
+Test images {args.start}..{args.start + x.shape[0] - 1} of {args.dataset}'s test split, n0 = {N0}, alpha =
 {ALPHA}, seed {SEED}; written by `{command}` ({total / 60:.0f} min) on
-{machine()}. Radii in pixel-scale l2. The wall-time ratios are medians of {TIMING_REPEATS}
-interleaved calls on the first {CHUNK} inputs at n = {args.budgets[0]:,}.
+{machine()}. Radii in pixel-scale l2. The wall-time ratios are medians of {args.timing_repeats}
+interleaved calls on the first {chunk} inputs at n = {args.budgets[0]:,}.
 
 {tables}
 

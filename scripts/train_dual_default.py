@@ -4,6 +4,15 @@ validation split.
 
     python scripts/train_dual_default.py              # writes dualrs_fast/weights/estimator_class_group.pt (~2 min)
     python scripts/train_dual_default.py --validate   # the comparison below (~10 min on 2 cores)
+    python scripts/train_dual_default.py --dataset fashion-mnist              # weights/fashion-mnist/
+    python scripts/train_dual_default.py --dataset fashion-mnist --arch small_cnn   # the paper's
+
+Fashion-MNIST (``--dataset fashion-mnist``): the committed Fashion-MNIST experts, labels on
+FIT_IMAGES training images the experts never saw (positions 20,000.. of the permutation
+``scripts/train_default.py`` draws its first 20,000 from). ``--arch small_cnn`` trains the
+paper's learned estimator (``training.train_dual``: soft radius labels, class balance,
+consistency 40 + entropy 0.5, one round: the experts stay the committed ones) instead of
+the class-group map.
 
 Everything goes through ``training.train_estimator`` (``dualrs train --estimator`` calls it
 too), against the committed classifiers at 0.25, 0.5, 1.0 (kept fixed), on the default MNIST-5k
@@ -70,11 +79,13 @@ from pathlib import Path
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.data import load_default_split
+from dualrs_fast.data import load_default_split, permuted_train_slice
 from dualrs_fast.dual import DualSmoothing
+from dualrs_fast.models import DATASET_STATS, WEIGHTS_DIR, estimator_weights_path
 from dualrs_fast.training import (LABEL_SAMPLES, REPORTED_RADII, committed_experts,
                                   default_split_data, train_estimator)
 
+#: the checkout's weights (models.WEIGHTS_DIR is the installed package's)
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 SIGMAS = (0.25, 0.5, 1.0)
 ARCH = "class_group"
@@ -86,6 +97,22 @@ VAL_FIT, VAL_SIZE = 3500, 500
 LEARNED = (("tiny_mlp, T=1, balanced", dict(arch="tiny_mlp")),
            ("tiny_mlp, T=0.25, 60 epochs, balanced", dict(arch="tiny_mlp", temperature=0.25,
                                                           epochs=60, lr=5e-3)))
+#: Fashion-MNIST: labels on FIT_IMAGES training images the experts did not train on
+#: (positions EXPERT_IMAGES.. of scripts/train_default.py's permutation); the learned
+#: estimator's recipe (2 CPU cores shared: few epochs).
+EXPERT_IMAGES, FIT_IMAGES = 20_000, 1000
+LEARNED_RECIPE = dict(epochs=30, temperature=0.25, lr=2e-3)
+
+
+def fit_images(dataset: str):
+    """The estimator's training inputs: mnist5k's training split, or for the packaged
+    datasets FIT_IMAGES training images the experts never saw."""
+    if dataset == "mnist5k":
+        X, y, _, _ = load_default_split()
+        return X, y, default_split_data(int(X.shape[0]))
+    X, y = permuted_train_slice(dataset, EXPERT_IMAGES, EXPERT_IMAGES + FIT_IMAGES)
+    return (X, y, f"{dataset} train, positions {EXPERT_IMAGES}..{EXPERT_IMAGES + FIT_IMAGES - 1} "
+            "of the permutation seeded with 0 (not seen by the experts)")
 
 
 def accuracy_row(radius, correct) -> str:
@@ -132,26 +159,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--radii-cache", type=Path, default=Path("runs/estimated_radii.pt"),
                    help="cache of the estimated radii (recomputed when experts or data change)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=REPO_WEIGHTS / f"estimator_{ARCH}.pt")
+    p.add_argument("--dataset", default="mnist5k", choices=sorted(DATASET_STATS))
+    p.add_argument("--arch", default=ARCH, choices=("class_group", "small_cnn"),
+                   help="class_group (the class-to-level map) or small_cnn (the paper's recipe)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: the committed weights, models.estimator_weights_path")
     p.add_argument("--validate", action="store_true",
-                   help="the docstring's validation protocol instead; writes no weights")
+                   help="the docstring's validation protocol (mnist5k) instead; writes no weights")
+    p.add_argument("--consistency", type=float, default=40.0,
+                   help="--arch small_cnn: weight of the consistency (KL) term (paper: 40)")
+    p.add_argument("--entropy", type=float, default=0.5,
+                   help="--arch small_cnn: weight of the entropy term (paper: 0.5)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    X, y, _, _ = load_default_split()
-    experts, names = committed_experts(SIGMAS)
+    X, y, described = fit_images(args.dataset)
+    experts, names = committed_experts(SIGMAS, args.dataset)
     if args.validate:
         validate(experts, X, y, args.label_samples,
                  args.radii_cache.with_suffix(".validation.pt"))
         return 0
+    out = args.out or REPO_WEIGHTS / estimator_weights_path(
+        args.arch, dataset=args.dataset).relative_to(WEIGHTS_DIR)
+    options = {}
+    if args.arch != "class_group":
+        mean, std = DATASET_STATS[args.dataset]
+        options = dict(arch_kwargs={"mean": list(mean), "std": list(std)}, **LEARNED_RECIPE,
+                       consistency=args.consistency, entropy=args.entropy)
+    radii_cache = args.radii_cache
+    if args.dataset != "mnist5k":
+        radii_cache = radii_cache.with_name(f"{radii_cache.stem}.{args.dataset}.pt")
     start = time.perf_counter()
     _, _, meta = train_estimator(
-        experts, X, y, expert_names=names, data=default_split_data(int(X.shape[0])), arch=ARCH,
+        experts, X, y, expert_names=names, data=described, arch=args.arch,
         label_samples=args.label_samples, label_n=CERT_N, label_alpha=CERT_ALPHA,
-        estimator_alpha_fraction=ESTIMATOR_ALPHA_FRACTION, radii_cache=args.radii_cache,
-        out=args.out)
-    print(f"class map {meta['train_dual']['groups']} (level per digit), labels per sigma "
-          f"{dict(zip(SIGMAS, meta['label_histogram']))}; {time.perf_counter() - start:.0f} s "
-          f"-> {args.out}")
+        estimator_alpha_fraction=ESTIMATOR_ALPHA_FRACTION, radii_cache=radii_cache,
+        out=out, **options)
+    groups = meta["train_dual"].get("groups")
+    print((f"class map {groups} (level per class), " if groups else "")
+          + f"labels per sigma {dict(zip(SIGMAS, meta['label_histogram']))}; "
+          f"{time.perf_counter() - start:.0f} s -> {out}")
     return 0
 
 

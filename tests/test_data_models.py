@@ -138,9 +138,11 @@ def test_normalisation_inside_model():
 
 
 def test_build_model_unknown_name():
-    assert set(MODEL_REGISTRY) == {"tiny_mlp", "small_cnn", "resnet20", "class_group"}
-    with pytest.raises(ValueError, match="class_group, resnet20, small_cnn, tiny_mlp"):
-        build_model("resnet50")
+    assert set(MODEL_REGISTRY) == {"tiny_mlp", "small_cnn", "sigma_cnn", "resnet20", "class_group",
+                                   "cifar_resnet20", "cifar_resnet110", "resnet50"}
+    with pytest.raises(ValueError, match="cifar_resnet110, cifar_resnet20, class_group, resnet20, "
+                                         "resnet50, sigma_cnn, small_cnn, tiny_mlp"):
+        build_model("vgg16")
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -1,4 +1,4 @@
-"""The trust boundary (issue 20, items 3 and 4; README "Threat model").
+"""The trust boundary (issue 20, items 3 and 4; docs/threat-model.md).
 
 - No model call receives memory that is later certified or logged: the command line's
   pre-flight checks fed the model ``dataset.x[:1]``, a view, and a model that binarised its
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dualrs_fast import loading
+from dualrs_fast.batch_probe import RTOL_FLOAT32
 from dualrs_fast.loading import fingerprint
 from dualrs_fast.models import (ClassGroupEstimator, ResNet20, SmallCNN, TinyMLP,
                                 save_checkpoint)
@@ -76,43 +77,65 @@ def test_no_model_call_writes_into_the_dataset(command, toy, tmp_path, capsys, l
 
 # --------------------------------------------------------------------------- architectures
 
+ARCHS = ["tiny_mlp", "small_cnn", "sigma_cnn", "resnet20", "class_group", "cifar_resnet20",
+         "cifar_resnet110", "resnet50"]
+
+
 def _built_in(arch):
+    """-> (model in eval mode, the shape of its inputs); small sizes, 4 classes."""
+    from dualrs_fast.cohen_archs import CifarResNet20, CifarResNet110, ImageNetResNet50
+    from dualrs_fast.models import SigmaConditionedCNN
     torch.manual_seed(0)
-    return {
-        "tiny_mlp": lambda: TinyMLP((1, 8, 8), num_classes=4, hidden=8),
-        "small_cnn": lambda: SmallCNN(in_channels=1, num_classes=4, input_size=8, hidden=8),
-        "resnet20": lambda: ResNet20(in_channels=1, num_classes=4),
-        "class_group": lambda: ClassGroupEstimator(
+    gray, color = (1, 8, 8), (3, 32, 32)
+    model, shape = {
+        "tiny_mlp": lambda: (TinyMLP((1, 8, 8), num_classes=4, hidden=8), gray),
+        "small_cnn": lambda: (SmallCNN(in_channels=1, num_classes=4, input_size=8, hidden=8), gray),
+        "sigma_cnn": lambda: (SigmaConditionedCNN(num_classes=4, input_size=8, hidden=8), gray),
+        "resnet20": lambda: (ResNet20(in_channels=1, num_classes=4), gray),
+        "class_group": lambda: (ClassGroupEstimator(
             "small_cnn", dict(in_channels=1, num_classes=4, input_size=8, hidden=8),
-            groups=[0, 1, 1, 0], num_levels=2),
-    }[arch]().eval()
+            groups=[0, 1, 1, 0], num_levels=2), gray),
+        "cifar_resnet20": lambda: (CifarResNet20(num_classes=4), color),
+        "cifar_resnet110": lambda: (CifarResNet110(num_classes=4), color),
+        "resnet50": lambda: (ImageNetResNet50(num_classes=4), color),
+    }[arch]()
+    return model.eval(), shape
 
 
 def test_every_registered_architecture_is_tested_here():
     from dualrs_fast.models import MODEL_REGISTRY
-    assert sorted(MODEL_REGISTRY) == ["class_group", "resnet20", "small_cnn", "tiny_mlp"]
+    assert sorted(MODEL_REGISTRY) == sorted(ARCHS)
 
 
-@pytest.mark.parametrize("arch", ["tiny_mlp", "small_cnn", "resnet20", "class_group"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_built_in_architectures_are_stateless_row_independent_functions(arch):
-    model = _built_in(arch)
-    before = fingerprint(model)
-    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    net, shape = _built_in(arch)
+    rows = 40 if shape[0] == 1 else 12  # the CIFAR/ImageNet ResNets are slow on 2 cores
+    levels = torch.tensor([0.25, 0.5, 1.0, 0.5]).repeat(10)  # a noise-conditioned model's sigma
+
+    def model(x, which=slice(None)):
+        return net(x, levels[which]) if arch == "sigma_cnn" else net(x)
+    before = fingerprint(net)
+    x = torch.rand(rows, *shape, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        alone = torch.cat([model(x[k:k + 1]) for k in range(len(x))])
+        alone = torch.cat([model(x[k:k + 1], slice(k, k + 1)) for k in range(len(x))])
+        # float rounding that depends on the batch size, measured as the batch probe does it
+        # (a fraction of the largest logit: an untrained ResNet-110's logits reach 1e5)
+        tol = dict(rtol=1e-5, atol=max(1e-5, RTOL_FLOAT32 * float(alone.abs().max())))
         for _ in range(2):   # over calls: the same outputs (no call counter, no memo)
-            for size in (3, 8, 9, 40):     # batches below, at and above the probe's 8
-                batched = torch.cat([model(x[k:k + size]) for k in range(0, len(x), size)])
-                torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+            for size in (3, 8, 9, rows):   # batches below, at and above the probe's 8
+                batched = torch.cat([model(x[k:k + size], slice(k, k + size))
+                                     for k in range(0, len(x), size)])
+                torch.testing.assert_close(batched, alone, **tol)
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
-            torch.testing.assert_close(model(x[perm]), alone[perm], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model(x[perm], perm), alone[perm], **tol)
             torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)),
-                                       alone, rtol=1e-5, atol=1e-5)
+                                       alone, **tol)
         # a row does not see the others: changing every other row leaves it as it was
         other = x.clone()
-        other[1:] = torch.rand(39, 1, 8, 8)
-        torch.testing.assert_close(model(other)[0], alone[0], rtol=1e-5, atol=1e-5)
-    assert fingerprint(model) == before   # no parameter, buffer or attribute changed
+        other[1:] = torch.rand(rows - 1, *shape)
+        torch.testing.assert_close(model(other)[0], alone[0], **tol)
+    assert fingerprint(net) == before   # no parameter, buffer or attribute changed
 
 
 def test_the_command_line_says_which_side_of_the_boundary_a_run_is_on(toy, tmp_path, capsys):
