@@ -13,6 +13,10 @@ trained with each row's sigma drawn from the levels and saved as
     python scripts/train_default.py --dataset fashion-mnist                 # see DATASET_RECIPES
     python scripts/train_default.py --dataset fashion-mnist --conditioned   # one model, all sigmas
     python scripts/train_default.py --sigmas 0.25 --epochs 5 --out-dir /tmp/w   # quick check
+
+The models go under runs/weights/ (ignored by git) in the layout of the committed ones;
+``--out-dir dualrs_fast/weights`` (with ``--dataset``: ``dualrs_fast/weights/<dataset>``)
+rewrites the committed weights.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from dualrs_fast.models import (DATASET_STATS, WEIGHTS_DIR, build_model,
 from dualrs_fast.training import _SigmaFixed, evaluate_accuracy, train_classifier
 
 #: the checkout's weights (models.WEIGHTS_DIR is the installed package's)
-REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
+# by default a rebuild goes under runs/ (git ignores it); --out-dir dualrs_fast/weights updates
+# the committed weights
+RUNS_WEIGHTS = Path("runs") / "weights"
 ARCH = "small_cnn"
 EPOCHS = 60
 BATCH_SIZE = 64
@@ -70,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="one noise-conditioned model for all --sigmas instead of one per sigma")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out-dir", type=Path, default=None, help="default: the committed weights")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="default: runs/weights/ (same layout as the committed weights, which "
+                        "--out-dir dualrs_fast/weights rewrites)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path = default_weights_path(sigma, ARCH, dataset=args.dataset)
         path = (args.out_dir / path.name if args.out_dir is not None
-                else REPO_WEIGHTS / path.relative_to(WEIGHTS_DIR))
+                else RUNS_WEIGHTS / path.relative_to(WEIGHTS_DIR))
         path = save_checkpoint(path, model, arch, meta)
         size_kb = path.stat().st_size / 1024
         for s in at:

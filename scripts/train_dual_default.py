@@ -2,7 +2,7 @@
 """Build the committed Dual RS variance estimator, or compare estimator recipes on a
 validation split.
 
-    python scripts/train_dual_default.py              # writes dualrs_fast/weights/estimator_class_group.pt (~2 min)
+    python scripts/train_dual_default.py              # writes runs/weights/estimator_class_group.pt (a few min)
     python scripts/train_dual_default.py --validate   # the comparison below (~10 min on 2 cores)
     python scripts/train_dual_default.py --dataset fashion-mnist              # weights/fashion-mnist/
     python scripts/train_dual_default.py --dataset fashion-mnist --arch small_cnn   # the paper's
@@ -86,7 +86,6 @@ from dualrs_fast.training import (LABEL_SAMPLES, REPORTED_RADII, committed_exper
                                   default_split_data, train_estimator)
 
 #: the checkout's weights (models.WEIGHTS_DIR is the installed package's)
-REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "dualrs_fast" / "weights"
 SIGMAS = (0.25, 0.5, 1.0)
 ARCH = "class_group"
 ESTIMATOR_ALPHA_FRACTION = 0.5
@@ -163,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default=ARCH, choices=("class_group", "small_cnn"),
                    help="class_group (the class-to-level map) or small_cnn (the paper's recipe)")
     p.add_argument("--out", type=Path, default=None,
-                   help="default: the committed weights, models.estimator_weights_path")
+                   help="default: runs/weights/, in the committed weights' layout "
+                        "(--out dualrs_fast/weights/estimator_class_group.pt rewrites the "
+                        "committed one)")
     p.add_argument("--validate", action="store_true",
                    help="the docstring's validation protocol (mnist5k) instead; writes no weights")
     p.add_argument("--consistency", type=float, default=40.0,
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(experts, X, y, args.label_samples,
                  args.radii_cache.with_suffix(".validation.pt"))
         return 0
-    out = args.out or REPO_WEIGHTS / estimator_weights_path(
+    out = args.out or Path("runs") / "weights" / estimator_weights_path(
         args.arch, dataset=args.dataset).relative_to(WEIGHTS_DIR)
     options = {}
     if args.arch != "class_group":
