@@ -24,14 +24,20 @@ def _violations(model, x, result):
 
 def test_linear_classifier_certificates_are_sound(linear_model):
     # The smoothed radius of a linear classifier is exactly its distance to the hyperplane.
-    alpha, N = 0.1, 400
+    # Each certificate is wrong with probability <= alpha (about 0.085 here: Clopper-Pearson is
+    # conservative), so one run of 400 exceeds alpha * 400 now and then (seeds 0 and 5 of
+    # 0..7 do, with 42 and 41): four runs are pooled.
+    alpha, N, seeds = 0.1, 400, range(4)
     distances = torch.linspace(-2 * SIGMA, 2 * SIGMA, N)
     x = inputs_at_distances(linear_model, distances, (1, 28, 28))
-    r = drs.certify(linear_model, x, sigma=SIGMA, n0=32, n=400, alpha=alpha, batch_size=4096,
-                    seed=0)
-    wrong, certified = _violations(linear_model, x, r)
-    assert certified > N / 2          # the test has something to check
-    assert wrong / N <= alpha
+    wrong = certified = 0
+    for seed in seeds:
+        r = drs.certify(linear_model, x, sigma=SIGMA, n0=32, n=400, alpha=alpha,
+                        batch_size=4096, seed=seed)
+        w, c = _violations(linear_model, x, r)
+        wrong, certified = wrong + w, certified + c
+    assert certified > len(seeds) * N / 2          # the test has something to check
+    assert wrong / (len(seeds) * N) <= alpha
 
 
 def test_soundness_test_has_power(linear_model):

