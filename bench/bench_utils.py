@@ -17,6 +17,8 @@ SMOKE = os.environ.get("BENCH_SMOKE", "") not in ("", "0")
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 RESULTS_PATH = Path(os.environ.get("BENCH_RESULTS", Path(__file__).with_name("RESULTS.md")))
 
+#: where the models run: "cpu", or "cuda" (bench/gpu.sh sets BENCH_DEVICE=cuda)
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 SIGMA = 0.25
 ALPHA = 0.001
 BATCH = 1000
@@ -29,7 +31,10 @@ INPUTS = {"tiny_mlp": 2 if SMOKE else 4, "small_cnn": 2 if SMOKE else 4, "resnet
 ROUNDS = {"tiny_mlp": 1 if SMOKE else 9, "small_cnn": 1 if SMOKE else 5,
           "resnet20": 1 if SMOKE else 3}
 N_RESNET = 50 if SMOKE else N  # ResNet-20 runs at ~2k samples/s here
-DUAL_INPUTS = INPUTS["small_cnn"]
+# Dual RS (c): the first DUAL_INPUTS test images (the test set's routing mix: about half to
+# sigma 0.5, half to sigma 1.0), at each budget of DUAL_N
+DUAL_INPUTS = 4 if SMOKE else 50
+DUAL_N = (200,) if SMOKE else (2000, 10_000)
 DUAL_ROUNDS = 1 if SMOKE else 3
 
 #: filled by the benchmarks, written to RESULTS.md at the end of a complete run
@@ -130,7 +135,7 @@ def machine() -> dict:
     import numba
     info = {"cpu": model, "cores": os.cpu_count(), "threads": THREADS,
             "torch": torch.__version__, "numba": numba.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "device": DEVICE}
     try:
         import triton
         info["triton"] = triton.__version__
@@ -151,7 +156,8 @@ def _fmt_rate(v: float) -> str:
 
 
 REQUIRED = ("tiny_mlp", "small_cnn", "resnet20", "cohen:tiny_mlp", "cohen:small_cnn",
-            "dual:class_group-plain", "dual:class_group-sequential",
+            *(f"dual:class_group-sequential-n{n}" for n in DUAL_N),
+            f"dual:class_group-plain-n{DUAL_N[0]}",
             "noise:numba", "noise:torch",
             "noise:numba-simd", "votes:numba", "votes:torch", "tiny_mlp@numba",
             "small_cnn@numba", "cohen:tiny_mlp@numba", "cohen:small_cnn@numba")
@@ -183,7 +189,8 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         f"- started {started}, {wall_seconds:.0f} s wall; load average (1/5/15 min) before "
         f"{load_before}, after {load_average()}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads used; torch "
-        f"{m['torch']}, numba {m['numba']}, triton {m['triton']}, python {m['python']}; no GPU",
+        f"{m['torch']}, numba {m['numba']}, triton {m['triton']}, python {m['python']}; models on "
+        f"{m['device']}" + ("" if m["device"] != "cpu" else " (no GPU)"),
         f"- settings: n0 = {N0}, n = {N} (ResNet-20: n = {N_RESNET}), batch_size = {BATCH}, "
         f"sigma = {SIGMA}, alpha = {ALPHA}; inputs per call: tiny MLP "
         f"{INPUTS['tiny_mlp']}, small CNN {INPUTS['small_cnn']}, ResNet-20 "
@@ -214,10 +221,12 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         f"{ratio_b('small_cnn@numba'):.2f} | - |",
         f"| (b) with noise_backend='numba' (libm) | tiny MLP | "
         f"{ratio_b('tiny_mlp@numba'):.2f} | - |",
-        f"| (c) Dual RS time / standard RS time | class-group estimator (default), sequential "
-        f"(default) | {ratio_c('dual:class_group-sequential'):.2f} | < 1.6, aim <= 1.2 |",
-        f"| (c) Dual RS time / standard RS time | class-group estimator, plain "
-        f"(estimator_rounds=1) | {ratio_c('dual:class_group-plain'):.2f} | < 1.6 |",
+        *(f"| (c) Dual RS time / standard RS time (σ = 0.5) | class-group estimator (default), "
+          f"n = {n:,} | {ratio_c(f'dual:class_group-sequential-n{n}'):.2f} | <= 1.15 |"
+          for n in DUAL_N),
+        f"| (c) Dual RS time / standard RS time (σ = 0.5) | class-group estimator, plain "
+        f"(estimator_rounds=1), n = {DUAL_N[0]:,} | "
+        f"{ratio_c(f'dual:class_group-plain-n{DUAL_N[0]}'):.2f} | < 1.6 |",
         "",
         "(a) and (b) are throughput ratios (higher is better), (c) a time ratio (lower is "
         "better). Forward-only runs the model on the very batches certify builds (same "
@@ -268,16 +277,35 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         "",
         "## Dual RS",
         "",
-        "| estimator, sampling | Dual RS s | standard RS s | ratio | estimator samples / input "
-        "| inputs routed / certified | mean radius |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"The first {DUAL_INPUTS} test images (routing mix in the per-level table), n0 = {N0}; "
+        "standard RS with each expert on the same inputs, timed right before each Dual RS "
+        "round; a ratio is the median over rounds of Dual RS time / standard RS time.",
+        "",
+        "| estimator, sampling | n | Dual RS s | standard RS s (σ = 0.25 / 0.5 / 1) | ratio to "
+        "σ = 0.25 / 0.5 / 1 | estimator samples / input | routed / certified | mean radius |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for key, name in (("dual:class_group-sequential", "class group, sequential (default)"),
-                      ("dual:class_group-plain", "class group, plain")):
+    dual_keys = [(f"dual:class_group-sequential-n{n}", "class group, sequential (default)")
+                 for n in DUAL_N]
+    dual_keys.append((f"dual:class_group-plain-n{DUAL_N[0]}", "class group, plain"))
+    for key, name in dual_keys:
         d = r[key]
-        lines.append(f"| {name} | {d['dual_s']:.2f} | {d['standard_s']:.2f} | "
-                     f"{ratio_c(key):.2f} | {d['estimator_samples']:,.0f} of {N} | "
-                     f"{d['routed']} / {d['certified']} of {DUAL_INPUTS} | {d['radius']:.3f} |")
+        lines.append(
+            f"| {name} | {d['n']:,} | {d['dual_s']:.2f} | "
+            + " / ".join(f"{v:.2f}" for v in d["standard_s"].values()) + " | "
+            + " / ".join(f"{v:.2f}" for v in d["ratios"].values())
+            + f" | {d['estimator_samples']:,.0f} of {d['n']:,} | {d['routed']} / "
+            f"{d['certified']} of {DUAL_INPUTS} | {d['radius']:.3f} |")
+    lines += ["", "Per level (the estimator's choice): inputs, those whose estimator and "
+              "classifier shared one pass, estimator samples per input, and noisy samples per "
+              "input (estimator and classifier) over standard RS's n0 + n.", "",
+              "| estimator, sampling | n | level | inputs | shared pass | estimator samples / "
+              "input | samples / standard RS's |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, name in dual_keys:
+        for level, v in r[key]["per_level"].items():
+            lines.append(f"| {name} | {r[key]['n']:,} | {level} | {v['inputs']} | "
+                         f"{v['shared']} | {v['estimator_samples']:,.0f} | "
+                         f"{v['sample_ratio']:.2f} |")
     best_noise = max(r["noise:" + b]["normals_per_s"] for b in ("numba", "numba-simd"))
     lines += [
         "",
@@ -298,6 +326,7 @@ def write_results(path: Path, started: str, load_before: str, wall_seconds: floa
         "with the references in Triton's CPU interpreter).",
         "",
     ]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + kept_sections(path))
 
 

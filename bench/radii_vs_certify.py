@@ -230,10 +230,13 @@ def _level_sigmas(dual, level) -> np.ndarray:
 
 
 def _floor(out, recorded, dual):
-    """zero_error_floor of a setting's CERTIFY radii (Dual RS: sigmas from the recorded levels)."""
+    """zero_error_floor of a setting's CERTIFY radii (Dual RS: sigmas from the recorded levels;
+    None without them, as in a fresh clone, where the votes files are not committed)."""
     radius, alpha = out["certify"]["radius"], out["alpha"]
     if out["setting"] != "dual":
         return zero_error_floor(radius, float(out["setting"]), alpha, n0=out["n0"])
+    if recorded is None:
+        return None
     alpha_ve, alpha_cls = dual.alphas(alpha)
     return zero_error_floor(radius, _level_sigmas(dual, recorded["level"]), alpha_cls,
                             dual.estimator_sigma, alpha_ve, n0=out["n0"])

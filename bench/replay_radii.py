@@ -77,7 +77,14 @@ def load_recorded(directory: str, setting: str):
     """A setting's run (SETTING_run.json) and CERTIFY's recorded votes (SETTING_certify.npz)."""
     with open(os.path.join(directory, f"{setting}_run.json")) as f:
         run = json.load(f)
-    return run, np.load(os.path.join(directory, f"{setting}_certify.npz"))
+    votes = os.path.join(directory, f"{setting}_certify.npz")
+    if not os.path.exists(votes):  # the recorded votes (MBs each) are not committed
+        start, num = run.get("start", 0), run["num"]
+        raise SystemExit(
+            f"replay_radii: no recorded votes {votes} (they are not committed); record them with "
+            f"`.venv/bin/python -P bench/radii_vs_certify.py certify --setting {setting} "
+            f"--start {start} --num {num} --dir {directory}` (a full CERTIFY run, minutes to hours)")
+    return run, np.load(votes)
 
 
 def certify_top(run) -> np.ndarray:

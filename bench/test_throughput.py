@@ -21,8 +21,8 @@ from dualrs_fast.models import ResNet20, TinyMLP, load_default_classifier, load_
 from dualrs_fast.noise import Stream, fill_noisy_rows
 from dualrs_fast.sampling import add_votes, tune_cpu_allocator
 
-from bench_utils import (ALPHA, BATCH, DUAL_INPUTS, DUAL_ROUNDS, INPUTS, N, N0, N_RESNET, ROUNDS,
-                         SIGMA, SMOKE, best_seconds, certify_batches,
+from bench_utils import (ALPHA, BATCH, DEVICE, DUAL_INPUTS, DUAL_N, DUAL_ROUNDS, INPUTS, N, N0,
+                         N_RESNET, ROUNDS, SIGMA, SMOKE, best_seconds, certify_batches,
                          median_seconds, cohen_certify, forward_only,
                          record)
 
@@ -32,17 +32,17 @@ def _test_images():
 
 
 def _inputs(k: int) -> torch.Tensor:
-    return _test_images()[:k].clone()
+    return _test_images()[:k].clone().to(DEVICE)
 
 
 @functools.lru_cache(maxsize=None)
 def _model(key: str):
     torch.manual_seed(0)
     if key == "tiny_mlp":
-        return TinyMLP().eval()
-    if key == "small_cnn":
-        return load_default_classifier(0.25)  # the sigma = 0.25 expert of the Dual RS runs
-    return ResNet20().eval()
+        return TinyMLP().eval().to(DEVICE)
+    if key == "small_cnn":  # the sigma = 0.25 expert of the Dual RS runs
+        return load_default_classifier(0.25, map_location=DEVICE)
+    return ResNet20().eval().to(DEVICE)
 
 
 def _n(key: str) -> int:
@@ -129,33 +129,49 @@ def _ratio(benchmark, key, ratio, backend, tag):
 
 
 # The embedded Dual RS (the class-group estimator over the sigma-1.0 classifier + the three
-# experts) with the plain procedure (estimator_rounds=1: all n estimator samples) and the
-# default sequential one.
-DUAL_CASES = {"class_group-plain": ("class_group", 1),
-              "class_group-sequential": ("class_group", None)}
+# experts; inputs routed to sigma 1.0 share the expert's pass with the estimator) on the first
+# DUAL_INPUTS test images, with the default sequential estimator at each budget and the plain
+# procedure (estimator_rounds=1: all n estimator samples) at the first; standard RS with each
+# expert on the same inputs is timed right before every round.
+DUAL_CASES = {f"class_group-sequential-n{n}": (n, None) for n in DUAL_N}
+DUAL_CASES[f"class_group-plain-n{DUAL_N[0]}"] = (DUAL_N[0], 1)
 
 
 @pytest.mark.parametrize("name", list(DUAL_CASES))
 def test_dual_rs(benchmark, name):
-    arch, rounds = DUAL_CASES[name]
-    dual = load_default_dual(estimator=arch)
-    rounds = {} if rounds is None else {"estimator_rounds": rounds}
+    n, rounds = DUAL_CASES[name]
+    dual = load_default_dual(map_location=DEVICE)
+    options = {} if rounds is None else {"estimator_rounds": rounds}
     x = _inputs(DUAL_INPUTS)
-    expert = dual.routes[0].classifier  # standard RS: the sigma = 0.25 expert, same inputs
-    standard = _Interleaved(lambda: _certify(expert, x, N))
-    r = benchmark.pedantic(dual.certify, args=(x,), setup=standard, rounds=DUAL_ROUNDS,
-                           warmup_rounds=1, kwargs=dict(n0=N0, n=N, alpha=ALPHA,
-                                                        batch_size=BATCH, seed=0, **rounds))
-    routed = int((r.level >= 0).sum())
-    dual_s, value = median_seconds(benchmark), standard.paired(benchmark, False)
-    record("dual:" + name, dual_s=dual_s, standard_s=standard.median, routed=routed,
-           certified=int((r.prediction != drs.ABSTAIN).sum()), ratio=value,
+    kw = dict(n0=N0, n=n, alpha=ALPHA, batch_size=BATCH, seed=0)
+    standards = {s: _Interleaved(functools.partial(
+        drs.certify, dual.routes[k].classifier, x, sigma=s, **kw))
+        for k, s in enumerate(dual.sigmas)}
+
+    def setup():
+        for s in standards.values():
+            s()
+    r = benchmark.pedantic(dual.certify, args=(x,), setup=setup, rounds=DUAL_ROUNDS,
+                           warmup_rounds=1 if n == DUAL_N[0] else 0, kwargs=dict(kw, **options))
+    dual_s = median_seconds(benchmark)
+    ratios = {s: t.paired(benchmark, False) for s, t in standards.items()}
+    per_level = {}
+    for k, s in [(-1, None)] + list(enumerate(dual.sigmas)):
+        at = (r.level == k).cpu()
+        if at.any():
+            per_level["abstain" if k < 0 else f"{s:g}"] = dict(
+                inputs=int(at.sum()), shared=int(r.shared[at].sum()),
+                estimator_samples=float(r.estimator_samples[at].double().mean()),
+                sample_ratio=float(r.samples[at].double().mean()) / (N0 + n))
+    record("dual:" + name, dual_s=dual_s, n=n, standard_s={s: t.median for s, t in
+                                                           standards.items()},
+           ratios=ratios, ratio=ratios[0.5], per_level=per_level,
+           routed=int((r.level >= 0).sum()), certified=int((r.prediction != drs.ABSTAIN).sum()),
            estimator_samples=float(r.estimator_samples.double().mean()),
            radius=float(r.radius.double().mean()))
-    benchmark.extra_info.update(routed=routed, levels=r.level.tolist(), ratio_c=value)
-    print(f"\ndual RS ({name}): {dual_s:.2f} s vs standard {standard.median:.2f} s, "
-          f"(c) = {value:.2f}, levels {r.level.tolist()}, estimator samples "
-          f"{r.estimator_samples.tolist()}")
+    benchmark.extra_info.update(ratio_c=ratios[0.5], per_level=per_level)
+    print(f"\ndual RS ({name}): {dual_s:.2f} s; over standard RS at sigma "
+          + ", ".join(f"{s:g}: {v:.2f}" for s, v in ratios.items()) + f"; per level {per_level}")
 
 
 ROWS, DIM = (200, 784) if SMOKE else (BATCH, 784)

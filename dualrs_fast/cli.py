@@ -1,13 +1,15 @@
 """dualrs: certify, predict, plot and train randomized-smoothing classifiers.
 
-  dualrs certify --sigma 0.25 --n 10000 --max 100 --out runs/s025.tsv
-  dualrs certify --dual --n 10000 --out runs/dual.tsv      # embedded Dual RS
-  dualrs certify --dual --estimator est.pt --out runs/dual.tsv
-  dualrs predict --model model.pt --out runs/pred.tsv
-  dualrs plot runs/*.tsv --out certified_accuracy.png
-  dualrs train --arch small_cnn --sigma 0.25 --out model.pt
-  dualrs train --estimator --estimator-sigma 0.5 --out est.pt   # Dual RS variance estimator
-  dualrs demo
+  dualrs certify --sigma 0.25 --n 10000 --max 100 --out runs/s025.tsv   # ~1 min on 2 cores
+  dualrs certify --dual --n 10000 --max 20 --out runs/dual.tsv  # embedded Dual RS, ~30 s
+  dualrs predict --sigma 0.5 --n 1000 --max 100 --out runs/pred.tsv      # ~10 s
+  dualrs plot runs/s025.tsv runs/dual.tsv --out runs/certified_accuracy.png
+  dualrs train --arch small_cnn --sigma 0.25 --epochs 5 --out runs/model.pt  # ~10 s
+  dualrs train --estimator --out runs/est.pt    # Dual RS variance estimator, a few minutes
+  dualrs demo                                   # ~1 min
+
+Without --max, certify and predict run all 1000 test images, at the default n = 100,000
+samples per image: hours on a CPU.
 
 Images are in [0, 1]; sigma is the noise's standard deviation in that pixel scale (the noise
 is added before the model's own normalisation, as in Cohen et al. 2019). Run
@@ -28,11 +30,37 @@ SIGMA_HELP = ("noise standard deviation in pixel units: images are in [0, 1] and
 ALPHA_HELP = ("failure probability of each certificate: with probability at least 1 - alpha "
               "over the sampling noise, a reported radius is a true lower bound of the smoothed "
               "classifier's l2 robustness radius at that input (default 0.001)")
-SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# Each subcommand's --help ends with examples that run in about a minute on 2 CPU cores.
+EXAMPLES = {
+    "certify": """examples:
+  dualrs certify --sigma 0.5 --n 10000 --max 20 --seed 0 --out runs/s05.tsv      # ~20 s
+  dualrs certify --dual --n 10000 --max 20 --out runs/dual.tsv                    # ~30 s
+  dualrs certify --model runs/model.pt --n 10000 --max 20 --out runs/mine.tsv
+  dualrs certify --sigma 0.5 --n 10000 --max 20 --radii 0,0.5,1,1.5 --out runs/r.tsv
+  dualrs certify --model my_cnn.pt --arch small_cnn --sigma 0.25 --dataset my_data.npz \\
+      --n 10000 --out runs/my.tsv     # a state_dict on your own data (x in [0, 1], y)""",
+    "predict": """examples:
+  dualrs predict --sigma 0.5 --n 1000 --max 100 --out runs/pred.tsv      # ~10 s
+  dualrs predict --dual --n 1000 --max 100 --out runs/pred_dual.tsv""",
+    "plot": """examples:
+  dualrs plot runs/s05.tsv runs/dual.tsv --out runs/accuracy.png
+  dualrs plot runs/*.tsv --labels a b c --max-radius 2 --title "my models" --out runs/a.png""",
+    "train": """examples:
+  dualrs train --arch small_cnn --sigma 0.5 --epochs 5 --out runs/model.pt   # ~10 s
+  dualrs train --arch tiny_mlp --sigma 0.25 --dataset my_data.npz --out runs/mlp.pt
+  dualrs train --estimator --out runs/est.pt       # class-group estimator, a few minutes""",
+}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end in one line naming the fix (argparse prints the whole usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _json_dict(text: str) -> dict:
@@ -111,8 +139,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--estimator-arch", help="architecture of an estimator state_dict")
     d.add_argument("--estimator-sigma", type=_positive_float,
                    help="noise level the estimator is smoothed with (default: the one recorded "
-                        "in the --estimator checkpoint, else 0.25; the embedded estimator's own "
-                        "cannot be changed)")
+                        "in the --estimator checkpoint, else the largest of --sigmas, as in the "
+                        "API; the embedded estimator's own cannot be changed)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -149,15 +177,18 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--batch", type=int, default=1000,
                    help="noisy samples per forward pass (memory; default 1000)")
     g.add_argument("--chunk", type=int, default=16,
-                   help="inputs certified per call, packed into shared batches (default 16); "
-                        "the time column is the call's time divided evenly among its inputs")
+                   help="inputs per call, packed into shared batches (default 16); the time "
+                        "column is the call's time divided evenly among its inputs, and the "
+                        "log is flushed after each call")
     g.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda if available); under torchrun each rank "
                         "uses cuda:LOCAL_RANK")
     g.add_argument("--procs", type=int, default=1,
                    help="local processes (gloo) sharing the inputs; for several machines use "
                         "torchrun, which this command detects (default 1)")
-    g.add_argument("--threads", type=int, help="torch threads per process")
+    g.add_argument("--threads", type=int,
+                   help="torch threads per process (default: torch's, the number of cores "
+                        "divided among --procs)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress output (the summary is still printed). Without it, "
                         "progress goes to stderr: a bar on a terminal, at most a few lines "
@@ -165,8 +196,9 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dualrs", description=__doc__, formatter_class=_Formatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="dualrs", description=__doc__, formatter_class=_Formatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
 
     c = commands.add_parser(
         "certify", formatter_class=_Formatter, help="CERTIFY each input; Cohen-format log",
@@ -178,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  torchrun --nproc_per_node=N $(which dualrs) certify ... --out LOG\n"
                     "(rank r certifies indices r::N, rank 0 merges one log ordered by idx;\n"
                     "torchrun's own parser takes --n and --max: write --samples and\n"
-                    "--max-index instead).")
+                    "--max-index instead).",
+        epilog=EXAMPLES["certify"])
     _add_model_options(c)
     _add_data_options(c)
     s = c.add_argument_group("sampling")
@@ -201,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "predict", formatter_class=_Formatter, help="PREDICT each input; Cohen-format log",
         description="Evaluate the smoothed classifier (Cohen et al.'s PREDICT) on a dataset: "
-                    "one row per input: idx label predict correct time (predict -1 = abstain).")
+                    "one row per input: idx label predict correct time (predict -1 = abstain).",
+        epilog=EXAMPLES["predict"])
     _add_model_options(p)
     _add_data_options(p)
     s = p.add_argument_group("sampling")
@@ -216,18 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", formatter_class=_Formatter, help="certified accuracy vs radius (PNG)",
         description="Plot certified accuracy (fraction of inputs classified correctly with "
                     "certified radius >= r) against r for one or more certification logs, and "
-                    "print it at a few radii.")
-    pl.add_argument("logs", nargs="+", metavar="LOG")
+                    "print it at a few radii.",
+        epilog=EXAMPLES["plot"])
+    pl.add_argument("logs", nargs="+", metavar="LOG",
+                    help="certification logs (dualrs certify --out, or Cohen et al.'s "
+                         "certify.py), one curve each")
     pl.add_argument("--out", default="certified_accuracy.png",
                     help="PNG file (default certified_accuracy.png)")
     pl.add_argument("--labels", nargs="+", help="legend entries (default: sigma from each "
                                                 "log's recorded arguments, else its file name; "
                                                 "the file stem is added where two logs share "
                                                 "a label)")
-    pl.add_argument("--max-radius", type=_positive_float, help="right end of the radius axis")
-    pl.add_argument("--title")
+    pl.add_argument("--max-radius", type=_positive_float,
+                    help="right end of the radius axis (default: a little past the largest "
+                         "certified radius)")
+    pl.add_argument("--title", help="figure title (default: none)")
     pl.add_argument("--radii", default="0,0.25,0.5,0.75,1,1.5,2",
-                    help="radii of the printed table (comma-separated)")
+                    help="radii of the printed table, comma-separated (default "
+                         "0,0.25,0.5,0.75,1,1.5,2)")
 
     t = commands.add_parser(
         "train", formatter_class=_Formatter,
@@ -245,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "tiny_mlp / small_cnn: the paper's soft-label\nrecipe "
                     "(dualrs_fast.training.train_estimator).\nThe "
                     "checkpoint records the sigmas and estimator sigma, so `dualrs certify "
-                    "--dual\n--estimator OUT` needs no more options.")
+                    "--dual\n--estimator OUT` needs no more options.",
+        epilog=EXAMPLES["train"])
     t.add_argument("--arch", default=None,
                    help="tiny_mlp, small_cnn (default), resnet20; with --estimator, the "
                         "estimator's: class_group (default, as the embedded estimator), "
@@ -293,7 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="certification samples n the labels' radii are planned for, at alpha "
                         "0.001 (default 2000)")
 
-    demo = commands.add_parser("demo", help="certify a few embedded MNIST test images")
+    demo = commands.add_parser(
+        "demo", formatter_class=_Formatter, help="certify a few embedded MNIST test images",
+        description="Certify the first --num held-out MNIST-5k test images with the embedded "
+                    "small CNN\n(one row per image, Cohen's log format), then with the "
+                    "embedded Dual RS\n(columns sigma, radius_estimator, radius_classifier). "
+                    "What `make demo` runs.",
+        epilog="example:\n  dualrs demo --num 5 --n 2000     # a few seconds")
     demo.add_argument("--num", type=int, default=10, help="number of test images (default 10)")
     demo.add_argument("--sigma", type=float, default=0.25,
                       help=SIGMA_HELP + "; embedded: 0.25, 0.5, 1.0 (default 0.25)")
@@ -310,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _device(args) -> str:
     import torch
     if args.device:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: this machine has no CUDA device that torch "
+                             "can use (torch.cuda.is_available() is False); use --device cpu")
         return args.device
     if not torch.cuda.is_available():
         return "cpu"
@@ -324,11 +374,21 @@ def _default_dual(device="cpu"):
         raise ValueError(f"{exc}; or pass --estimator PATH") from None
 
 
+def _recorded_sigma(sigma, option: str) -> float:
+    """A sigma given or recorded in a checkpoint's metadata (a file: any value may be there)."""
+    from .validation import check_sigma
+    try:
+        return check_sigma(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma {sigma!r} (recorded in the checkpoint or given) is not a "
+                         f"positive number; pass {option}") from None
+
+
 def build_smoother(args, dataset):
     """-> (model or DualSmoothing, config entries identifying it, human description)."""
     from . import models
     from .dual import DualSmoothing, check_sigmas
-    from .loading import check_model_on, fingerprint, load_model
+    from .loading import check_model_on, fingerprint, load_model, trust_case
     from .training import estimator_arch
 
     device = _device(args)
@@ -347,14 +407,14 @@ def build_smoother(args, dataset):
             if sigma is None:
                 raise ValueError("pass --sigma: the noise level to smooth the model with, in "
                                  "pixel units (its checkpoint does not record one)")
-            if not sigma > 0:
-                raise ValueError(f"the checkpoint records sigma={sigma}; pass --sigma > 0")
+            sigma = _recorded_sigma(sigma, "--sigma")
             where = args.model[0]
         else:
             sigma = args.sigma or 0.25
             model = models.load_default_classifier(sigma, map_location=device)
             where = f"embedded small_cnn (sigma {sigma:g})"
         check_model_on(model, dataset.x, None, min_outputs=classes)
+        where = f"{where}; {trust_case(model)}"
         return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
 
     if args.sigma is not None:
@@ -380,7 +440,8 @@ def build_smoother(args, dataset):
                                allow_torchscript=args.allow_torchscript)
         meta = getattr(estimator, "meta", None) or {}
         sigmas = check_sigmas(args.sigmas or meta.get("sigmas") or (0.25, 0.5, 1.0))
-        estimator_sigma = args.estimator_sigma or meta.get("estimator_sigma") or 0.25
+        estimator_sigma = _recorded_sigma(args.estimator_sigma or meta.get("estimator_sigma")
+                                          or max(sigmas), "--estimator-sigma")
         if args.model:
             if len(args.model) != len(sigmas):
                 raise ValueError(f"--dual needs one --model per --sigmas level ({len(sigmas)}), "
@@ -404,7 +465,7 @@ def build_smoother(args, dataset):
                "estimator_sigma": float(dual.estimator_sigma),
                "estimator_alpha_fraction": dual.estimator_alpha_fraction,
                "model_sha256": fingerprint(*parts)}
-    return dual, entries, where
+    return dual, entries, f"{where}; {trust_case(*parts)}"
 
 
 def _task(args, kind: str):
@@ -420,7 +481,8 @@ def _task(args, kind: str):
     dataset = load_dataset(args.dataset, check_range=not args.any_range)
     indices = runner.select_indices(len(dataset), args.skip, args.max)
     smoother, entries, where = build_smoother(args, dataset)
-    config = {"format": 1, "command": kind, "method": "dual" if args.dual else "standard",
+    # format 2: float64 noise for float32 inputs (issue 20); a format-1 log used other noise
+    config = {"format": 2, "command": kind, "method": "dual" if args.dual else "standard",
               "dataset_sha256": dataset.fingerprint(), "skip": args.skip, "max": args.max,
               "seed": args.seed, "n": args.n, "alpha": args.alpha, **entries}
     info = {"dataset": dataset.name, "model": where, "dualrs_fast": __version__,
@@ -461,13 +523,10 @@ def _summary(kind: str, task, rows: dict, args, where: str) -> None:
         correct = np.array([int(c[3]) for c in cells])
         print(f"accuracy {correct.mean():.3f}, abstained {np.mean(pred == -1):.3f}", file=out)
         return
-    from .logs import certified_accuracy
+    from .logs import SUMMARY_RADII, summary_line
     table = {"correct": np.array([int(c[4]) for c in cells]),
              "radius": np.array([float(c[3]) for c in cells])}
-    radii = task.config.get("radii", SUMMARY_RADII)
-    acc = certified_accuracy(table, radii)
-    print("certified accuracy: " + ", ".join(f"r={r:g}: {a:.3f}" for r, a in zip(radii, acc)),
-          file=out)
+    print(summary_line(table, task.config.get("radii", SUMMARY_RADII)), file=out)
     if "radii" in task.config:
         samples = np.array([int(c[-1]) for c in cells])
         print(f"samples per input: {samples.mean():,.0f} on average (at most {args.n0 + args.n:,}"
@@ -545,14 +604,24 @@ def run_smoothing(args) -> int:
                           overwrite=args.overwrite)
         if rank == 0:  # also with --quiet: it silences progress only
             _summary(args.command, task, rows, args, where)
+            _ignore_ctrl_c()  # the run is complete and logged: a late Ctrl-C is no failure
     finally:
         if joined:
             dist.destroy_process_group()
     return 0
 
 
+def _ignore_ctrl_c() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _rank_main(args) -> None:
     """Entry point of a process started by --procs."""
+    # Ctrl-C reaches every process of the terminal's group: the parent alone reports it, and
+    # its workers end with it (runner._exit_with_parent); rows after their last seal are
+    # recomputed on resume, as after kill -9
+    _ignore_ctrl_c()
     tune_own_process()
     code = _guarded(run_smoothing, args)
     if code:
@@ -684,7 +753,24 @@ def _train_classifier_command(args) -> int:
     return 0
 
 
+def _check_out_folder(args) -> None:
+    """--out's folder is created when it lies under the working directory (runs/ in the docs'
+    examples); elsewhere a missing folder is more likely a typo than a wish, so it is refused
+    instead of created (e.g. at the filesystem root)."""
+    from pathlib import Path
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    folder = Path(out).expanduser().resolve().parent
+    if folder.is_dir():
+        return
+    if not folder.is_relative_to(Path.cwd().resolve()):
+        raise ValueError(f"--out {out}: the folder {folder} does not exist; create it first "
+                         f"(mkdir -p {folder}) or write under the working directory")
+
+
 def _dispatch(args) -> int:
+    _check_out_folder(args)
     if args.command == "demo":
         from .demo import run_demo
         run_demo(num_inputs=args.num, sigma=args.sigma, n=args.n, alpha=args.alpha)
@@ -720,7 +806,17 @@ def _guarded(fn, args) -> int:
 
 
 def main(argv=None) -> int:
-    return _guarded(_dispatch, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # restores showwarning for a program that calls main()
+        warnings.showwarning = _warning_printer(args.command)
+        return _guarded(_dispatch, args)
+
+
+def _warning_printer(command: str):
+    """A warning is one line naming the command, not the library's source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"dualrs {command}: warning: {message}", file=file or sys.stderr)
+    return show
 
 
 def tune_own_process() -> None:

@@ -7,21 +7,25 @@ If the estimator abstains on an input, that input is not certified: prediction A
 radius 0, sigma NaN, level -1 (its classifier is not run when that is known in advance).
 Where the classifier abstains, level and sigma say where the input was routed.
 
-Sequential estimator (``estimator_rounds`` > 1, the default): the estimator's estimation
-samples come in nested rounds and an input stops once R_ve >= R_cls, since then more samples
-cannot raise min(R_ve, R_cls); round k of K bounds at alpha_ve * 2^k / (2^K - 1) (most on
-the last round, which every input that does not stop early uses), so by a union bound all of
-them hold at once with probability >= 1 - alpha_ve whatever the stopping rule.
+Order of the passes: the estimator's selection samples choose every input's level; then
+- inputs routed to a level whose expert the estimator derives from (``derived_estimator``:
+  e.g. the class-group estimator over the sigma 1.0 expert) get both certifications from one
+  pass of that expert over shared noise (R_ve over all n_estimator samples at alpha_ve);
+- the others run their classifier, then the estimator's estimation samples in rounds that
+  stop once R_ve >= R_cls (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator
+  samples before the classifier, which then runs only where the estimator certified).
 """
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from .bounds import certified_radius
+from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
+                                same_function, split_joint)
+from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
@@ -46,7 +50,11 @@ class DualCertifyResult(CertifyResult):
     n_estimator: int = 0                    # estimation samples per input at most
     estimator_alpha: torch.Tensor = None    # (B,) level of each input's R_ve bound: its
                                             # checkpoint's share (checkpoint_alphas)
-    estimator_rounds: int = 1               # checkpoints in the estimator's schedule
+    estimator_rounds: int = 1               # checkpoints in the estimator's schedules at most
+    shared: torch.Tensor = None             # (B,) bool: estimator and classifier votes came
+                                            # from one pass (``derived_estimator``)
+    samples: torch.Tensor = None            # (B,) noisy samples drawn, estimator and
+                                            # classifier together (standard RS: n0 + n)
 
 
 def check_sigmas(sigmas) -> tuple:
@@ -57,98 +65,6 @@ def check_sigmas(sigmas) -> tuple:
     if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
         raise ValueError(f"sigmas must be strictly increasing, got {sigmas}")
     return sigmas
-
-
-def estimator_schedule(n: int, rounds: int) -> list:
-    """Nested checkpoints n_1 < ... < n_rounds = n, growing x4 (duplicates merged). Fixed in
-    advance, so a union bound over them makes every checkpoint's bound hold at once."""
-    rounds = min(rounds, 2 + int(math.log(n, 4)))  # more rounds would all be 1 sample
-    return sorted({max(1, math.ceil(n / 4 ** (rounds - 1 - k))) for k in range(rounds)})
-
-
-def checkpoint_alphas(alpha: float, checkpoints: int) -> list:
-    """Shares of alpha for the checkpoints' bounds, doubling towards the last one:
-    alpha * 2^k / (2^K - 1). They sum to at most alpha (union bound), and the final bound,
-    which every input that does not stop early uses, loses the least: 8/15 of alpha with 4
-    checkpoints, against 1/4 for equal shares."""
-    total = 2.0 ** checkpoints - 1.0
-    return within_alpha(alpha, [alpha * 2.0 ** k / total for k in range(checkpoints)])
-
-
-def within_alpha(alpha: float, shares: list) -> list:
-    """Lower the last share by ulps until the shares sum to at most alpha in floating point
-    (a Bonferroni split must never spend more than alpha)."""
-    while sum(shares) > alpha:
-        shares[-1] = math.nextafter(shares[-1], 0.0)
-    return shares
-
-
-class _SequentialEstimate:
-    """The estimator's CERTIFY with its estimation samples drawn in nested rounds: each input
-    keeps the level its selection samples chose and its cumulative vote count; its R_ve is
-    the bound at the last checkpoint it reached, at that checkpoint's share of alpha."""
-
-    def __init__(self, dual, xb, ids, seed, batch_size, schedule, alpha, progress):
-        self.dual, self.xb, self.ids, self.seed = dual, xb, ids, seed
-        self.batch_size, self.progress, self.schedule = batch_size, progress, schedule
-        self.alphas = checkpoint_alphas(alpha, len(schedule))
-        self.sigma = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
-
-    def _votes(self, members, draws):
-        return count_votes(self.dual.estimator, self.xb[members], self.sigma[members], draws,
-                           seed=self.seed, ids=self.ids[members], batch_size=self.batch_size,
-                           num_classes=len(self.dual.sigmas), progress=self.progress,
-                           desc="estimator")
-
-    def _level_votes(self, counts, members):
-        level = self.level[members].to(counts.device).unsqueeze(1)
-        return counts.gather(1, level).squeeze(1).cpu()
-
-    def _bound(self):
-        """R_ve of every input at the checkpoint it reached, at that checkpoint's alpha."""
-        self.radius = torch.zeros(self.count.shape[0], dtype=torch.float64)
-        self.abstains = torch.ones(self.count.shape[0], dtype=torch.bool)
-        self.alpha = torch.zeros(self.count.shape[0], dtype=torch.float64)
-        for upto, alpha in zip(self.schedule, self.alphas):
-            at = self.drawn == upto
-            if not at.any():
-                continue
-            radius, abstain = certified_radius(self.count[at].numpy(), upto, alpha,
-                                               self.dual.estimator_sigma)
-            self.radius[at] = torch.from_numpy(np.asarray(radius, dtype=np.float64).reshape(-1))
-            self.abstains[at] = torch.from_numpy(np.asarray(abstain, dtype=bool).reshape(-1))
-            self.alpha[at] = alpha
-
-    def start(self, n0: int):
-        """Selection samples and the first checkpoint, all inputs in one pass."""
-        everyone = torch.arange(self.xb.shape[0])
-        counts = self._votes(everyone, [Draw(Stream.ESTIMATOR_SELECT, n0),
-                                        Draw(Stream.ESTIMATOR_ESTIMATE, self.schedule[0])])
-        self.level = counts[0].argmax(1).cpu()
-        self.count = self._level_votes(counts[1], everyone)
-        self.drawn = torch.full((self.xb.shape[0],), self.schedule[0], dtype=torch.int64)
-        self._bound()
-
-    def hopeless(self) -> torch.Tensor:
-        """Inputs the estimator abstains on even if all their remaining samples vote for
-        their level (the bound grows with every such vote and with each checkpoint's larger
-        share of alpha, so the last checkpoint decides): no need to run the classifier."""
-        final = self.schedule[-1]
-        _, abstain = certified_radius((self.count + final - self.drawn).numpy(), final,
-                                      self.alphas[-1], self.dual.estimator_sigma)
-        return torch.from_numpy(np.asarray(abstain, dtype=bool).reshape(-1))
-
-    def finish(self, wanted: torch.Tensor):
-        """Draw the later rounds for inputs whose R_ve is still below ``wanted`` (R_cls)."""
-        for before, upto in zip(self.schedule, self.schedule[1:]):
-            members = torch.nonzero((self.radius < wanted) & (self.drawn == before)).reshape(-1)
-            if not members.numel():
-                break
-            counts = self._votes(members, [Draw(Stream.ESTIMATOR_ESTIMATE, upto - before,
-                                                start=before)])
-            self.count[members] += self._level_votes(counts[0], members)
-            self.drawn[members] = upto
-            self._bound()
 
 
 class _Route(torch.nn.Module):
@@ -229,7 +145,8 @@ class DualSmoothing:
         """Every radius is min(R_ve, R_cls): an estimator_sigma whose largest R_ve is below
         what the largest level's expert can certify silently cuts that expert's reach.
         (Compared at the plain procedure's alpha_ve: the sequential estimator's last checkpoint
-        gets 8/15 of it, about 1% less reach, a price of the schedule, not of the sigma.)"""
+        gets about half of it, 32/63 with 6 checkpoints, about 1% less reach, a price of the
+        schedule, not of the sigma.)"""
         reach_ve = self.estimator_reach(n_ve, alpha_ve)
         reach_cls = float(certified_radius(n, n, alpha_cls, self.sigmas[-1])[0])
         if reach_ve < reach_cls:
@@ -298,21 +215,46 @@ class DualSmoothing:
             counts[:, members.to(c.device)] = c
         return counts
 
+    def shared_level(self, x: torch.Tensor) -> Optional[int]:
+        """The level whose classifier votes come from the estimator's own forward pass
+        (``derived_estimator``): the estimator derives from an expert, and the level at
+        estimator_sigma is served by a plain expert computing that same function. None if
+        there is none. Checked on every call (weights may change between calls)."""
+        derived = derivation(self.estimator)
+        if derived is None or self.estimator_sigma not in self.sigmas:
+            return None
+        expert, to_levels = derived
+        k = self.sigmas.index(self.estimator_sigma)
+        route = self.routes[k]
+        if route.conditioned or route.denoiser is not None or \
+                not same_function(route.classifier, expert):
+            return None
+        probe = self._width_probe(x).to(model_device(self.estimator, x.device))
+        with torch.inference_mode():  # the declared derivation, checked on two clean rows
+            same = torch.equal(self.estimator(probe), to_levels(expert(probe)))
+        if not same:
+            raise ValueError("estimator(x) differs from estimator.levels_from_logits("
+                             "estimator.derived_from(x)): its declared derivation is wrong")
+        return k
+
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
-                estimator_rounds: int = 4,
+                estimator_rounds: int = DEFAULT_ROUNDS,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
 
-        estimator_rounds: the estimator's n_estimator estimation samples are drawn in up to
-        this many nested rounds (checkpoints growing x4, ``estimator_schedule``), each bounded
-        at its share of alpha_estimator (``checkpoint_alphas``; a union bound, so every
-        checkpoint's bound holds at once);
-        an input stops drawing once R_ve >= R_cls, when more samples cannot raise the radius
-        min(R_ve, R_cls). 1 = the plain procedure (all n_estimator samples at
-        alpha_estimator, before the classifier).
+        estimator_rounds: for inputs whose classifier runs on its own pass, the estimator's
+        estimation samples come after the classifier's, in up to this many nested rounds
+        planned from R_cls (``estimator_rounds.target_schedule``), each bounded at its share
+        of alpha_estimator (``checkpoint_alphas``; a union bound, so every checkpoint's bound
+        holds at once); an input stops once R_ve >= R_cls, when more samples cannot raise the
+        radius min(R_ve, R_cls). 1 = the plain procedure (all n_estimator samples at
+        alpha_estimator, before the classifier). Inputs routed to the expert the estimator
+        derives from (``shared_level``) get both votes from one pass over max(n, n_estimator)
+        shared samples, R_ve over n_estimator of them at alpha_estimator, and their class is
+        chosen from the estimator's selection samples (plus more of that stream up to n0).
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -321,8 +263,7 @@ class DualSmoothing:
         n0, n = check_sample_count("n0", n0), check_sample_count("n", n)
         n0_ve = check_sample_count("n0_estimator", n0 if n0_estimator is None else n0_estimator)
         n_ve = check_sample_count("n_estimator", n if n_estimator is None else n_estimator)
-        schedule = estimator_schedule(n_ve, check_positive_int("estimator_rounds",
-                                                               estimator_rounds))
+        rounds = check_positive_int("estimator_rounds", estimator_rounds)
         alpha = check_alpha(alpha)
         alpha_ve, alpha_cls = self.alphas(alpha)
         seed, ids = check_seed(seed), check_ids(ids, batch)
@@ -330,36 +271,58 @@ class DualSmoothing:
         self._check_estimator_width(xb)
         self._warn_if_estimator_caps(n_ve, alpha_ve, n, alpha_cls)
         self._check_classifier_widths(xb)
-        ve = _SequentialEstimate(self, xb, ids, seed, batch_size, schedule, alpha_ve, progress)
-        ve.start(n0_ve)
+        run = _CertifyRun(self, xb, ids, seed, batch_size, progress, self.shared_level(xb))
+        ve = run.select(n0_ve, n0)
 
         sigma = torch.full((batch,), math.nan, dtype=torch.float32)
         prediction = torch.full((batch,), ABSTAIN, dtype=torch.int64)
         radius_cls = torch.zeros(batch, dtype=torch.float64)
         count = torch.zeros(batch, dtype=torch.int64)
         p_lower = torch.zeros(batch, dtype=torch.float64)
-        routed = torch.nonzero(~ve.hopeless()).reshape(-1)
+
+        def keep(members, cls, sigma_members):
+            sigma[members] = sigma_members.float()
+            prediction[members] = cls.prediction
+            radius_cls[members] = cls.radius.double()
+            count[members] = cls.count
+            p_lower[members] = cls.p_lower
+
+        shared = run.shared_inputs(ve.level)
+        if shared.numel():
+            cls = run.shared_pass(ve, shared, n0, n, n_ve, alpha_ve, alpha_cls)
+            keep(shared, cls, torch.full((shared.numel(),), self.estimator_sigma,
+                                         dtype=torch.float64))
+        is_shared = torch.isin(torch.arange(batch), shared)
+        own = torch.nonzero(~is_shared).reshape(-1)
+        routed = own
+        if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
+            ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
+                   torch.full((own.numel(),), math.inf, dtype=torch.float64))
+            routed = own[~ve.abstains[own]]
         if routed.numel():
             level = ve.level[routed]
             cls_counts = self._classifier_counts(
                 xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
                 ids[routed], batch_size, progress)
             sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
-            cls = certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls, sigma_routed)
-            sigma[routed] = sigma_routed.float()
-            prediction[routed] = cls.prediction
-            radius_cls[routed] = cls.radius.double()
-            count[routed] = cls.count
-            p_lower[routed] = cls.p_lower
-        ve.finish(wanted=torch.where(prediction != ABSTAIN, radius_cls, 0.0))
+            keep(routed, certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls,
+                                        sigma_routed), sigma_routed)
+        if rounds > 1:  # the estimator where the classifier certified, stopping at R_cls
+            wanted = routed[prediction[routed] != ABSTAIN]
+            schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,
+                                         self.estimator_sigma) for i in wanted.tolist()]
+            ve.run(run.estimator_votes, wanted, schedules, alpha_ve, radius_cls[wanted])
 
         # Level -1 and sigma NaN where the estimator's abstention decides the outcome; where
-        # the classifier abstained the estimator may have stopped early, and the level and
-        # sigma the classifier ran at are kept.
+        # the classifier abstained the estimator may not have run, and the level and sigma
+        # the classifier ran at are kept.
         classifier_abstained = ~torch.isnan(sigma) & (prediction == ABSTAIN)
         estimator_abstains = ve.abstains & ~classifier_abstained
         prediction[ve.abstains] = ABSTAIN
         sigma[estimator_abstains] = math.nan
+        samples = n0_ve + torch.where(
+            is_shared, max(n, n_ve) + max(0, n0 - n0_ve),
+            ve.drawn + torch.isin(torch.arange(batch), routed).long() * (n0 + n))
         radius_ve = float32_rounded_down(ve.radius.numpy())
         radius_cls = radius_cls.float()
         return DualCertifyResult(
@@ -370,7 +333,7 @@ class DualSmoothing:
             level=torch.where(estimator_abstains, ABSTAIN, ve.level),
             count_estimator=ve.count, n_estimator=n_ve,
             estimator_samples=ve.drawn.clone(), estimator_alpha=ve.alpha.clone(),
-            estimator_rounds=len(schedule), seed=seed)
+            estimator_rounds=ve.rounds, shared=is_shared, samples=samples, seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
                 seed: Optional[int] = None, *, ids=None,
@@ -399,3 +362,71 @@ class DualSmoothing:
             prediction[routed] = predict_counts(counts[0], alpha_cls)
         return prediction
 
+
+
+class _CertifyRun:
+    """The estimator's passes of one ``DualSmoothing.certify`` call: selection (through
+    ``JointVotes`` where a level is shared, so its class votes come along), the shared
+    level's joint estimation pass, and the level votes of later rounds."""
+
+    def __init__(self, dual, xb, ids, seed, batch_size, progress, shared_level):
+        self.dual, self.xb, self.ids, self.seed = dual, xb, ids, seed
+        self.batch_size, self.progress, self.shared_level = batch_size, progress, shared_level
+        self.levels = len(dual.sigmas)
+        self.sigma = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
+        self.joint = None
+        if shared_level is not None:
+            expert, to_levels = derivation(dual.estimator)
+            self.joint = JointVotes(expert, to_levels, self.levels)
+
+    def _count(self, model, members, draws, desc, num_classes=None):
+        return count_votes(model, self.xb[members], self.sigma[members], draws, seed=self.seed,
+                           ids=self.ids[members], batch_size=self.batch_size,
+                           num_classes=num_classes, progress=self.progress, desc=desc)
+
+    def estimator_votes(self, members, draws):
+        return self._count(self.dual.estimator, members, draws, "estimator", self.levels)
+
+    def select(self, n0_ve: int, n0: int) -> EstimatorBounds:
+        """Selection samples of every input: its level (and, where a level is shared, the
+        class votes of the first min(n0, n0_ve) samples, for the inputs routed there)."""
+        everyone = torch.arange(self.xb.shape[0])
+        if self.joint is None:
+            counts = self.estimator_votes(everyone, [Draw(SELECT_STREAM, n0_ve)])
+            return EstimatorBounds(counts[0].argmax(1).cpu(), self.dual.estimator_sigma)
+        first = min(n0, n0_ve)
+        draws = [Draw(SELECT_STREAM, first)] + (
+            [Draw(SELECT_STREAM, n0_ve - first, start=first)] if n0_ve > first else [])
+        classes, levels = split_joint(self._count(self.joint, everyone, draws, "estimator"),
+                                      self.levels)
+        self.class_selection, self.selection_drawn = classes[0], n0_ve
+        return EstimatorBounds(levels.sum(0).argmax(1).cpu(), self.dual.estimator_sigma)
+
+    def shared_inputs(self, level: torch.Tensor) -> torch.Tensor:
+        if self.shared_level is None:
+            return torch.zeros(0, dtype=torch.int64)
+        return torch.nonzero(level == self.shared_level).reshape(-1)
+
+    def shared_pass(self, ve: EstimatorBounds, members, n0: int, n: int, n_ve: int,
+                    alpha_ve: float, alpha_cls: float):
+        """One joint pass for ``members``: max(n, n_ve) estimation samples (the classifier
+        counts the first n, the estimator the first n_ve) and the class selection samples
+        beyond n0_ve if n0 > n0_ve. -> the classifier's CertifyResult; R_ve goes to ``ve``."""
+        first, most = min(n, n_ve), max(n, n_ve)
+        draws = [Draw(ESTIMATE_STREAM, first)]
+        if most > first:
+            draws.append(Draw(ESTIMATE_STREAM, most - first, start=first))
+        selected = self.class_selection[members.to(self.class_selection.device)]
+        extra = max(0, n0 - self.selection_drawn)
+        if extra:
+            draws.append(Draw(SELECT_STREAM, extra, start=self.selection_drawn))
+        classes, levels = split_joint(self._count(self.joint, members, draws, "estimator"),
+                                      self.levels)
+        if extra:
+            selected = selected + classes[-1]
+        class_counts = classes[0] + (classes[1] if n > first else 0)
+        level_counts = levels[0] + (levels[1] if n_ve > first else 0)
+        ve.add(members, level_counts, n_ve, alpha_ve)
+        return certify_counts(selected, class_counts, n, alpha_cls,
+                              torch.full((members.numel(),), self.dual.estimator_sigma,
+                                         dtype=torch.float64))

@@ -12,6 +12,7 @@ Datasets: the embedded MNIST-5k split, or a ``.pt`` / ``.npz`` file holding imag
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import re
 import warnings
@@ -178,8 +179,8 @@ def check_model_on(model, x: torch.Tensor, num_outputs: Optional[int], what: str
     (or K >= min_outputs). -> K."""
     device = next((p.device for p in getattr(model, "parameters", lambda: [])()), x.device)
     try:
-        with torch.inference_mode():
-            out = model(x[:1].to(device))
+        with torch.inference_mode():  # a copy: x[:1] is a view a model could write into
+            out = model(x[:1].to(device, copy=True))
     except Exception as exc:  # noqa: BLE001 - shape errors come in many exception types
         raise LoadError(f"the {what} fails on an input of shape {tuple(x.shape[1:])}: "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -195,16 +196,61 @@ def check_model_on(model, x: torch.Tensor, num_outputs: Optional[int], what: str
     return k
 
 
+def trust_case(*modules) -> str:
+    """Which side of the trust boundary (docs/threat-model.md) a command-line run is on."""
+    if any(isinstance(sub, torch.jit.ScriptModule) for m in modules
+           if isinstance(m, torch.nn.Module) for sub in m.modules()):
+        return ("TorchScript code trusted with --allow-torchscript: its certificates hold only "
+                "if that code is a fixed function of each row")
+    return "weights in built-in architectures: stateless, row-independent functions"
+
+
 def fingerprint(*modules) -> str:
-    """sha256 of the modules' weights: identifies a model independently of its file name."""
+    """sha256 of everything that decides the modules' function, independent of file names:
+    each submodule's class and plain attributes (constructor arguments such as ``config``,
+    flags such as ``training``), all its parameters and buffers, persistent or not, and for
+    TorchScript the whole serialised module (code, constants, attributes, tensors)."""
     h = hashlib.sha256()
-    for module in modules:
-        state = module.state_dict() if hasattr(module, "state_dict") else {}
-        for name, t in state.items():
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
+    for k, module in enumerate(modules):
+        h.update(f"model {k}|".encode())
+        _update_module(h, module)
     return h.hexdigest()
+
+
+def _update_module(h, module) -> None:
+    if isinstance(module, torch.jit.ScriptModule):
+        h.update(b"torchscript|")
+        h.update(module._c.save_to_buffer())  # deterministic: no time stamps, no random ids
+        return
+    kind = type(module)
+    h.update(f"{kind.__module__}.{kind.__qualname__}|".encode())
+    if not isinstance(module, torch.nn.Module):
+        return  # a plain function: its name is all there is to record
+    for key, value in sorted(vars(module).items()):
+        if not key.startswith("_") and _is_plain(value):  # torch's own state is _-prefixed
+            h.update(f"{key}={json.dumps(value, sort_keys=True)}|".encode())
+    for what, tensors in (("param", module.named_parameters(recurse=False)),
+                          ("buffer", module.named_buffers(recurse=False))):
+        for name, t in tensors:
+            if t is None:
+                continue
+            t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot view bytes
+            h.update(f"{what} {name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    for name, child in module.named_children():
+        h.update(f"child {name}|".encode())
+        _update_module(h, child)
+
+
+def _is_plain(value) -> bool:
+    """None, bool, int, float, str, or a tuple / list / dict of them (whose repr is stable)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 # --------------------------------------------------------------------------- datasets

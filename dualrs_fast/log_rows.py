@@ -9,16 +9,13 @@ cannot be told from real ones; the seal (``log_seal``) covers the rest.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-# as str(int) writes them: ASCII digits only ('３５'.isdigit() is True), no '+', no padding
-_INT = re.compile(r"-?(0|[1-9][0-9]*)")
-# as '%.9g' / '%.6f' write finite numbers (float() would accept 'inf', ' 1', '1_0', '１');
-# the sign is for '-0', which '%.9g' writes for a radius of -0.0
-_FLOAT = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?")
+from .logs import FLOAT_TEXT, INT_TEXT, format_radius
+
 # the largest radius is computed here with the bounds of this machine; another backend may
 # differ in the last bits (a forged row cannot gain anything from this slack)
 _RELATIVE_SLACK = 1e-6
@@ -29,13 +26,13 @@ class RowError(ValueError):
 
 
 def _int(cell: str, name: str) -> int:
-    if not _INT.fullmatch(cell):
+    if not INT_TEXT.fullmatch(cell):
         raise RowError(f"{name} {cell!r} is not an integer")
     return int(cell)
 
 
 def _number(cell: str, name: str) -> float:
-    if not _FLOAT.fullmatch(cell) or not float(cell) >= 0:
+    if not FLOAT_TEXT.fullmatch(cell) or not float(cell) >= 0:
         raise RowError(f"{name} {cell!r} is not a finite number >= 0")
     return float(cell)
 
@@ -57,6 +54,8 @@ class RowRules:
     sigmas: tuple = ()                             # Dual RS: a row's sigma is one of these
     max_radius_estimator: Optional[float] = None   # Dual RS: largest R_ve
     classifier_unit_radius: Optional[float] = None  # Dual RS: R_cls <= sigma * this
+    grid: Optional[frozenset] = None  # --radii logs: the radius cells a row may hold
+    max_samples: Optional[int] = None  # --radii logs: samples drawn per input at most
 
     def check(self, cells: Sequence[str]) -> int:
         """Raise RowError unless the row is valid. -> its idx."""
@@ -81,10 +80,27 @@ class RowRules:
         _number(row["time"], "time")
         if "radius" in row:
             self._check_radius(row, predict)
+        if "samples" in row:
+            samples = _int(row["samples"], "samples")
+            if not 0 <= samples <= self.max_samples:
+                raise RowError(f"samples {samples} is not in [0, {self.max_samples}], the "
+                               "samples this run draws per input")
         return idx
 
+    def _radius_cell(self, cell: str, name: str, none_allowed: bool = False) -> float:
+        """A radius: a finite number >= 0, in --radii logs one of the grid's (or -1, none
+        cleared, where ``none_allowed``)."""
+        if self.grid is None:
+            return _number(cell, name)
+        if none_allowed and cell == "-1":
+            return -1.0
+        if cell not in self.grid:
+            raise RowError(f"{name} {cell!r} is not a radius of the grid "
+                           f"({' '.join(sorted(self.grid, key=float))})")
+        return float(cell)
+
     def _check_radius(self, row: dict, predict: int) -> None:
-        radius = _number(row["radius"], "radius")
+        radius = self._radius_cell(row["radius"], "radius")
         if predict == -1 and radius != 0:
             raise RowError(f"radius {row['radius']} for an abstention (must be 0)")
         _at_most(radius, self.max_radius, "radius", "n, alpha and sigma")
@@ -102,13 +118,13 @@ class RowRules:
             if level is None:
                 raise RowError(f"sigma {row['sigma']} is not one of the levels "
                                f"{' '.join(f'{s:g}' for s in self.sigmas)}")
-        r_ve = _number(row["radius_estimator"], "radius_estimator")
-        r_cls = _number(row["radius_classifier"], "radius_classifier")
+        r_ve = self._radius_cell(row["radius_estimator"], "radius_estimator", True)
+        r_cls = self._radius_cell(row["radius_classifier"], "radius_classifier", True)
         _at_most(r_ve, self.max_radius_estimator, "radius_estimator",
                  "n_estimator, its alpha and estimator_sigma")
         _at_most(r_cls, level * self.classifier_unit_radius, "radius_classifier",
                  "n, its alpha and the row's sigma")
-        if radius > min(r_ve, r_cls):
+        if predict != -1 and radius > min(r_ve, r_cls):
             raise RowError(f"radius {row['radius']} exceeds min(radius_estimator, "
                            "radius_classifier)")
 
@@ -135,6 +151,13 @@ def dual_rules(columns, labels, indices, num_classes: int, n: int, n_estimator: 
                     max_radius=min(max_ve, max(sigmas) * unit_cls),
                     sigmas=tuple(float(s) for s in sigmas), max_radius_estimator=max_ve,
                     classifier_unit_radius=unit_cls)
+
+
+def with_radii(rules: RowRules, radii: Sequence[float], max_samples: int) -> RowRules:
+    """The rules of a --radii log: radii from the grid (as ``format_radius`` writes them) and
+    at most ``max_samples`` samples per input."""
+    return dataclasses.replace(rules, grid=frozenset(format_radius(r) for r in radii),
+                               max_samples=int(max_samples))
 
 
 def predict_rules(columns, labels, indices, num_classes: int) -> RowRules:

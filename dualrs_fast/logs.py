@@ -5,20 +5,65 @@ Dual RS's sigma, radius_estimator, radius_classifier) may follow and are kept wh
 Logs written by Cohen et al.'s own certify.py (time as ``0:00:06.125100``) read the same.
 """
 import csv
+import math
 import re
+from decimal import ROUND_FLOOR, Decimal
 from typing import Iterable, Sequence, Union
 
 import numpy as np
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+# integers as str(int) writes them: ASCII digits only ('３５'.isdigit() and int('３５') accept
+# fullwidth digits), no '+', no padding
+INT_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
+# finite numbers as '%.9g' / '%.6f' / Cohen's '{:.3}' write them (float() would accept 'inf',
+# ' 1', '1_0', '１'); the sign is for '-0', which '%.9g' writes for a radius of -0.0
+FLOAT_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?")
+
+
+def ascii_int(text: str) -> int:
+    if not INT_TEXT.fullmatch(text):
+        raise ValueError(f"{text!r} is not an integer")
+    return int(text)
+
+
+def ascii_float(text: str) -> float:
+    """A number cell; nan and inf parse (so that the checks can name them), nothing else
+    that float() would take beyond FLOAT_TEXT."""
+    if text not in ("nan", "inf", "-inf") and not FLOAT_TEXT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a number")
+    return float(text)
+
+
+def format_radius(radius: float) -> str:
+    """9 significant digits, rounded down: no log or summary states a radius larger than the
+    certified one (``'%.9g'`` rounds 2/3 up to 0.666666667)."""
+    radius = float(radius)
+    text = f"{radius:.9g}"
+    if not math.isfinite(radius) or float(text) <= radius:
+        return text
+    exact = Decimal(radius)
+    floor = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 8), rounding=ROUND_FLOOR)
+    return f"{float(floor):.9g}"  # the double nearest the 9 digits, still <= radius
+
+
+#: the radii of the one-line summary that `dualrs certify` and the demo print
+SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def summary_line(table: dict, radii: Sequence[float] = SUMMARY_RADII) -> str:
+    """'certified accuracy: r=0: 0.990, r=0.25: 0.940, ...' of a log table."""
+    acc = certified_accuracy(table, radii)
+    return "certified accuracy: " + ", ".join(f"r={format_radius(r)}: {a:.3f}"
+                                          for r, a in zip(radii, acc))
 
 
 def format_row(idx: int, label: int, predict: int, radius: float, time: float, **extra) -> str:
-    # radius printed with 9 significant digits: a float32 radius round-trips exactly, so the
-    # log never states a larger radius than the certificate.
-    cells = [str(int(idx)), str(int(label)), str(int(predict)), f"{float(radius):.9g}",
+    """A log row; radius columns (``radius*``) are rounded down (``format_radius``)."""
+    cells = [str(int(idx)), str(int(label)), str(int(predict)), format_radius(radius),
              str(int(int(predict) == int(label))), f"{float(time):.6f}"]
-    cells += [f"{v:.9g}" if isinstance(v, float) else str(v) for v in extra.values()]
+    cells += [(format_radius(v) if name.startswith("radius") else f"{v:.9g}")
+              if isinstance(v, float) else str(v) for name, v in extra.items()]
     return "\t".join(cells)
 
 
@@ -69,8 +114,8 @@ def read_log(path) -> dict:
     table = {}
     for k, name in enumerate(names):
         values = [r[k] for r in body]
-        kind = {"idx": int, "label": int, "predict": int, "correct": int,
-                "time": seconds}.get(name, float)
+        kind = {"idx": ascii_int, "label": ascii_int, "predict": ascii_int,
+                "correct": ascii_int, "time": seconds}.get(name, ascii_float)
         try:
             table[name] = np.array([kind(v) for v in values])
         except ValueError:
@@ -87,11 +132,18 @@ def check_certificates(table: dict, where="the log") -> None:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"{where}: {int(bad.sum())} row(s) with a radius that is not a finite "
-                         f"number >= 0 (first: line {k + 2}, radius {radius[k]!r}); they are "
+                         f"number >= 0 (first: line {k + 2}, radius {float(radius[k])!r}); they are "
                          "no certificates: the log is corrupt or was edited")
     correct = np.asarray(table["correct"])
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"{where}: the correct column must hold 0 or 1")
+    if "predict" in table and "label" in table:
+        wrong = correct != (np.asarray(table["predict"]) == np.asarray(table["label"]))
+        if wrong.any():
+            k = int(np.argmax(wrong))
+            raise ValueError(f"{where}: line {k + 2} has correct {int(correct[k])} but label "
+                             f"{int(table['label'][k])} and predict {int(table['predict'][k])}; "
+                             "the log is corrupt or was edited")
 
 
 # str(datetime.timedelta), as Cohen et al.'s certify.py writes the time: [D day[s], ]H:MM:SS[.ffffff]

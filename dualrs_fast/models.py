@@ -267,8 +267,18 @@ class ClassGroupEstimator(nn.Module):
         self.register_buffer("membership", nn.functional.one_hot(
             torch.tensor(groups, dtype=torch.int64), num_levels).float(), persistent=False)
 
+    @property
+    def derived_from(self) -> nn.Module:
+        """The expert this estimator's level vote is a function of (``dual.derivation``)."""
+        return self.base
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.base(x), dim=1)
+        return self.levels_from_logits(self.base(x))
+
+    def levels_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Level logits from the base classifier's logits (Dual RS runs the base once for both
+        votes where the base is the expert at the estimator's sigma)."""
+        probs = torch.softmax(logits, dim=1)
         membership = self.membership.to(device=probs.device, dtype=probs.dtype)
         # log of a level's probability mass; an empty level gets the smallest normal float
         return (probs @ membership).clamp_min(torch.finfo(probs.dtype).tiny).log()

@@ -1,24 +1,22 @@
 """Noisy batches: x + sigma * noise(seed, id, stream, j), dispatched to the fastest backend.
 
-The noise is specified in ``dualrs_fast.kernels`` (counter-based Philox4x32-10 + Box-Muller),
-so every backend draws the same noise for the same (seed, input id, stream, sample index),
-up to float rounding in log/sin/cos:
+The noise is specified in ``dualrs_fast.kernels`` (counter-based Philox4x32-10 + Box-Muller
+in float64, x + sigma * z rounded once to x's dtype), so every backend draws the same noise
+for the same (seed, input id, stream, sample index): for float32 inputs bit for bit but in
+rare float64 near-ties, for float64 inputs up to the last bits of log/sin/cos:
 
 - ``numba-simd`` -- CPU, fused kernel (``kernels/noise_numba_simd.py``) with vectorised
-  float32 log / sin / cos (FMA polynomials); the CPU default where the CPU has AVX2 and FMA:
-  ~2.1G normals/s on 2 AVX-512 cores here, ~70x the torch backend (``bench/RESULTS.md``). Within
-  2 ulps of the libm values, so its noise differs from ``numba``'s in the last bits.
-- ``numba``  -- CPU, the same fused kernel with the C library's logf / sincosf (scalar,
-  ~270M normals/s); the CPU default on CPUs without AVX2 + FMA, where the polynomials would
-  not vectorise.
+  float64 log / sin / cos (FMA polynomials, within 1 ulp of libm); the CPU default where the
+  CPU has AVX2 and FMA (throughput per backend: ``bench/RESULTS.md``).
+- ``numba``  -- CPU, the same fused kernel with the C library's log / sin / cos (scalar);
+  the CPU default on CPUs without AVX2 + FMA, where the polynomials would not vectorise.
 - ``triton`` -- CUDA, fused kernel (``kernels/noise_triton.py``); the CUDA default when
   triton is installed. (On the CPU only under ``TRITON_INTERPRET=1``, for tests.)
 - ``torch``  -- any device, the plain-PyTorch reference (``kernels/philox_torch.py``); the
   fallback on other devices.
 
-float64 inputs get float64 noise on every backend (53-bit uniforms, Box-Muller in float64;
-``kernels/__init__.py``): ``numba-simd`` then runs ``numba``'s float64 kernel, since its
-vectorised polynomials are float32.
+float32 noise would be recognisable from one noisy row (issue 20): the noise is float64 for
+every input dtype.
 """
 import functools
 import os

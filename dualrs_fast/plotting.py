@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .logs import certified_accuracy, check_certificates, read_log
+from .logs import certified_accuracy, check_certificates, format_radius, read_log
 from .runner import sidecar_path
 
 
@@ -61,7 +61,8 @@ def accuracy_table(logs: Sequence, radii: Sequence[float], labels: Optional[Sequ
     """Certified accuracy of each log at ``radii`` as an aligned text table."""
     labels = list(labels) if labels else default_labels(logs)
     width = max(len(s) for s in labels + ["log"])
-    lines = [f"{'log':<{width}}  {'N':>5}  " + "  ".join(f"r={r:<5g}" for r in radii)]
+    lines = [f"{'log':<{width}}  {'N':>5}  "
+             + "  ".join(f"r={format_radius(r):<5}" for r in radii)]
     for path, label in zip(logs, labels):
         table = load(path)
         acc = certified_accuracy(table, radii)

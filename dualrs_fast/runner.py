@@ -39,7 +39,7 @@ from .dual import DualSmoothing
 from .log_seal import Seal, SealError, sealed_length
 from .logs import COLUMNS, format_row
 from .progress import interactive, progress_bar
-from .sequential_radii import certify_radii
+from .sequential_radii import certify_radii, check_radii
 
 DUAL_COLUMNS = COLUMNS + ("sigma", "radius_estimator", "radius_classifier")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")  # Cohen's predict.py log
@@ -82,7 +82,7 @@ def select_indices(size: int, skip: int = 1, max_index: Optional[int] = None) ->
 def output_classes(smoother, x: torch.Tensor) -> int:
     """Classes the model (Dual RS: its widest expert) scores, from one forward pass."""
     from .sampling import model_device
-    one = x[:1]
+    one = x[:1].clone()  # x[:1] is a view of the dataset: no model gets to write into it
     with torch.inference_mode():
         if not isinstance(smoother, DualSmoothing):
             return int(smoother(one.to(model_device(smoother, one.device))).shape[1])
@@ -178,8 +178,11 @@ def certify_radii_task(smoother, dataset, indices, *, radii, sigma=None, n0: int
         seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
         return _certify_rows(ids, labels, r, seconds, dual, samples=True)
 
-    return Task((DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS, config or {},
-                list(indices), compute, per_input, info or {})
+    columns = (DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS
+    rules = log_rows.with_radii(_row_rules(smoother, dataset, indices, columns, None, n, alpha,
+                                           sigma, n_estimator), check_radii(radii), per_input)
+    return Task(columns, config or {}, list(indices), compute, per_input, info or {},
+                check_row=rules.check)
 
 
 def predict_task(smoother, dataset, indices, *, sigma=None, n: int, alpha: float,
@@ -669,5 +672,14 @@ def spawn(world: int, target, args=(), threads: Optional[int] = None) -> None:
     import torch.multiprocessing as mp
     threads = threads or max(1, torch.get_num_threads() // world)
     with tempfile.TemporaryDirectory(prefix="dualrs_dist_") as tmp:
-        mp.spawn(_spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args),
-                                 os.getpid()), nprocs=world, join=True)
+        workers = mp.start_processes(
+            _spawned, args=(world, os.path.join(tmp, "init"), threads, target, tuple(args),
+                            os.getpid()), nprocs=world, join=False, start_method="spawn")
+        try:
+            while not workers.join():
+                pass
+        except KeyboardInterrupt:  # the workers ignore Ctrl-C (the CLI's _rank_main): end them
+            for process in workers.processes:
+                process.kill()
+                process.join()
+            raise

@@ -235,7 +235,9 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     backend = resolve_backend(noise_backend, device)
     gen_device = torch.device("cpu") if backend.startswith("numba") else device
     x_flat = x.detach().reshape(batch, -1).to(gen_device).contiguous()
-    sigma = sigma.to(device=gen_device, dtype=x_flat.dtype).contiguous()
+    # float64 like the noise: sigma rounded to a float32 input's dtype could fall below the
+    # sigma the radius is computed with
+    sigma = sigma.to(device=gen_device, dtype=torch.float64).contiguous()
     ids = ids.to(gen_device).contiguous()
     dim = x_flat.shape[1]
     check_sigma_resolution(x_flat, sigma)
@@ -297,8 +299,18 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     probe = _model_input(probe, x.shape, use_cl).to(device)
 
     def probe_call(rows: slice) -> torch.Tensor:
-        with threads_for_rows(PROBE_ROWS, device):
-            logits = call(model, probe[rows], probe_input[rows])
+        try:
+            with threads_for_rows(PROBE_ROWS, device):
+                logits = call(model, probe[rows], probe_input[rows])
+        except (RuntimeError, ValueError) as exc:  # the model's first call: how x was read
+            if x.dim() != 2:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"the model failed on x of shape {tuple(x.shape)}, read as a batch of "
+                f"{x.shape[0]} inputs of shape ({x.shape[1]},): for one image (H, W) pass "
+                f"x[None] (1, H, W), for a batch of them x[:, None] (B, 1, H, W). "
+                f"The model said: {reason}") from exc
         check_logits(logits, probe[rows].shape[0], num_classes)
         return logits
 

@@ -15,7 +15,7 @@ MAX_SEED = 2**64
 MAX_SAMPLES = 2**32 - 1
 #: sigma must span at least this many float steps (eps * the input's largest |value|): below
 #: that the noisy input is the float-rounded model's input, not x + Gaussian noise, and the
-#: certificate describes rounding (README "Limits")
+#: certificate describes rounding (docs/api.md, the limit on sigma)
 MIN_SIGMA_STEPS = 512
 #: inputs beyond [-RANGE_SLACK, 1 + RANGE_SLACK] are taken for another scale (normalised,
 #: 0..255, [-1, 1]) and warned about; perturbed images a little outside [0, 1] are not
@@ -89,7 +89,9 @@ def as_input_batch(x):
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        hint = (": torch.stack(x) for a list of image tensors, torch.tensor(x, "
+                "dtype=torch.float32) for nested numbers" if isinstance(x, (list, tuple)) else "")
+        raise TypeError(f"x must be a torch.Tensor or a numpy array, got {type(x).__name__}{hint}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be float32 or float64, got {x.dtype} (low precision noise can "
                         "create false certificates; cast to float32)")
@@ -124,15 +126,17 @@ def check_ids(ids, batch: int) -> torch.Tensor:
     if ids is None:
         return torch.arange(batch, dtype=torch.int64)
     ids = torch.as_tensor(ids).reshape(-1)
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"ids must be integers, got {ids.dtype}")
     if ids.numel() != batch:
         raise ValueError(f"ids must have one entry per input ({batch}), got {ids.numel()}")
-    if (ids < 0).any() or (ids >= 2**32).any():
+    # as Python ints: comparisons in uint8 would wrap 2**32, uint32 / uint64 have none on CPU
+    values = ids.tolist()
+    if any(not 0 <= v < 2**32 for v in values):
         raise ValueError("ids must be in [0, 2**32)")
-    if ids.unique().numel() != ids.numel():
+    if len(set(values)) != len(values):
         raise ValueError("ids must be distinct: inputs with the same id would share their noise")
-    return ids.to(torch.int64).cpu()
+    return torch.tensor(values, dtype=torch.int64)
 
 
 def check_model_input_dtype(model, dtype: torch.dtype) -> None:

@@ -1,20 +1,17 @@
 """Fused per-sample-sigma noise on the CPU (numba): out[r] = x[i] + sigma[i] * noise(seed, id, s, j).
 
-Implements exactly the specification of ``philox_torch.py`` (the reference), one Philox
-call per 4 noise elements; thread-count invariant because each element's noise depends only
-on its counter. Rows are processed in parallel, in chunks of ``_CHUNK`` rows per task; each
-row goes in two passes:
+Implements exactly the specification of ``philox_torch.py`` (the reference): one Philox call
+per 2 noise elements, float64 normals, x + sigma * z in float64 rounded once to x's dtype;
+thread-count invariant because each element's noise depends only on its counter. Rows are
+processed in parallel, in chunks of ``_CHUNK`` rows per task; each row goes in two passes:
 
 1. Philox4x32-10 for all of the row's counters into a scratch buffer. This loop has no
-   calls, so LLVM vectorises it (AVX2 ``vpmuludq``): ~2.5G uint32/s on 2 cores.
-2. Box-Muller with the C library's ``logf`` and ``sincosf`` (LLVM merges ``sin``/``cos`` of
-   the same angle into one ``sincosf`` call once both sit in one branch-free block), then
+   calls, so LLVM vectorises it (AVX2 ``vpmuludq``).
+2. Box-Muller with the C library's ``log`` and ``sin``/``cos`` in float64, then
    ``x + sigma * z`` written to the row, through ``dest`` for channels_last batches.
 
-Pass 2 is bound by ``logf`` + ``sincosf`` (about 45 cycles per pair of normals); the values
-are bit-for-bit those of the one-pass kernel this replaced (same float32 operations in the
-same order, no fast-math), which ``tests/test_noise_kernels.py`` checks. Released the GIL
-(``nogil``) so it may run beside other Python threads.
+Pass 2 is bound by the scalar libm calls (``noise_numba_simd`` evaluates them as vectorised
+polynomials). Releases the GIL (``nogil``) so it may run beside other Python threads.
 """
 import math
 
@@ -31,11 +28,6 @@ _W0 = np.uint32(PHILOX_W0)
 _W1 = np.uint32(PHILOX_W1)
 _MASK = np.uint64(MASK32)
 _S32 = np.uint64(32)
-_HALF = np.float32(0.5)
-_SCALE = np.float32(2.0**-32)
-_MINUS2 = np.float32(-2.0)
-_TWO_PI = np.float32(2.0 * math.pi)
-# float64 noise (float64 inputs): 53-bit uniforms, Box-Muller in float64
 _S21 = np.uint64(21)
 _S11 = np.uint64(11)
 _HALF_F64 = 0.5
@@ -60,11 +52,6 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 @numba.njit(inline="always")
-def _unit(r):
-    return (np.float32(r) + _HALF) * _SCALE
-
-
-@numba.njit(inline="always")
 def _philox_row(bits, n_blocks, c1, c2, c3, k0, k1):
     """bits[k, b] = word k of Philox at counter (b, c1, c2, c3): a call-free, vectorisable loop."""
     for b in range(n_blocks):
@@ -76,32 +63,18 @@ def _philox_row(bits, n_blocks, c1, c2, c3, k0, k1):
 
 
 @numba.njit(inline="always")
-def _box_muller_row(bits, n_blocks, z):
-    """z[4b + k] = normal k of block b (the specification's Box-Muller, in float32)."""
-    for b in range(n_blocks):
-        rad = math.sqrt(_MINUS2 * math.log(_unit(bits[0, b])))
-        th = _TWO_PI * _unit(bits[1, b])
-        z[4 * b] = rad * math.cos(th)
-        z[4 * b + 1] = rad * math.sin(th)
-        rad = math.sqrt(_MINUS2 * math.log(_unit(bits[2, b])))
-        th = _TWO_PI * _unit(bits[3, b])
-        z[4 * b + 2] = rad * math.cos(th)
-        z[4 * b + 3] = rad * math.sin(th)
-
-
-@numba.njit(inline="always")
-def _unit_f64(hi, lo):
+def _unit(hi, lo):
     """Two uint32 words -> float64 in (0, 1] from their top 53 bits (the specification's)."""
     k = (np.uint64(hi) << _S21) | (np.uint64(lo) >> _S11)
     return (np.float64(k) + _HALF_F64) * _SCALE_F64
 
 
 @numba.njit(inline="always")
-def _box_muller_row_f64(bits, n_blocks, z):
+def _box_muller_row(bits, n_blocks, z):
     """z[2b + k] = float64 normal k of block b: u0 from words 0-1, u1 from words 2-3."""
     for b in range(n_blocks):
-        rad = math.sqrt(-2.0 * math.log(_unit_f64(bits[0, b], bits[1, b])))
-        th = _TWO_PI_F64 * _unit_f64(bits[2, b], bits[3, b])
+        rad = math.sqrt(-2.0 * math.log(_unit(bits[0, b], bits[1, b])))
+        th = _TWO_PI_F64 * _unit(bits[2, b], bits[3, b])
         z[2 * b] = rad * math.cos(th)
         z[2 * b + 1] = rad * math.sin(th)
 
@@ -109,7 +82,8 @@ def _box_muller_row_f64(bits, n_blocks, z):
 @numba.njit(inline="always")
 def _add_scaled_row(out, r, x, i, s, z, dim, dest, identity):
     """out[r] = x[i] + s * z, element e written at dest[e] (at e where ``identity``): the
-    shared tail of every noise kernel, which fills z its own way."""
+    shared tail of every noise kernel, which fills z its own way. s and z are float64, so
+    the sum is float64 and the store rounds it once to out's dtype."""
     if identity:
         for e in range(dim):
             out[r, e] = x[i, e] + s * z[e]
@@ -119,9 +93,8 @@ def _add_scaled_row(out, r, x, i, s, z, dim, dest, identity):
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _noisy_rows_kernel_f64(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity,
-                           out):
-    """The float64 kernel (float64 x, sigma and out): 2 normals per Philox block."""
+def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, out):
+    """2 float64 normals per Philox block; x and out float32 or float64, sigma float64."""
     n_rows = out.shape[0]
     dim = x.shape[1]
     n_blocks = (dim + 1) // 2
@@ -133,25 +106,24 @@ def _noisy_rows_kernel_f64(x, sigma, ids, k0, k1, row_input, row_stream, row_j, 
             s = sigma[i]
             _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                         np.uint32(row_stream[r]), k0, k1)
-            _box_muller_row_f64(bits, n_blocks, z)
-            _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
-
-
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, out):
-    n_rows = out.shape[0]
-    dim = x.shape[1]
-    n_blocks = (dim + 3) // 4
-    for chunk in numba.prange((n_rows + _CHUNK - 1) // _CHUNK):
-        bits = np.empty((4, n_blocks), np.uint32)
-        z = np.empty(4 * n_blocks, np.float32)
-        for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
-            i = row_input[r]
-            s = sigma[i]
-            _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
-                        np.uint32(row_stream[r]), k0, k1)
             _box_muller_row(bits, n_blocks, z)
             _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
+
+
+def run_noise_kernel(kernel, out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor,
+                     ids: torch.Tensor, seed: int, row_input: torch.Tensor,
+                     row_stream: torch.Tensor, row_j: torch.Tensor, dest=None) -> None:
+    """Call a numba noise kernel (this module's or ``noise_numba_simd``'s) with the arguments
+    of ``noisy_rows_into``; sigma goes in as float64, like the noise."""
+    if x_flat.dtype not in (torch.float32, torch.float64) or out.dtype != x_flat.dtype:
+        raise TypeError(f"noise rows are float32 or float64 like x, got x {x_flat.dtype}, "
+                        f"out {out.dtype}")
+    k0, k1 = split_seed(seed)
+    identity = dest is None
+    dest_np = np.zeros(1, np.int64) if identity else dest.numpy()
+    kernel(x_flat.numpy(), sigma.to(torch.float64).numpy(), ids.numpy(), np.uint32(k0),
+           np.uint32(k1), row_input.numpy(), row_stream.numpy(), row_j.numpy(), dest_np, identity,
+           out.numpy())
 
 
 def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,
@@ -159,12 +131,7 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
                     row_j: torch.Tensor, dest=None) -> None:
     """Fill ``out`` (R, D) in place. ``dest[e]`` is where element e lands in a row, which lets
     the kernel write channels_last batches directly (None: identity). All tensors on the CPU,
-    contiguous; ``out`` may be a contiguous row range of a larger buffer. float64 x (and
-    out) get float64 noise, float32 x float32 noise (``kernels/__init__.py``)."""
-    k0, k1 = split_seed(seed)
-    identity = dest is None
-    dest_np = np.zeros(1, np.int64) if identity else dest.numpy()
-    kernel = _noisy_rows_kernel_f64 if x_flat.dtype == torch.float64 else _noisy_rows_kernel
-    kernel(x_flat.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
-                       row_input.numpy(), row_stream.numpy(), row_j.numpy(), dest_np, identity,
-                       out.numpy())
+    contiguous; ``out`` may be a contiguous row range of a larger buffer. x and out are float32
+    or float64; the noise is float64 either way (``kernels/__init__.py``)."""
+    run_noise_kernel(_noisy_rows_kernel, out, x_flat, sigma, ids, seed, row_input, row_stream,
+                     row_j, dest)

@@ -2,30 +2,30 @@
 default where the CPU has AVX2 + FMA).
 
 Same specification as ``philox_torch.py`` (the reference) and ``noise_numba.py``: Philox4x32-10
-at counter (e // 4, j, id, stream), u = (float32(r) + 0.5) * 2**-32, Box-Muller in float32 with
-th = float32(2 pi) * u. The difference is *how* log, sin and cos are evaluated: instead of calls
-to the C library (``logf``, ``sincosf``: scalar, ~45 cycles per pair of normals, which bound
-``noise_numba``), they are branch-free float32 polynomials (Horner steps as fused multiply-adds,
-``llvm.fma.f32``) that LLVM vectorises (AVX2: 8 lanes; AVX-512: 16, see
-``_allow_512_bit_vectors``), so the whole row -- Philox, Box-Muller, x + sigma * z -- runs in
-SIMD registers: ~2.1G normals/s on 2 AVX-512 cores here (1.5G at 256 bits), ~8x
-``noise_numba``. The FMAs made it ~18% faster than separate multiplies and adds.
+at counter (e // 2, j, id, stream), two 53-bit uniforms per block, Box-Muller in float64,
+x + sigma * z in float64 rounded once to x's dtype. The difference is *how* log, sin and cos are
+evaluated: instead of calls to the C library (scalar, which bound ``noise_numba``), they are
+branch-free float64 polynomials (Horner steps as fused multiply-adds, ``llvm.fma.f64``) that
+LLVM vectorises (AVX2: 4 lanes; AVX-512: 8, see ``_allow_512_bit_vectors``), so the whole row
+-- Philox, Box-Muller, x + sigma * z -- runs in SIMD registers.
 
-- log(u): u = 2**e * m with m in [sqrt(1/2), sqrt(2)) (exact bit manipulation), then
-  log(m) = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, by its odd Taylor series to s**9
-  (truncation < 3e-10 relative), plus e * ln 2 with ln 2 split into an exact high part and a
-  low part.
+- log(u), u in (0, 1]: u = 2**k * (1 + f) with 1 + f in about [sqrt(1/2), sqrt(2)) (exact
+  bit manipulation on the high word), then log(1 + f) = f - (f**2/2 - s (f**2/2 + R)) with
+  s = f / (2 + f), |s| <= 0.172 and R = 2 s**2/3 + 2 s**4/5 + ... (the series of
+  2 atanh(s) - 2 s, to s**20: truncation < 1e-18 relative), plus k ln 2 with ln 2 split into
+  a high part (42 bits, so k * high is exact) and a low part.
 - sin/cos(th), th in (0, 2 pi]: q = nearest multiple of pi/2, w = th - q pi/2 with pi/2 in
-  three parts (Cody-Waite; q <= 4 makes the products exact), |w| <= pi/4; Taylor series of
-  sin w (to w**11) and cos w (to w**12), truncation < 1e-11; the quadrant picks and negates.
+  three parts (Cody-Waite; q <= 4 makes q times the first two exact), |w| <= pi/4; Taylor series
+  of sin w (to w**17) and cos w (to w**16), truncation < 1e-17; the quadrant picks and negates.
 
-Accuracy: a few float32 ulps from the libm values (tests bound it), i.e. the same noise "up to
-float rounding" like every backend -- but not bit-identical to ``noise_numba``'s, so a
-certificate computed with one backend can differ from the other's in rare near-tie samples.
-Plain IEEE float32 operations and correctly rounded FMAs, without fast-math: results do not
-depend on the C library, the vector width, the thread count or whether the CPU has FMA units
-(without them ``llvm.fma`` is a slow but exact libm call; ``noise.resolve_backend`` then
-picks ``noise_numba``).
+Accuracy: within a few float64 ulps of the libm values (tests bound it). Rounded once to
+float32, x + sigma * z then equals the reference's bit for bit except where the float64 value
+lies within those few ulps of a float32 rounding boundary (about one element in 10**8);
+float64 inputs' noisy values differ from ``noise_numba``'s in the last bits. Plain IEEE
+float64 operations and correctly rounded FMAs, without fast-math: results do not depend on
+the C library, the vector width, the thread count or whether the CPU has FMA units (without
+them ``llvm.fma`` is a slow but exact libm call; ``noise.resolve_backend`` then picks
+``noise_numba``).
 """
 import math
 
@@ -36,45 +36,60 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .noise_numba import _CHUNK, _add_scaled_row, _noisy_rows_kernel_f64, _philox_row
-from .philox_torch import split_seed
+from .noise_numba import _CHUNK, _philox_row, run_noise_kernel
 
-F = np.float32
-_HALF = F(0.5)
-_SCALE = F(2.0**-32)
-_MINUS2 = F(-2.0)
-_TWO_PI = F(2.0 * math.pi)
-_ONE = F(1.0)
-_TWO = F(2.0)
-# ln 2 = _LN2_HI + _LN2_LO; _LN2_HI has 16 significant bits so e * _LN2_HI is exact (|e| <= 34)
-_LN2_HI = F(0.693145751953125)
-_LN2_LO = F(math.log(2.0) - 0.693145751953125)
-# 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + s^6/7 + s^8/9)
-_A3, _A5, _A7, _A9 = F(1.0 / 3.0), F(1.0 / 5.0), F(1.0 / 7.0), F(1.0 / 9.0)
-_SQRT_HALF_BITS = np.int32(0x3F3504F3)  # float32 sqrt(1/2)
-_MANT_SHIFT = np.int32(23)
-# pi/2 = _P1 + _P2 + _P3 (Cody-Waite); _P1 and _P2 have few enough bits that q * _P1 and
-# q * _P2 are exact for q <= 4
-_TWO_OVER_PI = F(2.0 / math.pi)
-_P1 = F(1.5703125)
-_P2 = F(4.837512969970703125e-04)
-_P3 = F(math.pi / 2 - 1.5703125 - 4.837512969970703125e-04)
-# Taylor coefficients of sin and cos
-_S3, _S5, _S7 = F(-1.0 / 6.0), F(1.0 / 120.0), F(-1.0 / 5040.0)
-_S9, _S11 = F(1.0 / 362880.0), F(-1.0 / 39916800.0)
-_C2, _C4, _C6 = F(-0.5), F(1.0 / 24.0), F(-1.0 / 720.0)
-_C8, _C10, _C12 = F(1.0 / 40320.0), F(-1.0 / 3628800.0), F(1.0 / 479001600.0)
+_ONE, _TWO, _HALF = 1.0, 2.0, 0.5
+_TWO_POW_21 = 2.0**21
+_TWO_POW_M53 = 2.0**-53
+_TWO_PI = 2.0 * math.pi
+_LO_SHIFT = np.uint32(11)
+# ln 2 = _LN2_HI + _LN2_LO: _LN2_HI has 42 significant bits so k * _LN2_HI is exact (|k| <= 55)
+_LN2_HI = float.fromhex("0x1.62e42fefa3800p-1")
+_LN2_LO = 5.497923018708371e-14
+# log(1 + f): R = s^2 (2/3 + s^2 (2/5 + ... + s^2 2/21))
+_LOG_COEFFS = tuple(2.0 / (2 * k + 1) for k in range(1, 11))
+_SQRT_HALF_HI = 0x3FE6A09E  # high word of float64 sqrt(1/2)
+_EXP_BIAS = np.int32(1 << 10)  # hx + _EXP_OFFSET >= 0 for every u >= 2**-54
+_EXP_OFFSET = np.uint32((1 << 30) - _SQRT_HALF_HI)
+_SHIFT_HI = np.uint64(32)
+_SHIFT_EXP = np.uint32(20)  # exponent position in the high word
+_SIGN_BIT = np.uint32(1 << 31)
+_TWO_POW_31 = 2.0**31
+_SHIFT_EXP64 = np.int64(52)
+# pi/2 = _P1 + _P2 + _P3 (Cody-Waite); _P1 and _P2 have 33 significant bits, so q * _P1 and
+# q * _P2 are exact for q <= 4 (values checked in tests against 60-digit pi)
+_TWO_OVER_PI = 2.0 / math.pi
+_P1 = float.fromhex("0x1.921fb54400000p+0")
+_P2 = float.fromhex("0x1.0b4611a600000p-34")
+_P3 = float.fromhex("0x1.3198a2e037073p-69")
+# Taylor coefficients: sin w = w + w^3 (S3 + w^2 (S5 + ...)), cos w = 1 + w^2 (C2 + ...)
+_S3, _S5, _S7, _S9, _S11, _S13, _S15, _S17 = (
+    (-1.0) ** k / math.factorial(2 * k + 1) for k in range(1, 9))
+_C2, _C4, _C6, _C8, _C10, _C12, _C14, _C16 = (
+    (-1.0) ** k / math.factorial(2 * k) for k in range(1, 9))
+_L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10 = _LOG_COEFFS
 
 
 @intrinsic
-def _f32_bits(typingctx, x):
-    """The IEEE bits of a float32 as an int32 (a free bitcast, vectorisable)."""
-    if x != types.float32:
+def _f64_bits(typingctx, x):
+    """The IEEE bits of a float64 as an int64 (a free bitcast, vectorisable)."""
+    if x != types.float64:
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(types.float32), codegen
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, x):
+    """The float64 with the given IEEE bits."""
+    if x != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
 
 
 @intrinsic
@@ -85,7 +100,7 @@ def _allow_512_bit_vectors(typingctx):
     ``prefer-256-bit`` tuning); the function attribute ``"prefer-vector-width"="512"`` (what
     clang's ``-mprefer-vector-width=512`` sets) lifts the cap for this kernel alone, not for
     the rest of the process's numba code: ~1.35x the noise throughput here (bench/RESULTS.md).
-    A no-op without AVX-512. The kernel's operations are element-wise IEEE float32 and
+    A no-op without AVX-512. The kernel's operations are element-wise IEEE float64 and
     correctly rounded FMAs, so the noise is bit-identical at any vector width (tested).
     torch's MKL / oneDNN kernels already run 512-bit code on such CPUs, so this adds no
     lower-frequency licence. llvmlite only accepts a fixed list of attribute names, so the
@@ -101,51 +116,56 @@ def _allow_512_bit_vectors(typingctx):
 
 @intrinsic
 def _fma(typingctx, a, b, c):
-    """a * b + c with one rounding (``llvm.fma.f32``): one vector instruction on FMA CPUs and
+    """a * b + c with one rounding (``llvm.fma.f64``): one vector instruction on FMA CPUs and
     the same correctly rounded value everywhere (a libm call on CPUs without FMA)."""
-    if not (a == b == c == types.float32):
+    if not (a == b == c == types.float64):
         return None
 
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
-    return types.float32(types.float32, types.float32, types.float32), codegen
+    return types.float64(types.float64, types.float64, types.float64), codegen
 
 
-@intrinsic
-def _bits_f32(typingctx, x):
-    """The float32 with the given IEEE bits."""
-    if x != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
+@numba.njit(inline="always")
+def _unit(hi, lo):
+    """The specification's 53-bit uniform in (0, 1] from two uint32 words, via signed int32
+    -> float64 conversions (one AVX2 instruction; unsigned or 64-bit ones have none before
+    AVX-512): the sum hi * 2**21 + lo // 2**11 < 2**53 is exact, so + 0.5 rounds as the
+    reference's."""
+    hi_f = np.float64(np.int32(hi ^ _SIGN_BIT)) + _TWO_POW_31
+    k = hi_f * _TWO_POW_21 + np.float64(np.int32(lo >> _LO_SHIFT))
+    return (k + _HALF) * _TWO_POW_M53
 
 
 @numba.njit(inline="always")
 def _log(u):
-    """log(u) for normal positive float32 u."""
-    ix = _f32_bits(u)
-    e = np.int32((ix - _SQRT_HALF_BITS) >> _MANT_SHIFT)
-    m = _bits_f32(np.int32(ix - (e << _MANT_SHIFT)))  # in [sqrt(1/2), sqrt(2))
-    f = m - _ONE  # exact
+    """log(u) for normal positive float64 u."""
+    ix = _f64_bits(u)
+    hx = np.uint32(np.uint64(ix) >> _SHIFT_HI)
+    # k = floor((hx - _SQRT_HALF_HI) / 2**20) with unsigned (logical) shifts only: AVX2 has
+    # no 64-bit arithmetic shift
+    k = np.int32(np.uint32(hx + _EXP_OFFSET) >> _SHIFT_EXP) - _EXP_BIAS
+    f = _bits_f64(ix - (np.int64(k) << _SHIFT_EXP64)) - _ONE  # exact
+    hfsq = _HALF * f * f
     s = f / (_TWO + f)
     s2 = s * s
-    p = s2 * _fma(s2, _fma(s2, _fma(s2, _A9, _A7), _A5), _A3)
-    ef = F(e)
-    return _fma(ef, _LN2_HI, (s + s) + _fma(s + s, p, ef * _LN2_LO))
+    r = s2 * _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(
+        s2, _L10, _L9), _L8), _L7), _L6), _L5), _L4), _L3), _L2), _L1)
+    kf = np.float64(k)
+    return _fma(kf, _LN2_HI, f - (hfsq - _fma(s, hfsq + r, kf * _LN2_LO)))
 
 
 @numba.njit(inline="always")
 def _cos_sin(th):
-    """(cos th, sin th) for float32 th in [0, 2 pi]."""
+    """(cos th, sin th) for float64 th in [0, 2 pi]."""
     q = np.int32(th * _TWO_OVER_PI + _HALF)  # round to nearest (th >= 0)
-    qf = F(q)
+    qf = np.float64(q)
     w = _fma(-qf, _P3, _fma(-qf, _P2, _fma(-qf, _P1, th)))
     w2 = w * w
-    sin_w = _fma(w * w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _S11, _S9), _S7), _S5), _S3), w)
-    cos_w = _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _C12, _C10), _C8), _C6), _C4),
-                          _C2), _ONE)
+    sin_w = _fma(w * w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(
+        w2, _S17, _S15), _S13), _S11), _S9), _S7), _S5), _S3), w)
+    cos_w = _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(
+        w2, _C16, _C14), _C12), _C10), _C8), _C6), _C4), _C2), _ONE)
     swap = (q & np.int32(1)) != 0
     c = sin_w if swap else cos_w
     s = cos_w if swap else sin_w
@@ -155,39 +175,48 @@ def _cos_sin(th):
 
 
 @numba.njit(inline="always")
-def _unit(r):
-    return (F(r) + _HALF) * _SCALE
+def _box_muller_row(bits, n_blocks, z):
+    """z[0, b], z[1, b] = the two normals of block b (elements 2b and 2b + 1): two
+    contiguous rows, which LLVM vectorises (interleaved stores into one row it would not)."""
+    for b in range(n_blocks):
+        rad = math.sqrt(-_TWO * _log(_unit(bits[0, b], bits[1, b])))
+        c, s = _cos_sin(_TWO_PI * _unit(bits[2, b], bits[3, b]))
+        z[0, b] = rad * c
+        z[1, b] = rad * s
 
 
 @numba.njit(inline="always")
-def _box_muller_row(bits, n_blocks, z):
-    for b in range(n_blocks):
-        rad01 = math.sqrt(_MINUS2 * _log(_unit(bits[0, b])))
-        c01, s01 = _cos_sin(_TWO_PI * _unit(bits[1, b]))
-        rad23 = math.sqrt(_MINUS2 * _log(_unit(bits[2, b])))
-        c23, s23 = _cos_sin(_TWO_PI * _unit(bits[3, b]))
-        z[4 * b] = rad01 * c01
-        z[4 * b + 1] = rad01 * s01
-        z[4 * b + 2] = rad23 * c23
-        z[4 * b + 3] = rad23 * s23
+def _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity):
+    """``noise_numba._add_scaled_row`` for z in two rows: element e takes z[e % 2, e // 2]."""
+    half = dim // 2
+    if identity:
+        for b in range(half):
+            out[r, 2 * b] = x[i, 2 * b] + s * z[0, b]
+            out[r, 2 * b + 1] = x[i, 2 * b + 1] + s * z[1, b]
+    else:
+        for b in range(half):
+            out[r, dest[2 * b]] = x[i, 2 * b] + s * z[0, b]
+            out[r, dest[2 * b + 1]] = x[i, 2 * b + 1] + s * z[1, b]
+    if dim % 2:
+        out[r, dest[dim - 1] if not identity else dim - 1] = x[i, dim - 1] + s * z[0, half]
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, out):
     n_rows = out.shape[0]
     dim = x.shape[1]
-    n_blocks = (dim + 3) // 4
+    n_blocks = (dim + 1) // 2
     for chunk in numba.prange((n_rows + _CHUNK - 1) // _CHUNK):
         _allow_512_bit_vectors()  # marks the function that holds this loop body
         bits = np.empty((4, n_blocks), np.uint32)
-        z = np.empty(4 * n_blocks, np.float32)
+        z = np.empty((2, n_blocks), np.float64)
         for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
             i = row_input[r]
             s = sigma[i]
             _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
                         np.uint32(row_stream[r]), k0, k1)
             _box_muller_row(bits, n_blocks, z)
-            _add_scaled_row(out, r, x, i, s, z, dim, dest, identity)
+            _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -202,31 +231,39 @@ def _cos_sin_kernel(th, c, s):
         c[i], s[i] = _cos_sin(th[i])
 
 
+@numba.njit(parallel=True, cache=True)
+def _unit_kernel(hi, lo, out):
+    for i in numba.prange(hi.shape[0]):
+        out[i] = _unit(hi[i], lo[i])
+
+
 def log(u: np.ndarray) -> np.ndarray:
-    """The kernel's float32 log (tests)."""
-    out = np.empty_like(u, dtype=np.float32)
-    _log_kernel(np.ascontiguousarray(u, dtype=np.float32), out)
+    """The kernel's float64 log (tests)."""
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    out = np.empty_like(u)
+    _log_kernel(u, out)
     return out
 
 
 def cos_sin(th: np.ndarray):
-    """The kernel's float32 (cos, sin) on [0, 2 pi] (tests)."""
-    th = np.ascontiguousarray(th, dtype=np.float32)
+    """The kernel's float64 (cos, sin) on [0, 2 pi] (tests)."""
+    th = np.ascontiguousarray(th, dtype=np.float64)
     c, s = np.empty_like(th), np.empty_like(th)
     _cos_sin_kernel(th, c, s)
     return c, s
 
 
+def unit(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """The kernel's 53-bit uniforms from uint32 word pairs (tests)."""
+    hi = np.ascontiguousarray(hi, dtype=np.uint32)
+    out = np.empty(hi.shape, np.float64)
+    _unit_kernel(hi, np.ascontiguousarray(lo, dtype=np.uint32), out)
+    return out
+
+
 def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor,
                     row_j: torch.Tensor, dest=None) -> None:
-    """Same contract as ``noise_numba.noisy_rows_into``. float64 x takes ``noise_numba``'s
-    float64 kernel (the C library's double log / sin / cos): the float32 polynomials here
-    would put float64 inputs' noise on a float32 lattice."""
-    k0, k1 = split_seed(seed)
-    identity = dest is None
-    dest_np = np.zeros(1, np.int64) if identity else dest.numpy()
-    kernel = _noisy_rows_kernel_f64 if x_flat.dtype == torch.float64 else _noisy_rows_kernel
-    kernel(x_flat.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
-                       row_input.numpy(), row_stream.numpy(), row_j.numpy(), dest_np, identity,
-                       out.numpy())
+    """Same contract as ``noise_numba.noisy_rows_into``."""
+    run_noise_kernel(_noisy_rows_kernel, out, x_flat, sigma, ids, seed, row_input, row_stream,
+                     row_j, dest)

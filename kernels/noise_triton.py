@@ -1,13 +1,14 @@
 """Fused per-sample-sigma noise on the GPU (Triton): out[r] = x[i] + sigma[i] * noise(seed, id, s, j).
 
 The same specification as ``philox_torch.py`` (the reference) and ``noise_numba.py``:
-Philox4x32-10 at counter (e // 4, j, id, stream) keyed by (seed_lo, seed_hi) -- the rounds
+Philox4x32-10 at counter (e // 2, j, id, stream) keyed by (seed_lo, seed_hi) -- the rounds
 of Triton's ``philox_impl``, with our counter layout rather than ``tl.randint4x``'s
 (offset_lo, offset_hi, 0, 0), and defined here so they are interpreted or compiled together
-with the kernel -- then u = (float32(r) + 0.5) * 2**-32 and Box-Muller in
-float32. One program writes ``4 * BLOCK`` elements of one row; a row of a packed batch may
-belong to any input, with its own sigma. channels_last batches are written directly
-(element (c, hw) of a row lands at hw * C + c).
+with the kernel -- then two 53-bit uniforms, Box-Muller in float64 and x + sigma * z in float64,
+rounded once to x's dtype (float64 arithmetic is slow on consumer GPUs; the noise must not be
+recognisable, ``kernels/__init__.py``). One program writes ``2 * BLOCK`` elements of one row;
+a row of a packed batch may belong to any input, with its own sigma. channels_last batches are
+written directly (element (c, hw) of a row lands at hw * C + c).
 
 Importing this module applies ``@triton.jit``; set ``TRITON_INTERPRET=1`` *before* the first
 import to run it on the CPU (tests only: the interpreter is ~1000x slower than numba).
@@ -19,7 +20,7 @@ from triton.language.extra import libdevice
 
 from .philox_torch import PHILOX_ROUNDS, split_seed
 
-BLOCK = 256  # Philox counters per program (1024 elements)
+BLOCK = 256  # Philox counters per program (512 elements)
 
 
 @triton.jit
@@ -42,10 +43,11 @@ def _philox(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
 
 @triton.jit
 def _store(x_row, out_row, s, z, ek, dim, channels, hw, CHANNELS_LAST: tl.constexpr):
-    """out_row[dest(ek)] = x_row[ek] + s * z for the elements ek < dim."""
+    """out_row[dest(ek)] = x_row[ek] + s * z for the elements ek < dim, in float64 (s and z
+    are float64), rounded once to out's dtype."""
     mask = ek < dim
     xv = tl.load(x_row + ek, mask=mask, other=0.0)
-    val = xv + s * z.to(xv.dtype)
+    val = xv.to(tl.float64) + s * z
     if CHANNELS_LAST:
         dest = (ek % hw) * channels + ek // hw
     else:
@@ -90,8 +92,7 @@ def _sin(x, LIBDEVICE: tl.constexpr):
 def _row_block(x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0,
                k1, x_row_stride, out_row_stride, BLOCK: tl.constexpr, N_ROUNDS: tl.constexpr):
     """The program's row r (axis 0) and Philox blocks b (axis 1): its input and output rows,
-    sigma, b, and the four Philox words of counter (b, j, id, stream) -- shared by the
-    float32 and float64 kernels, which turn the words into normals their own way."""
+    sigma, b, and the four Philox words of counter (b, j, id, stream)."""
     r = tl.program_id(0).to(tl.int64)
     i = tl.load(row_input_ptr + r)
     s = tl.load(sigma_ptr + i)
@@ -106,33 +107,6 @@ def _row_block(x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr
     return x_ptr + i * x_row_stride, out_ptr + r * out_row_stride, s, b, r0, r1, r2, r3
 
 
-@triton.jit(do_not_specialize=["k0", "k1"])
-def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
-                       out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
-                       CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
-                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
-    x_row, out_row, s, b, r0, r1, r2, r3 = _row_block(
-        x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
-        x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
-    u0 = (r0.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-    u1 = (r1.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-    u2 = (r2.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-    u3 = (r3.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-    # IEEE sqrt (tl.sqrt may be approximate on GPUs); libdevice log/sin/cos on GPUs.
-    rad01 = tl.sqrt_rn(-2.0 * _log(u0, LIBDEVICE))
-    rad23 = tl.sqrt_rn(-2.0 * _log(u2, LIBDEVICE))
-    th01 = 6.2831854820251465 * u1  # float32(2 pi)
-    th23 = 6.2831854820251465 * u3
-    e = 4 * b.to(tl.int64)
-    _store(x_row, out_row, s, rad01 * _cos(th01, LIBDEVICE), e, dim, channels, hw, CHANNELS_LAST)
-    _store(x_row, out_row, s, rad01 * _sin(th01, LIBDEVICE), e + 1, dim, channels, hw,
-           CHANNELS_LAST)
-    _store(x_row, out_row, s, rad23 * _cos(th23, LIBDEVICE), e + 2, dim, channels, hw,
-           CHANNELS_LAST)
-    _store(x_row, out_row, s, rad23 * _sin(th23, LIBDEVICE), e + 3, dim, channels, hw,
-           CHANNELS_LAST)
-
-
 @triton.jit
 def _unit_f64(hi, lo):
     """Two uint32 words -> float64 in (0, 1] from their top 53 bits (the specification's)."""
@@ -141,11 +115,12 @@ def _unit_f64(hi, lo):
 
 
 @triton.jit(do_not_specialize=["k0", "k1"])
-def _noisy_rows_kernel_f64(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
-                           out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
-                           CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
-                           N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
-    """float64 noise for float64 rows: 2 normals per Philox block (``philox_torch``)."""
+def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
+                       out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
+                       CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """2 float64 normals per Philox block (``philox_torch``); sigma float64, x and out float32
+    or float64."""
     x_row, out_row, s, b, r0, r1, r2, r3 = _row_block(
         x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
         x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
@@ -193,7 +168,7 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
                     row_j: torch.Tensor, channels_last_shape=None) -> None:
     """Fill ``out`` (R, D) in place, all tensors on one device (CUDA; CPU under
     TRITON_INTERPRET=1). ``channels_last_shape=(C, H, W)`` writes each row in NHWC order.
-    float64 x gets float64 noise (2 normals per Philox block), float32 x float32 noise."""
+    x and out are float32 or float64; the noise is float64 either way."""
     rows, dim = out.shape
     if rows == 0 or dim == 0:
         return
@@ -206,10 +181,12 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
         channels, hw = int(c), int(h) * int(w)
         if channels * hw != dim:
             raise ValueError(f"channels_last_shape {tuple(channels_last_shape)} does not match {dim}")
-    per_block = 2 if x_flat.dtype == torch.float64 else 4  # normals per Philox block
-    kernel = _noisy_rows_kernel_f64 if per_block == 2 else _noisy_rows_kernel
-    grid = (rows, triton.cdiv(triton.cdiv(dim, per_block), BLOCK))
-    kernel[grid](x_flat, sigma, ids, row_input, row_stream, row_j, out, k0, k1, dim,
+    if x_flat.dtype not in (torch.float32, torch.float64) or out.dtype != x_flat.dtype:
+        raise TypeError(f"noise rows are float32 or float64 like x, got x {x_flat.dtype}, "
+                        f"out {out.dtype}")
+    sigma = sigma.to(torch.float64)
+    grid = (rows, triton.cdiv(triton.cdiv(dim, 2), BLOCK))  # 2 normals per Philox block
+    _noisy_rows_kernel[grid](x_flat, sigma, ids, row_input, row_stream, row_j, out, k0, k1, dim,
                              x_flat.stride(0), out.stride(0), channels, hw,
                              CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK,
                              N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED)

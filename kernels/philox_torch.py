@@ -1,7 +1,9 @@
 """Plain-PyTorch reference of the counter-based Gaussian noise (the specification).
 
 Slow (int64 arithmetic emulating uint32), used by tests and as the fallback on devices
-without a fused kernel. Every other backend must reproduce it up to float rounding.
+without a fused kernel. Every other backend must reproduce it up to float64 rounding in
+log / sin / cos (for float32 inputs: bit for bit, but for the rare x + sigma * z within a few
+float64 ulps of a float32 rounding boundary).
 """
 import math
 
@@ -13,7 +15,6 @@ PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 PHILOX_ROUNDS = 10
 MASK32 = 0xFFFFFFFF
-TWO_POW_M32 = 2.0**-32
 TWO_POW_M53 = 2.0**-53
 TWO_PI = 2.0 * math.pi
 
@@ -42,11 +43,6 @@ def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS):
     return c0, c1, c2, c3
 
 
-def uint32_to_unit_float(r: torch.Tensor) -> torch.Tensor:
-    """uint32 -> float32 in (0, 1]; 0 is excluded so log() is finite."""
-    return (r.to(torch.float32) + 0.5) * TWO_POW_M32
-
-
 def uint32_pair_to_unit_double(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     """Two uint32 words -> float64 in (0, 1] from their top 53 bits (hi's 32, lo's top 21):
     k = hi * 2**21 + lo // 2**11 (exact in float64), u = (k + 0.5) * 2**-53, never 0."""
@@ -69,29 +65,11 @@ def _philox_blocks(seed: int, ids, streams, js, n_blocks: int, device):
                       streams.expand(shape), k0, k1)
 
 
-def gaussian_noise(seed: int, ids, streams, js, dim: int, device=None,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Noise rows for samples (ids[r], streams[r], js[r]) -> tensor (R, dim) of ``dtype``:
-    float32 (4 normals per Philox block) or float64 (2 normals per block from 53-bit
-    uniforms, so the noise does not lie on a float32 lattice)."""
-    if dtype == torch.float64:
-        return _gaussian_noise_f64(seed, ids, streams, js, dim, device)
-    if dtype != torch.float32:
-        raise TypeError(f"noise is drawn in float32 or float64, got {dtype}")
-    r = _philox_blocks(seed, ids, streams, js, (dim + 3) // 4, device)
-    u = [uint32_to_unit_float(v) for v in r]
-    rad01 = torch.sqrt(-2.0 * torch.log(u[0]))
-    rad23 = torch.sqrt(-2.0 * torch.log(u[2]))
-    th01 = TWO_PI * u[1]
-    th23 = TWO_PI * u[3]
-    z = torch.stack([rad01 * torch.cos(th01), rad01 * torch.sin(th01),
-                     rad23 * torch.cos(th23), rad23 * torch.sin(th23)], dim=-1)
-    return z.reshape(z.shape[0], -1)[:, :dim].contiguous()
+def gaussian_noise(seed: int, ids, streams, js, dim: int, device=None) -> torch.Tensor:
+    """Standard normal noise rows for samples (ids[r], streams[r], js[r]) -> float64 (R, dim).
 
-
-def _gaussian_noise_f64(seed: int, ids, streams, js, dim: int, device) -> torch.Tensor:
-    """float64 noise: block b = e // 2 gives u0 from words (r0, r1) and u1 from (r2, r3),
-    then one Box-Muller pair in float64: noise[2b] = rad cos th, noise[2b + 1] = rad sin th."""
+    Block b = e // 2 gives u0 from words (r0, r1) and u1 from (r2, r3), 53 bits each, then
+    one Box-Muller pair in float64: noise[2b] = rad cos th, noise[2b + 1] = rad sin th."""
     r0, r1, r2, r3 = _philox_blocks(seed, ids, streams, js, (dim + 1) // 2, device)
     rad = torch.sqrt(-2.0 * torch.log(uint32_pair_to_unit_double(r0, r1)))
     th = TWO_PI * uint32_pair_to_unit_double(r2, r3)
@@ -102,11 +80,10 @@ def _gaussian_noise_f64(seed: int, ids, streams, js, dim: int, device) -> torch.
 def noisy_rows(x: torch.Tensor, sigma: torch.Tensor, ids, seed: int, row_input, row_stream,
                row_j) -> torch.Tensor:
     """Reference of the fused op: out[r] = x[row_input[r]] + sigma[row_input[r]] * noise,
-    with float64 noise for float64 x and float32 noise otherwise."""
+    computed in float64 and rounded once to x's dtype."""
     flat = x.reshape(x.shape[0], -1)
     row_input = torch.as_tensor(row_input, dtype=torch.int64, device=x.device)
-    noise_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-    noise = gaussian_noise(seed, ids[row_input], row_stream, row_j, flat.shape[1], device=x.device,
-                           dtype=noise_dtype)
-    out = flat[row_input] + sigma.to(flat.dtype)[row_input].unsqueeze(1) * noise.to(flat.dtype)
+    noise = gaussian_noise(seed, ids[row_input], row_stream, row_j, flat.shape[1], device=x.device)
+    scale = sigma.to(device=x.device, dtype=torch.float64)[row_input].unsqueeze(1)
+    out = (flat[row_input].to(torch.float64) + scale * noise).to(flat.dtype)
     return out.reshape((-1,) + tuple(x.shape[1:]))

@@ -151,13 +151,14 @@ def test_dual_with_embedded_experts_and_stdout_log(tmp_path, capsys):
     assert len(lines) == 3
 
 
-def test_plot_and_table(toy, tmp_path, capsys):
+def test_plot_and_table(toy, tmp_path, capsys, monkeypatch):
     for sigma in (0.25, 0.5):
         dualrs(capsys, "certify", "--dataset", toy / "toy.pt", "--model", toy / "mlp.pt",
                "--sigma", sigma, *QUICK, "--out", tmp_path / f"s{sigma}.tsv")
+    monkeypatch.chdir(tmp_path)  # a missing folder under the working directory is created
     png = tmp_path / "fig" / "acc.png"
     code, out, err = dualrs(capsys, "plot", tmp_path / "s0.25.tsv", tmp_path / "s0.5.tsv",
-                            "--out", png, "--radii", "0,0.5")
+                            "--out", "fig/acc.png", "--radii", "0,0.5")
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "σ = 0.25" in out and "σ = 0.5" in out and "r=0.5" in out

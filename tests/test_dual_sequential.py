@@ -1,17 +1,19 @@
 """Dual RS's sequential estimator (estimator_rounds > 1): drawing a stream in rounds gives
-the samples of one draw, the checkpoint schedule, R_ve's union-bound share of alpha checked
-against scipy, soundness on analytic cases, and the samples it saves."""
+the samples of one draw, the checkpoint schedule planned from R_cls, R_ve's union-bound share
+of alpha checked against scipy, soundness on analytic cases, and the samples it saves."""
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.dual import checkpoint_alphas, estimator_schedule
+from dualrs_fast.estimator_rounds import (checkpoint_alphas, first_useful_checkpoint,
+                                          target_schedule)
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 
 from analytic import LinearBinary, inputs_at_distances
+from dual_helpers import expected_estimator_alpha
 
 SHAPE = (1, 4, 4)
 SIGMAS = (0.25, 0.5)
@@ -57,11 +59,35 @@ def test_no_samples_at_all_never_calls_the_model():
     assert counts.shape == (1, 2, 3) and counts.sum() == 0
 
 
-@pytest.mark.parametrize("n,rounds,expected", [
-    (10_000, 4, [157, 625, 2500, 10_000]), (10_000, 1, [10_000]), (5, 4, [1, 2, 5]),
-    (64, 3, [4, 16, 64]), (1, 5, [1]), (1000, 10**9, [1, 4, 16, 63, 250, 1000])])
-def test_schedule_is_nested_and_ends_at_n(n, rounds, expected):
-    assert estimator_schedule(n, rounds) == expected
+def _all_votes_radius(m, alpha, sigma):
+    """R_ve of m votes out of m, from scipy: the Clopper-Pearson bound is alpha^(1/m)."""
+    p = scipy.stats.beta.ppf(alpha, m, 1)
+    return sigma * scipy.stats.norm.ppf(p) if p >= 0.5 else -1.0
+
+
+@pytest.mark.parametrize("target", [0.0, 0.3, 0.79, 1.3, 1.9])
+@pytest.mark.parametrize("alpha", [0.0005, 0.1])
+def test_first_checkpoint_is_the_fewest_samples_that_could_reach_the_target(target, alpha):
+    m = first_useful_checkpoint(target, 10_000, alpha, 1.0)
+    assert _all_votes_radius(m, alpha, 1.0) >= target * (1 - 1e-9)
+    assert m == 1 or _all_votes_radius(m - 1, alpha, 1.0) < target
+    # unreachable within n: n itself
+    assert first_useful_checkpoint(3.5, 1000, 0.0005, 1.0) == 1000
+
+
+@pytest.mark.parametrize("target,n,rounds", [(0.79, 10_000, 4), (1.33, 2000, 4),
+                                             (0.1, 2000, 8), (2.0, 500, 4), (0.5, 5, 4),
+                                             (0.79, 10_000, 1)])
+def test_schedule_is_nested_starts_where_the_target_is_reachable_and_ends_at_n(target, n,
+                                                                                rounds):
+    schedule = target_schedule(target, n, rounds, 0.0005, 1.0)
+    assert schedule[-1] == n and len(schedule) <= rounds
+    assert all(a < b for a, b in zip(schedule, schedule[1:]))
+    if rounds > 1:
+        assert schedule[0] == first_useful_checkpoint(target, n, checkpoint_alphas(
+            0.0005, rounds)[0], 1.0)
+    else:
+        assert schedule == [n]
 
 
 def _share(alpha, samples, schedule):
@@ -89,10 +115,8 @@ def test_estimator_radius_is_the_bound_at_its_checkpoints_share():
     dual = _dual(estimator)
     for rounds in (1, 4):
         r = dual.certify(x, n0=20, n=800, alpha=0.01, seed=3, estimator_rounds=rounds)
-        schedule = estimator_schedule(800, rounds)
-        assert r.estimator_rounds == len(schedule)
-        assert set(r.estimator_samples.tolist()) <= set(schedule)
-        share = _share(0.005, r.estimator_samples.numpy(), schedule)
+        share = expected_estimator_alpha(r, dual, 0.01, rounds)
+        assert r.estimator_rounds <= rounds and not r.shared.any()
         np.testing.assert_allclose(r.estimator_alpha.numpy(), share, rtol=1e-12)
         expected = _estimator_radius_scipy(r.count_estimator.numpy(),
                                            r.estimator_samples.numpy(), share)
@@ -164,8 +188,9 @@ def test_soundness_check_catches_an_estimator_bound_without_union_bound():
 
 
 def test_confident_estimator_stops_at_the_first_checkpoint():
-    # Far from the estimator's hyperplane, close to the experts': R_ve >= R_cls after the
-    # first round, so the estimator draws n/64 samples instead of n, same certificate.
+    # Far from the estimator's hyperplane, close to the experts': every estimator vote is
+    # for the level, so R_ve >= R_cls at the first checkpoint, the fewest samples that could
+    # reach R_cls (planned from it), instead of n; same certificate.
     estimator = _linear(1, b=40.0)          # every input far on the level-1 side
     experts = {s: _linear(10 + k) for k, s in enumerate(SIGMAS)}
     x = inputs_at_distances(experts[SIGMAS[1]], torch.linspace(0.05, 0.3, 16), SHAPE, seed=6)
@@ -173,10 +198,28 @@ def test_confident_estimator_stops_at_the_first_checkpoint():
     assert (estimator.signed_distance(x) > 3).all()
     seq = dual.certify(x, n0=50, n=6400, alpha=0.001, seed=0, estimator_rounds=4)
     plain = dual.certify(x, n0=50, n=6400, alpha=0.001, seed=0, estimator_rounds=1)
-    assert (seq.estimator_samples == 100).all() and (plain.estimator_samples == 6400).all()
+    certified = seq.prediction != drs.ABSTAIN   # none drawn where the classifier abstained
+    first = [first_useful_checkpoint(float(r), 6400, checkpoint_alphas(0.0005, 4)[0],
+                                     ESTIMATOR_SIGMA) if c else 0
+             for r, c in zip(seq.radius_classifier, certified)]
+    assert seq.estimator_samples.tolist() == first and (plain.estimator_samples == 6400).all()
+    assert certified.sum() > 10 and max(first) < 6400 / 20
+    # samples drawn: estimator selection, its estimation samples, then n0 + n of the expert
+    assert torch.equal(seq.samples, 50 + seq.estimator_samples + 50 + 6400)
     assert torch.equal(seq.prediction, plain.prediction)
     assert torch.equal(seq.radius, plain.radius)     # R_cls binds in both
     assert (seq.radius_estimator >= seq.radius_classifier).all()
+
+
+def test_no_estimator_samples_where_the_classifier_abstains():
+    # The classifier runs first: on its own boundary it abstains, and the estimator then
+    # draws no estimation sample (the plain procedure draws all of them first).
+    estimator = _linear(1, b=40.0)
+    experts = {s: _linear(10 + k) for k, s in enumerate(SIGMAS)}
+    x = inputs_at_distances(experts[SIGMAS[1]], torch.zeros(6), SHAPE, seed=6)
+    seq = _dual(estimator, experts).certify(x, n0=50, n=400, alpha=0.001, seed=0)
+    assert (seq.prediction == drs.ABSTAIN).all() and (seq.estimator_samples == 0).all()
+    assert (seq.level == 1).all()                    # where it was routed
 
 
 def test_bad_rounds_raise():

@@ -88,19 +88,25 @@ def test_float64_kernels_match_the_reference(backend):
 
 
 def test_noise_specification_known_values():
-    # float32 noise is what it was before float64 noise existed (committed results keep
-    # their values); float64 noise is pinned too.
+    # float64 noise is what it was before float32 inputs got it too (issue 20): pinned values
     seed, ids, streams, js = 0x0123456789ABCDEF, [0, 7], [1, 3], [5, 2**32 - 1]
-    f32 = philox_torch.gaussian_noise(seed, ids, streams, js, 6)
-    assert f32.dtype == torch.float32
-    assert [float.hex(v) for v in f32[0].double().tolist()] == [
-        "0x1.431c900000000p-2", "-0x1.5c3c500000000p-1", "0x1.74095c0000000p-4",
-        "-0x1.4c16720000000p-3", "-0x1.4162bc0000000p-1", "0x1.4900420000000p+0"]
-    assert float.hex(float(f32[1, 5])) == "0x1.941de80000000p-1"
-    f64 = philox_torch.gaussian_noise(seed, ids, streams, js, 3, dtype=torch.float64)
+    f64 = philox_torch.gaussian_noise(seed, ids, streams, js, 3)
+    assert f64.dtype == torch.float64
     assert [float.hex(v) for v in f64[0].tolist()] == [
         "0x1.7daa86d5d2703p-1", "-0x1.49c72440e183fp-4", "0x1.6b93f6f10a51ep-1"]
     assert float.hex(float(f64[1, 1])) == "-0x1.b7397fd2da5c7p-9"
+
+
+def test_float32_rows_are_the_float64_rows_rounded_once():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 9, generator=g)
+    sigma = torch.tensor([0.1, 0.7], dtype=torch.float64)   # 0.1: not a float32 value
+    args = (torch.tensor([4, 2**32 - 1]), 99, torch.tensor([0, 1, 1]), torch.tensor([0, 2, 5]),
+            torch.tensor([3, 0, 2**32 - 1]))
+    f32 = philox_torch.noisy_rows(x, sigma, *args)
+    f64 = philox_torch.noisy_rows(x.double(), sigma, *args)
+    assert f32.dtype == torch.float32 and torch.equal(f32, f64.float())
+    assert not torch.equal(f32, philox_torch.noisy_rows(x, sigma.float(), *args))  # sigma in float64
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
