@@ -155,6 +155,9 @@ def main() -> None:
     if cohen_codebase.code_dir() is None:
         raise SystemExit(f"set {cohen_codebase.ENV} to a locuslab/smoothing checkout "
                          "(cuda -> cpu); see bench/cohen_codebase.py")
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.run:
         run_variant(args.run, Path(args.workdir), args.images, args.n)
         return
