@@ -90,7 +90,9 @@ def _built_in(arch):
 
 def test_every_registered_architecture_is_tested_here():
     from dualrs_fast.models import MODEL_REGISTRY
-    assert sorted(MODEL_REGISTRY) == ["class_group", "resnet20", "small_cnn", "tiny_mlp"]
+    # Cohen et al.'s architectures: the same checks in test_cohen_models_data.py
+    assert sorted(MODEL_REGISTRY) == ["cifar_resnet110", "cifar_resnet20", "class_group",
+                                      "resnet20", "resnet50", "small_cnn", "tiny_mlp"]
 
 
 @pytest.mark.parametrize("arch", ["tiny_mlp", "small_cnn", "resnet20", "class_group"])
