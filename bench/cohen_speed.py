@@ -98,7 +98,8 @@ def measure(args) -> dict:
     rounds = []
     for r in range(args.rounds):
         row = {}
-        for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):  # drift hits both sides
+        variants = args.variants
+        for variant in (variants if r % 2 == 0 else variants[::-1]):  # drift hits both sides
             load_before = os.getloadavg()[0]
             subprocess.run([sys.executable, "-P", __file__, "--run", variant, "--workdir",
                             str(workdir), "--images", str(args.images), "--n", str(args.n)],
@@ -111,11 +112,12 @@ def measure(args) -> dict:
                                 load=[round(load_before, 2), round(os.getloadavg()[0], 2)])
             print(f"round {r} {variant}: {row[variant]['mean']:.2f} s/image, {cpu:.2f} CPU s "
                   f"(load {load_before:.2f} -> {os.getloadavg()[0]:.2f})", flush=True)
-        for variant in VARIANTS[1:]:
+        for variant in variants[1:]:
             row[variant]["speedup"] = row["cohen"]["mean"] / row[variant]["mean"]
             row[variant]["cpu_speedup"] = row["cohen"]["cpu"] / row[variant]["cpu"]
         rounds.append(row)
-    return dict(images=args.images, n=args.n, rounds=rounds, workdir=str(workdir))
+    return dict(images=args.images, n=args.n, variants=variants, rounds=rounds,
+                workdir=str(workdir))
 
 
 def report(result: dict) -> str:
@@ -129,7 +131,7 @@ def report(result: dict) -> str:
              "speed-up (CPU) | 1-min load before -> after |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, row in enumerate(result["rounds"]):
-        for v in VARIANTS:
+        for v in result["variants"]:
             r = row[v]
             gain = (f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x" if v != "cohen"
                     else "1 | 1")
@@ -144,12 +146,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--workdir")
+    p.add_argument("--variants", default="cohen,compat,packed",
+                   type=lambda text: ["cohen"] + [v for v in text.split(",") if v != "cohen"],
+                   help=f"comma-separated, from {', '.join(VARIANTS)} (cohen always runs)")
     p.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the raw measurements here")
     args = p.parse_args()
     if cohen_codebase.code_dir() is None:
         raise SystemExit(f"set {cohen_codebase.ENV} to a locuslab/smoothing checkout "
                          "(cuda -> cpu); see bench/cohen_codebase.py")
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.run:
         run_variant(args.run, Path(args.workdir), args.images, args.n)
         return

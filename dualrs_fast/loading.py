@@ -290,12 +290,11 @@ def _tensor(value, name: str, path: Path) -> torch.Tensor:
 
 
 def _read_dataset_file(path: Path):
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise LoadError(f"{path}: an .npz dataset needs arrays 'x' and 'y', "
-                                f"found {sorted(f.files)}")
-            return f["x"], f["y"]
+    if path.suffix == ".npz":  # as npz:PATH
+        try:
+            return external_data.load_npz(path)
+        except ValueError as exc:
+            raise LoadError(str(exc)) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001

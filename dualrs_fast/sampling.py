@@ -10,6 +10,7 @@ layout (channels_last for images), the model runs, and one fused vote kernel tur
 into per-(draw, input) histograms and counts non-finite rows -- no host sync until the end.
 Kernels: numba on the CPU, Triton on CUDA, plain PyTorch elsewhere (``kernels/``).
 """
+import contextlib
 import ctypes
 import os
 import sys
@@ -137,6 +138,29 @@ def use_channels_last_weights(model) -> None:
                 and not weight.is_contiguous(memory_format=torch.channels_last)):
             with torch.no_grad():
                 weight.data = weight.data.contiguous(memory_format=torch.channels_last)
+
+
+#: CPU forward passes of fewer rows run on one torch thread: their per-operation thread
+#: hand-offs cost more than the work they split (an 8-row ResNet-20 pass took 5 s on 2
+#: threads and 0.08 s on one on a busy 2-core machine; a 100-row pass 2.1 s and 0.4-0.6 s;
+#: 1000 rows the same either way there; docs/cohen.md)
+SMALL_BATCH_ROWS = 256
+
+
+@contextlib.contextmanager
+def threads_for_rows(rows: int, device: torch.device):
+    """One torch thread for a CPU forward pass of fewer than SMALL_BATCH_ROWS rows, restored
+    after it (torch's thread count is process-wide: other Python threads running torch at
+    that moment share the setting)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or rows >= SMALL_BATCH_ROWS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 #: row maps are computed for this many batches at once: a handful of small tensor ops per
@@ -276,7 +300,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
 
     def probe_call(rows: slice) -> torch.Tensor:
         try:
-            logits = call(model, probe[rows], probe_input[rows])
+            with threads_for_rows(PROBE_ROWS, device):
+                logits = call(model, probe[rows], probe_input[rows])
         except (RuntimeError, ValueError) as exc:  # the model's first call: how x was read
             if x.dim() != 2:
                 raise
@@ -304,7 +329,8 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                             dest, backend, channels_last_shape=cl_shape)
             # compile: keep one static shape; the tail rows of a short last batch are ignored.
             noisy = _model_input(buf if compile else buf[:m], x.shape, use_cl)
-            logits = call(forward, noisy.to(device, non_blocking=True), row_input)
+            with threads_for_rows(noisy.shape[0], device):
+                logits = call(forward, noisy.to(device, non_blocking=True), row_input)
             num_classes = check_logits(logits, noisy.shape[0], num_classes)
             logits = logits[:m]
             if counts is None:  # counts live where the logits are

@@ -62,6 +62,24 @@ def test_cifar_resnet_keys_are_cohens():
     assert sum(p.numel() for p in r20.parameters()) == 272_474  # He et al.'s "0.27M" + projections
 
 
+@pytest.mark.parametrize("arch,side", [("cifar_resnet20", 32), ("cifar_resnet110", 32),
+                                       ("resnet50", 64)])
+def test_cohen_architectures_are_stateless_row_independent_functions(arch, side):
+    """As test_trust_boundary checks for the other registered architectures: a row's logits do
+    not depend on the rest of its batch or on earlier calls, and a call changes no state."""
+    from dualrs_fast.loading import fingerprint
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    before = fingerprint(model)
+    x = torch.rand(4, 3, side, side, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        alone = torch.cat([model(x[k:k + 1]) for k in range(len(x))])
+        scale = float(alone.abs().max())  # float rounding differs with the batch size
+        for _ in range(2):
+            torch.testing.assert_close(model(x), alone, rtol=0, atol=1e-3 * scale)
+    assert fingerprint(model) == before
+
+
 def test_resnet50_has_torchvisions_keys_under_data_parallel():
     model = build_model("resnet50")
     keys = model.state_dict()
