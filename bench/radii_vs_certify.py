@@ -102,7 +102,8 @@ def run_certify(args, x, model):
                   "level": np.where(ve.prediction != ABSTAIN, ve.prediction, -1)}
         sec, cpu = sec + sec2, cpu + cpu2
         check = dual.certify(x[:args.check], n0=args.n0, n=args.n, alpha=args.alpha,
-                             estimator_rounds=1, ids=ids[:args.check], **common)
+                             estimator_rounds=1, share_pass=False, ids=ids[:args.check],
+                             **common)
     else:
         sigma = torch.full((num,), float(args.setting), dtype=torch.float64)
 

@@ -240,7 +240,7 @@ class DualSmoothing:
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
-                estimator_rounds: int = DEFAULT_ROUNDS,
+                estimator_rounds: int = DEFAULT_ROUNDS, share_pass: bool = True,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
@@ -255,6 +255,8 @@ class DualSmoothing:
         derives from (``shared_level``) get both votes from one pass over max(n, n_estimator)
         shared samples, R_ve over n_estimator of them at alpha_estimator, and their class is
         chosen from the estimator's selection samples (plus more of that stream up to n0).
+        share_pass=False: every input's classifier draws its own samples (as ``certify_radii``
+        does, whose one-checkpoint decisions then equal these).
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -271,7 +273,8 @@ class DualSmoothing:
         self._check_estimator_width(xb)
         self._warn_if_estimator_caps(n_ve, alpha_ve, n, alpha_cls)
         self._check_classifier_widths(xb)
-        run = _CertifyRun(self, xb, ids, seed, batch_size, progress, self.shared_level(xb))
+        run = _CertifyRun(self, xb, ids, seed, batch_size, progress,
+                          self.shared_level(xb) if share_pass else None)
         ve = run.select(n0_ve, n0)
 
         sigma = torch.full((batch,), math.nan, dtype=torch.float32)

@@ -341,6 +341,8 @@ def test_no_sharing_when_the_route_is_another_function_or_sigma():
                              sigmas=SIGMAS, estimator_sigma=0.75)
     assert dual.shared_level(x) is None
     assert _dual(shared_expert=expert).shared_level(x) == 1
+    assert _dual(shared_expert=expert).certify(x, **kw).shared.all()
+    assert not _dual(shared_expert=expert).certify(x, share_pass=False, **kw).shared.any()
 
 
 def test_a_false_derivation_is_refused():
