@@ -98,7 +98,10 @@ def test_ctrl_c_under_procs_is_reported_once(toy, tmp_path):
          "--model", str(toy / "mlp.pt"), "--n", "20000000", "--chunk", "1", "--procs", "2",
          "--seed", "0", "--out", str(log)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        # as in a terminal's foreground job: a runner started in the background (`cmd &`)
+        # hands its children SIGINT ignored, and Python then installs no KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while not list(tmp_path.glob("big.tsv.rank*")) and time.time() < deadline:
         time.sleep(0.2)
