@@ -516,7 +516,7 @@ ESTIMATOR_ARCHS: tuple[str, ...] = ("class_group", "small_cnn")
 #: classifier, chosen on the validation split (``scripts/train_dual_default.py``).
 DEFAULT_ESTIMATOR_ARCH = "class_group"
 #: Each dataset's default estimator (fashion-mnist: the learned one collapsed to a constant
-#: router, README "Results on Fashion-MNIST").
+#: router, docs/dual-rs.md "Results on Fashion-MNIST").
 DEFAULT_ESTIMATORS: dict[str, str] = {"mnist5k": "class_group", "fashion-mnist": "class_group"}
 
 

@@ -145,7 +145,7 @@ def test_the_recogniser_gets_no_false_certificate_through_dual_smoothing(x, back
     assert r.level.tolist() == [0] and r.prediction.tolist() == [0]
 
 
-# ---- float64 inputs: a known limitation (README "Threat model")
+# ---- float64 inputs: a known limitation (docs/threat-model.md)
 
 needs_long_double = pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60,
                                        reason="needs an 80-bit long double")
@@ -158,7 +158,7 @@ def test_the_float64_radius_test_passes_genuine_float64_noise(x):
 
 
 @needs_long_double
-@pytest.mark.xfail(strict=True, reason="not defended (README Threat model): float64 inputs' "
+@pytest.mark.xfail(strict=True, reason="not defended (docs/threat-model.md): float64 inputs' "
                    "noise shows the 2**-53 grid of its uniforms to a model that knows sigma")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_float64_inputs_show_no_radius_lattice_at_float64_resolution(x, backend):
