@@ -826,8 +826,8 @@ def _warning_printer(command: str):
 
 def tune_own_process() -> None:
     """Process-wide settings for a process the command owns (not for an importing program):
-    glibc's malloc keeps large blocks (sampling.tune_cpu_allocator: certify 1.47x, training
-    1.37x per CPU second on the small CNN here), unless MALLOC_MMAP_THRESHOLD_ is set or
+    glibc's malloc keeps large blocks (sampling.tune_cpu_allocator; its gain is measured by
+    `make bench`, bench/RESULTS.md), unless MALLOC_MMAP_THRESHOLD_ is set or
     DUALRS_FAST_TUNE_MALLOC=0 (the sampling engine does the same on its first CPU run)."""
     from .sampling import tune_cpu_allocator_once
     tune_cpu_allocator_once()
