@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -178,6 +179,10 @@ def machine():
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
+def _load(averages) -> str:
+    return " / ".join(f"{a:.1f}" for a in averages)
+
+
 def markdown(rows, n, ratios):
     head = ("| method | " + " | ".join(f"r={r:g}" for r in RADII) + " | mean radius | "
             "inputs per level: abstain / 0.25 / 0.5 / 1.0 | wall-time ratio to standard σ=0.5 | "
@@ -243,7 +248,7 @@ def main(argv=None) -> int:
     x_test, y_test = load_dataset(args.dataset, "test")
     x, y = x_test[args.start:args.start + args.n_test], y_test[args.start:args.start + args.n_test]
     ids = torch.arange(args.start, args.start + x.shape[0])  # noise keyed by the test index
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()
     methods = load_methods(args.dataset)
     chunk = args.timing_inputs
     ratios = (time_ratios(x[:chunk], ids[:chunk], args.budgets[0], methods, args.timing_repeats)
@@ -262,7 +267,8 @@ def main(argv=None) -> int:
 
 Test images {args.start}..{args.start + x.shape[0] - 1} of {args.dataset}'s test split, n0 = {N0}, alpha =
 {ALPHA}, seed {SEED}; written by `{command}` ({total / 60:.0f} min) on
-{machine()}. Radii in pixel-scale l2. The wall-time ratios are medians of {args.timing_repeats}
+{machine()}; load average (1/5/15 min) before {_load(load_before)}, after {_load(os.getloadavg())}.
+Radii in pixel-scale l2. The wall-time ratios are medians of {args.timing_repeats}
 interleaved calls on the first {chunk} inputs at n = {args.budgets[0]:,}.
 
 {tables}
