@@ -67,6 +67,23 @@ def check_sigmas(sigmas) -> tuple:
     return sigmas
 
 
+class PerInput:
+    """Counts (B, ...) of a batch assembled from the route groups' passes, which must agree
+    in the number of classes."""
+
+    def __init__(self, batch: int):
+        self.batch, self.values = batch, None
+
+    def put(self, members: torch.Tensor, counts: torch.Tensor) -> None:
+        """counts (len(members), ..., K) of ``members``."""
+        if self.values is None:
+            self.values = torch.zeros((self.batch,) + tuple(counts.shape[1:]),
+                                      dtype=torch.int64, device=counts.device)
+        elif counts.shape[-1] != self.values.shape[-1]:
+            raise ValueError("all classifier experts must return the same number of classes")
+        self.values[members.to(counts.device)] = counts
+
+
 class _Route(torch.nn.Module):
     """One classifier route, called as route(x_noisy, sigma_rows): optional denoiser, then
     an expert (plain model) or a noise-conditioned model."""
@@ -194,26 +211,30 @@ class DualSmoothing:
             raise ValueError("all classifier experts must return the same number of classes, "
                              f"got {', '.join(f'{w} at sigma {s}' for s, w in widths.values())}")
 
-    def _classifier_counts(self, xb, level, draws, seed, ids, batch_size, progress):
-        """Counts (len(draws), B, K) of each input's route at its sigma; routes sharing one
-        model are packed into one pass."""
-        counts = None
+    def route_groups(self, level: torch.Tensor):
+        """[(route, members, sigma)] for inputs routed to ``level``: one entry per distinct
+        route model (routes sharing one model are packed into one pass), sigma (M,) float64
+        the members' noise levels."""
         groups = {}
         for k in level.unique().tolist():
             groups.setdefault(id(self.routes[k]), []).append(k)
+        out = []
         for ks in groups.values():
             members = torch.nonzero(torch.isin(level, torch.tensor(ks))).reshape(-1)
-            sigma = torch.tensor(self.sigmas, dtype=torch.float64)[level[members]]
-            c = count_votes(self.routes[ks[0]], xb[members], sigma, draws, seed=seed,
-                            ids=ids[members], batch_size=batch_size, pass_sigma=True,
-                            progress=progress, desc="classifier")
-            if counts is None:
-                counts = torch.zeros((len(draws), xb.shape[0], c.shape[2]), dtype=torch.int64,
-                                     device=c.device)
-            elif c.shape[2] != counts.shape[2]:
-                raise ValueError("all classifier experts must return the same number of classes")
-            counts[:, members.to(c.device)] = c
-        return counts
+            out.append((self.routes[ks[0]], members,
+                        torch.tensor(self.sigmas, dtype=torch.float64)[level[members]]))
+        return out
+
+    def _classifier_counts(self, xb, level, draws, seed, ids, batch_size, progress):
+        """Counts (len(draws), B, K) of each input's route at its sigma; routes sharing one
+        model are packed into one pass."""
+        counts = PerInput(xb.shape[0])
+        for route, members, sigma in self.route_groups(level):
+            counts.put(members, count_votes(route, xb[members], sigma, draws, seed=seed,
+                                            ids=ids[members], batch_size=batch_size,
+                                            pass_sigma=True, progress=progress,
+                                            desc="classifier").transpose(0, 1))
+        return counts.values.transpose(0, 1)
 
     def shared_level(self, x: torch.Tensor) -> Optional[int]:
         """The level whose classifier votes come from the estimator's own forward pass
@@ -241,6 +262,7 @@ class DualSmoothing:
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
                 estimator_rounds: int = DEFAULT_ROUNDS, share_pass: bool = True,
+                share_noise: bool = False,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
@@ -257,6 +279,13 @@ class DualSmoothing:
         chosen from the estimator's selection samples (plus more of that stream up to n0).
         share_pass=False: every input's classifier draws its own samples (as ``certify_radii``
         does, whose one-checkpoint decisions then equal these).
+        share_noise: with estimator_rounds=1, the inputs not on a shared pass count the
+        estimator's and their classifier's estimation votes on one draw of the noise, fed at
+        the two sigmas by a fused kernel (``shared_noise``): the estimator's votes are those
+        of share_noise=False, the classifier's come from the estimator's noise, and the
+        classifier also runs where the estimator then abstains. Refused with
+        estimator_rounds > 1 (its schedule is planned from R_cls, which must not depend on
+        the samples it counts).
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -266,6 +295,10 @@ class DualSmoothing:
         n0_ve = check_sample_count("n0_estimator", n0 if n0_estimator is None else n0_estimator)
         n_ve = check_sample_count("n_estimator", n if n_estimator is None else n_estimator)
         rounds = check_positive_int("estimator_rounds", estimator_rounds)
+        if share_noise and rounds != 1:
+            raise ValueError("share_noise needs estimator_rounds=1: the sequential estimator "
+                             "plans its checkpoints from R_cls, which would depend on the "
+                             "noise it counts")
         alpha = check_alpha(alpha)
         alpha_ve, alpha_cls = self.alphas(alpha)
         seed, ids = check_seed(seed), check_ids(ids, batch)
@@ -298,18 +331,25 @@ class DualSmoothing:
         is_shared = torch.isin(torch.arange(batch), shared)
         own = torch.nonzero(~is_shared).reshape(-1)
         routed = own
-        if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
-            ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
-                   torch.full((own.numel(),), math.inf, dtype=torch.float64))
-            routed = own[~ve.abstains[own]]
-        if routed.numel():
-            level = ve.level[routed]
-            cls_counts = self._classifier_counts(
-                xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
-                ids[routed], batch_size, progress)
-            sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
-            keep(routed, certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls,
-                                        sigma_routed), sigma_routed)
+        if share_noise:  # plain, on one draw of z per estimation sample (shared_noise)
+            if own.numel():
+                from .shared_noise import certify_on_shared_noise  # it imports this module
+                keep(own, *certify_on_shared_noise(self, ve, xb[own], ids[own], own, n0, n, n_ve,
+                                                   alpha_ve, alpha_cls, seed, batch_size,
+                                                   progress))
+        else:
+            if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
+                ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
+                       torch.full((own.numel(),), math.inf, dtype=torch.float64))
+                routed = own[~ve.abstains[own]]
+            if routed.numel():
+                level = ve.level[routed]
+                cls_counts = self._classifier_counts(
+                    xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
+                    ids[routed], batch_size, progress)
+                sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
+                keep(routed, certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls,
+                                            sigma_routed), sigma_routed)
         if rounds > 1:  # the estimator where the classifier certified, stopping at R_cls
             wanted = routed[prediction[routed] != ABSTAIN]
             schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,
