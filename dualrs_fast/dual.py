@@ -28,6 +28,7 @@ from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, deri
 from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
+from .shared_noise import certify_on_shared_noise
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
 from .validation import (as_input_batch, check_alpha, check_ids, check_model_input_dtype,
@@ -65,23 +66,6 @@ def check_sigmas(sigmas) -> tuple:
     if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
         raise ValueError(f"sigmas must be strictly increasing, got {sigmas}")
     return sigmas
-
-
-class PerInput:
-    """Counts (B, ...) of a batch assembled from the route groups' passes, which must agree
-    in the number of classes."""
-
-    def __init__(self, batch: int):
-        self.batch, self.values = batch, None
-
-    def put(self, members: torch.Tensor, counts: torch.Tensor) -> None:
-        """counts (len(members), ..., K) of ``members``."""
-        if self.values is None:
-            self.values = torch.zeros((self.batch,) + tuple(counts.shape[1:]),
-                                      dtype=torch.int64, device=counts.device)
-        elif counts.shape[-1] != self.values.shape[-1]:
-            raise ValueError("all classifier experts must return the same number of classes")
-        self.values[members.to(counts.device)] = counts
 
 
 class _Route(torch.nn.Module):
@@ -211,30 +195,26 @@ class DualSmoothing:
             raise ValueError("all classifier experts must return the same number of classes, "
                              f"got {', '.join(f'{w} at sigma {s}' for s, w in widths.values())}")
 
-    def route_groups(self, level: torch.Tensor):
-        """[(route, members, sigma)] for inputs routed to ``level``: one entry per distinct
-        route model (routes sharing one model are packed into one pass), sigma (M,) float64
-        the members' noise levels."""
-        groups = {}
-        for k in level.unique().tolist():
-            groups.setdefault(id(self.routes[k]), []).append(k)
-        out = []
-        for ks in groups.values():
-            members = torch.nonzero(torch.isin(level, torch.tensor(ks))).reshape(-1)
-            out.append((self.routes[ks[0]], members,
-                        torch.tensor(self.sigmas, dtype=torch.float64)[level[members]]))
-        return out
-
     def _classifier_counts(self, xb, level, draws, seed, ids, batch_size, progress):
         """Counts (len(draws), B, K) of each input's route at its sigma; routes sharing one
         model are packed into one pass."""
-        counts = PerInput(xb.shape[0])
-        for route, members, sigma in self.route_groups(level):
-            counts.put(members, count_votes(route, xb[members], sigma, draws, seed=seed,
-                                            ids=ids[members], batch_size=batch_size,
-                                            pass_sigma=True, progress=progress,
-                                            desc="classifier").transpose(0, 1))
-        return counts.values.transpose(0, 1)
+        counts = None
+        groups = {}
+        for k in level.unique().tolist():
+            groups.setdefault(id(self.routes[k]), []).append(k)
+        for ks in groups.values():
+            members = torch.nonzero(torch.isin(level, torch.tensor(ks))).reshape(-1)
+            sigma = torch.tensor(self.sigmas, dtype=torch.float64)[level[members]]
+            c = count_votes(self.routes[ks[0]], xb[members], sigma, draws, seed=seed,
+                            ids=ids[members], batch_size=batch_size, pass_sigma=True,
+                            progress=progress, desc="classifier")
+            if counts is None:
+                counts = torch.zeros((len(draws), xb.shape[0], c.shape[2]), dtype=torch.int64,
+                                     device=c.device)
+            elif c.shape[2] != counts.shape[2]:
+                raise ValueError("all classifier experts must return the same number of classes")
+            counts[:, members.to(c.device)] = c
+        return counts
 
     def shared_level(self, x: torch.Tensor) -> Optional[int]:
         """The level whose classifier votes come from the estimator's own forward pass
@@ -333,7 +313,6 @@ class DualSmoothing:
         routed = own
         if share_noise:  # plain, on one draw of z per estimation sample (shared_noise)
             if own.numel():
-                from .shared_noise import certify_on_shared_noise  # it imports this module
                 keep(own, *certify_on_shared_noise(self, ve, xb[own], ids[own], own, n0, n, n_ve,
                                                    alpha_ve, alpha_cls, seed, batch_size,
                                                    progress))

@@ -47,11 +47,10 @@ shared pass). The sequential estimator usually draws far fewer estimator samples
 (docs/dual_rs_cost.md), so ``share_noise`` is an option of the plain procedure, not the
 default.
 """
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 
-from .dual import PerInput
 from .noise import Stream
 from .sampling import Draw, Head, count_votes, count_votes_shared_noise
 from .smoothing import CertifyResult, certify_counts
@@ -62,32 +61,59 @@ from .smoothing import CertifyResult, certify_counts
 ESTIMATE_STREAM = Stream.ESTIMATOR_ESTIMATE
 
 
-def shared_estimation_counts(dual, xb: torch.Tensor, ids: torch.Tensor, level: torch.Tensor,
-                             n: int, n_ve: int, seed: int, batch_size: int,
+class LevelRoutes(torch.nn.Module):
+    """Dual RS's routed classifier as one model, called as model(x_noisy, sigma_rows): each
+    row goes to the route of its level, known from its noise level (sigma_rows, float32 as
+    the engine passes it; a row at no level gets NaN logits, which the engine refuses). One
+    engine pass then serves inputs routed to different experts (one forward call per route
+    and batch), so the shared pass feeds the estimator all inputs at once."""
+
+    def __init__(self, routes: Sequence[torch.nn.Module], sigmas: Sequence[float]):
+        super().__init__()
+        self.level_sigmas = torch.tensor(sigmas, dtype=torch.float32)
+        if self.level_sigmas.unique().numel() != len(sigmas):
+            raise ValueError(f"share_noise needs levels that differ in float32, got {sigmas}")
+        self.routes = torch.nn.ModuleList(routes)
+
+    def forward(self, x: torch.Tensor, sigma_rows: torch.Tensor) -> torch.Tensor:
+        groups = {}  # routes sharing one model get their rows in one call
+        for k, route in enumerate(self.routes):
+            groups.setdefault(id(route), (route, []))[1].append(k)
+        out = None
+        for route, ks in groups.values():
+            rows = torch.isin(sigma_rows, self.level_sigmas[ks].to(sigma_rows.device))
+            if rows.all():
+                return route(x, sigma_rows)
+            if not rows.any():
+                continue
+            logits = route(x[rows], sigma_rows[rows])
+            if out is None:
+                out = logits.new_full((x.shape[0], logits.shape[1]), float("nan"))
+            out[rows] = logits
+        return out if out is not None else x.new_full((x.shape[0], 1), float("nan"))
+
+
+def shared_estimation_counts(dual, routes: LevelRoutes, xb: torch.Tensor, ids: torch.Tensor,
+                             sigma: torch.Tensor, n: int, n_ve: int, seed: int, batch_size: int,
                              progress) -> Tuple[torch.Tensor, torch.Tensor]:
     """(level votes (B, L) of the estimator over n_ve samples at estimator_sigma, class votes
-    (B, K) of each input's route over n samples at its sigma), from one draw of z per sample:
-    min(n, n_ve) samples through the pair kernel, the rest of the longer count on their own
-    (the same counters, so the same z). Inputs whose routes share one model share a pass."""
-    levels, first = len(dual.sigmas), min(n, n_ve)
-    level_counts, class_counts = PerInput(xb.shape[0]), PerInput(xb.shape[0])
-    for route, members, sigma in dual.route_groups(level):
-        x, kw = xb[members], dict(seed=seed, ids=ids[members], batch_size=batch_size,
-                                  progress=progress)
-        sigma_e = torch.full((members.numel(),), dual.estimator_sigma, dtype=torch.float64)
-        heads = (Head(dual.estimator, sigma_e, num_classes=levels),
-                 Head(route, sigma, pass_sigma=True))
-        counts = [c[0] for c in count_votes_shared_noise(
-            heads, x, [Draw(ESTIMATE_STREAM, first)], desc="shared noise", **kw)]
-        for h, (head, want) in enumerate(zip(heads, (n_ve, n))):
-            if want > first:  # the rest of the longer count: the same stream, later counters
-                counts[h] = counts[h] + count_votes(
-                    head.model, x, head.sigma, [Draw(ESTIMATE_STREAM, want - first, start=first)],
-                    pass_sigma=head.pass_sigma, num_classes=head.num_classes,
-                    desc=("estimator", "classifier")[h], **kw)[0]
-        level_counts.put(members, counts[0])
-        class_counts.put(members, counts[1])
-    return level_counts.values, class_counts.values
+    (B, K) of each input's route over n samples at its sigma (B,)), from one draw of z per
+    sample: min(n, n_ve) samples through the pair kernel, the rest of the longer count on
+    their own (the same counters, so the same z)."""
+    first = min(n, n_ve)
+    sigma_e = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
+    heads = (Head(dual.estimator, sigma_e, num_classes=len(dual.sigmas)),
+             Head(routes, sigma, pass_sigma=True))
+    kw = dict(seed=seed, ids=ids, batch_size=batch_size, progress=progress)
+    counts = [c[0] for c in count_votes_shared_noise(
+        heads, xb, [Draw(ESTIMATE_STREAM, first)], desc="shared noise", **kw)]
+    for h, (head, want) in enumerate(zip(heads, (n_ve, n))):
+        if want > first:  # the rest of the longer count: the same stream, later counters
+            counts[h] = counts[h] + count_votes(
+                head.model, xb, head.sigma, [Draw(ESTIMATE_STREAM, want - first, start=first)],
+                pass_sigma=head.pass_sigma, num_classes=head.num_classes,
+                desc=("estimator", "classifier")[h], **kw)[0]
+    return counts[0], counts[1]
 
 
 def certify_on_shared_noise(dual, ve, xb: torch.Tensor, ids: torch.Tensor, members: torch.Tensor,
@@ -97,14 +123,16 @@ def certify_on_shared_noise(dual, ve, xb: torch.Tensor, ids: torch.Tensor, membe
     """The plain procedure for ``members`` (xb, ids: theirs), levels already chosen in ``ve``
     (``estimator_rounds.EstimatorBounds``) from the estimator's selection samples: the
     classifier's class from its own selection samples (stream SELECT, n0 at sigma(x)), then
-    one shared draw for both estimation counts. R_ve goes to ``ve`` at alpha_ve over n_ve
-    samples; returns the classifier's CertifyResult at alpha_cls and the members' sigmas."""
-    level = ve.level[members]
-    selection = dual._classifier_counts(xb, level, [Draw(Stream.SELECT, n0)], seed, ids,
-                                        batch_size, progress)[0]
-    level_counts, class_counts = shared_estimation_counts(dual, xb, ids, level, n, n_ve, seed,
-                                                          batch_size, progress)
+    one shared draw for both estimation counts; one engine pass each, whatever the levels.
+    R_ve goes to ``ve`` at alpha_ve over n_ve samples; returns the classifier's CertifyResult
+    at alpha_cls and the members' sigmas."""
+    routes = LevelRoutes(dual.routes, dual.sigmas)
+    sigma = torch.tensor(dual.sigmas, dtype=torch.float64)[ve.level[members]]
+    selection = count_votes(routes, xb, sigma, [Draw(Stream.SELECT, n0)], seed=seed, ids=ids,
+                            batch_size=batch_size, pass_sigma=True, progress=progress,
+                            desc="classifier")[0]
+    level_counts, class_counts = shared_estimation_counts(dual, routes, xb, ids, sigma, n, n_ve,
+                                                          seed, batch_size, progress)
     ve.add(members, level_counts, n_ve, alpha_ve)
-    sigma = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
     return certify_counts(selection, class_counts.to(selection.device), n, alpha_cls,
                           sigma), sigma

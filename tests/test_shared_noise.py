@@ -245,3 +245,16 @@ def test_counting_the_selection_samples_is_caught(monkeypatch, tied):
     fails = _half_failures(x, _run(x, n0=n_TIE, n=n_TIE))[tied == "classifier"]
     assert fails.sum() > _allowed(N_TIE, ALPHA / 2)
     assert fails.sum() > 1.6 * _tie_rate(n_TIE, ALPHA / 2) * N_TIE
+
+
+def test_level_routes_send_each_row_to_its_levels_route():
+    estimator, expert_0, expert_1 = _models()
+    routes = shared_noise.LevelRoutes(_dual().routes, SIGMAS)
+    x = torch.randn(12, D)
+    sigma_rows = torch.tensor(SIGMAS, dtype=torch.float32)[torch.arange(12) % 2]
+    out = routes(x, sigma_rows)
+    assert torch.equal(out[0::2], expert_0(x[0::2])) and torch.equal(out[1::2], expert_1(x[1::2]))
+    assert torch.equal(routes(x, sigma_rows[:1].expand(12)), expert_0(x))
+    assert torch.isnan(routes(x, torch.full((12,), 0.3))).all()      # at no level: refused
+    with pytest.raises(ValueError, match="differ in float32"):
+        shared_noise.LevelRoutes(_dual().routes, (0.5, 0.5 + 1e-12))
