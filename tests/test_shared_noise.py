@@ -258,3 +258,21 @@ def test_level_routes_send_each_row_to_its_levels_route():
     assert torch.isnan(routes(x, torch.full((12,), 0.3))).all()      # at no level: refused
     with pytest.raises(ValueError, match="differ in float32"):
         shared_noise.LevelRoutes(_dual().routes, (0.5, 0.5 + 1e-12))
+
+
+def test_shared_pass_and_shared_noise_together():
+    # A derived estimator: inputs routed to its expert's level take the shared pass, the
+    # others the shared noise; the latter's estimator votes are the plain procedure's.
+    import test_dual_shared as derived
+    dual = derived._dual()
+    rng = np.random.default_rng(4)
+    x = derived._inputs(rng.uniform(-0.8, 0.8, 16), rng.uniform(-0.6, 0.6, 16),
+                        rng.uniform(-0.6, 0.6, 16), seed=4)
+    kw = dict(n0=30, n=200, alpha=0.02, seed=2, estimator_rounds=1)
+    plain, shared = dual.certify(x, **kw), dual.certify(x, share_noise=True, **kw)
+    assert torch.equal(shared.shared, plain.shared) and 0 < int(shared.shared.sum()) < 16
+    own = ~shared.shared
+    for field in ("count_estimator", "radius_estimator", "estimator_samples"):
+        assert torch.equal(getattr(shared, field)[own], getattr(plain, field)[own]), field
+    for field in ("prediction", "radius", "count", "level"):
+        assert torch.equal(getattr(shared, field)[~own], getattr(plain, field)[~own]), field
