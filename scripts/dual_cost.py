@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     command = (f"python -P scripts/dual_cost.py --n {args.n}"
                + (f" --n-test {args.n_test}" if args.n_test != 500 else "")
                + (f" --dataset {args.dataset}" if args.dataset != "mnist5k" else "")
-               + (" --shared-noise" if args.shared_noise else ""))
+               + (" --shared-noise" if args.shared_noise else "")
+               + (f" --threads {args.threads}" if args.threads != 2 else ""))
     lines = [f"### n = {args.n:,}", "", compared + ".", "",
              f"Test images 0..{x.shape[0] - 1}; {cpu_name()}, {os.cpu_count()} cores, "
              f"{args.threads} threads; load average (1/5/15 min) before "
