@@ -6,7 +6,7 @@ import torch
 
 import dualrs_fast as drs
 from dualrs_fast.models import load_default_classifier
-from dualrs_fast.noise import Stream, fill_noisy_rows
+from dualrs_fast.noise import Stream, fill_noisy_row_pairs, fill_noisy_rows
 from dualrs_fast.sampling import add_votes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -34,6 +34,23 @@ def test_triton_noise_equals_the_torch_reference_on_cuda(dtype):
                         backend)
     tol = 1e-5 if dtype == torch.float32 else 1e-12   # log / sin / cos rounding only
     torch.testing.assert_close(out["triton"], out["torch"], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_noise_pair_equals_two_single_kernels_on_cuda(dtype):
+    # the compiled pair kernel (one z, two sigmas) against the single-output one, bit for bit
+    batch, dim, m = 5, 784, 4096
+    x = torch.rand(batch, dim, dtype=dtype, device=CUDA)
+    sigma_a = torch.full((batch,), 1.0, dtype=torch.float64, device=CUDA)
+    sigma_b = torch.linspace(0.1, 1.0, batch, dtype=torch.float64, device=CUDA)
+    ids = torch.arange(batch, device=CUDA) * 7
+    row_input, row_stream, row_j = _rows(m, batch, CUDA)
+    outs = [torch.empty(m, dim, dtype=dtype, device=CUDA) for _ in range(4)]
+    fill_noisy_row_pairs(outs[0], outs[1], x, sigma_a, sigma_b, ids, 3, row_input, row_stream,
+                         row_j, None, "triton")
+    for out, sigma in zip(outs[2:], (sigma_a, sigma_b)):
+        fill_noisy_rows(out, x, sigma, ids, 3, row_input, row_stream, row_j, None, "triton")
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
 
 
 def test_triton_votes_equal_the_torch_reference_on_cuda():

@@ -28,6 +28,7 @@ from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, deri
 from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
+from .shared_noise import certify_on_shared_noise
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
 from .validation import (as_input_batch, check_alpha, check_ids, check_model_input_dtype,
@@ -241,6 +242,7 @@ class DualSmoothing:
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
                 estimator_rounds: int = DEFAULT_ROUNDS, share_pass: bool = True,
+                share_noise: bool = False,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
@@ -257,6 +259,13 @@ class DualSmoothing:
         chosen from the estimator's selection samples (plus more of that stream up to n0).
         share_pass=False: every input's classifier draws its own samples (as ``certify_radii``
         does, whose one-checkpoint decisions then equal these).
+        share_noise: with estimator_rounds=1, the inputs not on a shared pass count the
+        estimator's and their classifier's estimation votes on one draw of the noise, fed at
+        the two sigmas by a fused kernel (``shared_noise``): the estimator's votes are those
+        of share_noise=False, the classifier's come from the estimator's noise, and the
+        classifier also runs where the estimator then abstains. Refused with
+        estimator_rounds > 1 (its schedule is planned from R_cls, which must not depend on
+        the samples it counts).
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -266,6 +275,10 @@ class DualSmoothing:
         n0_ve = check_sample_count("n0_estimator", n0 if n0_estimator is None else n0_estimator)
         n_ve = check_sample_count("n_estimator", n if n_estimator is None else n_estimator)
         rounds = check_positive_int("estimator_rounds", estimator_rounds)
+        if share_noise and rounds != 1:
+            raise ValueError("share_noise needs estimator_rounds=1: the sequential estimator "
+                             "plans its checkpoints from R_cls, which would depend on the "
+                             "noise it counts")
         alpha = check_alpha(alpha)
         alpha_ve, alpha_cls = self.alphas(alpha)
         seed, ids = check_seed(seed), check_ids(ids, batch)
@@ -298,18 +311,24 @@ class DualSmoothing:
         is_shared = torch.isin(torch.arange(batch), shared)
         own = torch.nonzero(~is_shared).reshape(-1)
         routed = own
-        if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
-            ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
-                   torch.full((own.numel(),), math.inf, dtype=torch.float64))
-            routed = own[~ve.abstains[own]]
-        if routed.numel():
-            level = ve.level[routed]
-            cls_counts = self._classifier_counts(
-                xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
-                ids[routed], batch_size, progress)
-            sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
-            keep(routed, certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls,
-                                        sigma_routed), sigma_routed)
+        if share_noise:  # plain, on one draw of z per estimation sample (shared_noise)
+            if own.numel():
+                keep(own, *certify_on_shared_noise(self, ve, xb[own], ids[own], own, n0, n, n_ve,
+                                                   alpha_ve, alpha_cls, seed, batch_size,
+                                                   progress))
+        else:
+            if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
+                ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
+                       torch.full((own.numel(),), math.inf, dtype=torch.float64))
+                routed = own[~ve.abstains[own]]
+            if routed.numel():
+                level = ve.level[routed]
+                cls_counts = self._classifier_counts(
+                    xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
+                    ids[routed], batch_size, progress)
+                sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
+                keep(routed, certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls,
+                                            sigma_routed), sigma_routed)
         if rounds > 1:  # the estimator where the classifier certified, stopping at R_cls
             wanted = routed[prediction[routed] != ABSTAIN]
             schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,

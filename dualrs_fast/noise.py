@@ -119,8 +119,41 @@ def fill_noisy_rows(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
         return
     if backend != "torch":
         raise ValueError(f"unknown noise backend {backend!r}")
-    rows = philox_torch.noisy_rows(x_flat, sigma, ids, seed, row_input, row_stream, row_j)
+    _write_rows(out, philox_torch.noisy_rows(x_flat, sigma, ids, seed, row_input, row_stream,
+                                             row_j), dest)
+
+
+def _write_rows(out: torch.Tensor, rows: torch.Tensor, dest: Optional[torch.Tensor]) -> None:
+    """The reference's rows into ``out``, element e at dest[e] (None: in place)."""
     if dest is None:
         out.copy_(rows)
     else:
         out[:, dest] = rows.to(out.dtype)
+
+
+def fill_noisy_row_pairs(out_a: torch.Tensor, out_b: torch.Tensor, x_flat: torch.Tensor,
+                         sigma_a: torch.Tensor, sigma_b: torch.Tensor, ids: torch.Tensor, seed: int,
+                         row_input: torch.Tensor, row_stream: torch.Tensor, row_j: torch.Tensor,
+                         dest: Optional[torch.Tensor], backend: str,
+                         channels_last_shape: Optional[tuple] = None) -> None:
+    """``fill_noisy_rows`` at two noise levels from one draw of the noise: out_a at sigma_a,
+    out_b at sigma_b, each equal to what ``fill_noisy_rows`` writes at its sigma with the same
+    counters (the pair kernels, ``kernels/noise_pair_*.py``)."""
+    if backend in ("numba", "numba-simd"):
+        from .kernels.noise_pair_numba import noisy_row_pairs_into
+        noisy_row_pairs_into(out_a, out_b, x_flat, sigma_a, sigma_b, ids, seed, row_input,
+                             row_stream, row_j, dest, backend=backend)
+        return
+    if backend == "triton":
+        if dest is not None and channels_last_shape is None:
+            raise ValueError("the triton noise kernel takes channels_last_shape, not dest")
+        from .kernels.noise_pair_triton import noisy_row_pairs_into
+        noisy_row_pairs_into(out_a, out_b, x_flat, sigma_a, sigma_b, ids, seed, row_input,
+                             row_stream, row_j, channels_last_shape=channels_last_shape)
+        return
+    if backend != "torch":
+        raise ValueError(f"unknown noise backend {backend!r}")
+    from .kernels.noise_pair_torch import noisy_row_pairs
+    for out, rows in zip((out_a, out_b), noisy_row_pairs(x_flat, sigma_a, sigma_b, ids, seed,
+                                                         row_input, row_stream, row_j)):
+        _write_rows(out, rows, dest)

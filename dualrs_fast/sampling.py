@@ -12,15 +12,17 @@ Kernels: numba on the CPU, Triton on CUDA, plain PyTorch elsewhere (``kernels/``
 """
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from .batch_probe import PROBE_ROWS, check_batch_independent
-from .noise import Stream, fill_noisy_rows, resolve_backend, triton_available
+from .noise import (Stream, fill_noisy_row_pairs, fill_noisy_rows, resolve_backend,
+                    triton_available)
 from .progress import progress_bar
 from .validation import (MAX_SAMPLES, check_logits, check_model_input_dtype,
                          check_model_is_deterministic, check_sigma_resolution)
@@ -228,19 +230,60 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     progress: True, False or None (a bar with ETA on a terminal once the call runs 5 s);
     off a terminal at most three lines (``progress.progress_bar``).
     """
-    check_model_is_deterministic(model)
-    check_model_input_dtype(model, x.dtype)
+    head = Head(model, sigma, pass_sigma=pass_sigma, num_classes=num_classes)
+    return _count_heads([head], x, draws, seed=seed, ids=ids, batch_size=batch_size,
+                        channels_last=channels_last, compile=compile,
+                        noise_backend=noise_backend, progress=progress, desc=desc,
+                        votes_backend=votes_backend)[0]
+
+
+@dataclass(frozen=True)
+class Head:
+    """A model whose votes ``count_votes_shared_noise`` counts, at its own noise levels sigma
+    (B,), with ``count_votes``' pass_sigma and num_classes."""
+    model: Callable
+    sigma: torch.Tensor
+    pass_sigma: bool = False
+    num_classes: Optional[int] = None
+
+
+def count_votes_shared_noise(heads: Sequence[Head], x: torch.Tensor, draws: Sequence[Draw], *,
+                             seed: int, ids: torch.Tensor, batch_size: int, **options) -> list:
+    """``count_votes`` for two models on one draw of the noise: row (i, stream, j) feeds head
+    h x[i] + heads[h].sigma[i] * z with the same z, written by the fused pair kernel
+    (``noise.fill_noisy_row_pairs``). Head h's counts (len(draws), B, K_h) equal
+    ``count_votes(heads[h].model, x, heads[h].sigma, draws, ...)``'s: the same counters give
+    the same noise. The two counts are dependent (``dualrs_fast.shared_noise``). Options as
+    ``count_votes``; both models on one device."""
+    if len(heads) != 2:
+        raise ValueError(f"shared noise feeds two models, got {len(heads)}")
+    return _count_heads(heads, x, draws, seed=seed, ids=ids, batch_size=batch_size, **options)
+
+
+def _count_heads(heads: Sequence[Head], x: torch.Tensor, draws: Sequence[Draw], *, seed: int,
+                 ids: torch.Tensor, batch_size: int, channels_last=None, compile: bool = False,
+                 noise_backend: str = "auto", progress: Optional[bool] = False,
+                 desc: str = "sampling", votes_backend: str = "auto") -> list:
+    """The engine behind ``count_votes`` (one head) and ``count_votes_shared_noise`` (two
+    heads on one draw of z) -> one counts tensor per head."""
+    for head in heads:
+        check_model_is_deterministic(head.model)
+        check_model_input_dtype(head.model, x.dtype)
     batch = x.shape[0]
-    device = model_device(model, x.device)
+    device = model_device(heads[0].model, x.device)
+    if any(model_device(head.model, x.device) != device for head in heads):
+        raise ValueError("models fed from one draw of the noise must be on one device")
     backend = resolve_backend(noise_backend, device)
     gen_device = torch.device("cpu") if backend.startswith("numba") else device
     x_flat = x.detach().reshape(batch, -1).to(gen_device).contiguous()
     # float64 like the noise: sigma rounded to a float32 input's dtype could fall below the
     # sigma the radius is computed with
-    sigma = sigma.to(device=gen_device, dtype=torch.float64).contiguous()
+    sigmas = [head.sigma.to(device=gen_device, dtype=torch.float64).contiguous()
+              for head in heads]
     ids = ids.to(gen_device).contiguous()
     dim = x_flat.shape[1]
-    check_sigma_resolution(x_flat, sigma)
+    for sigma in sigmas:
+        check_sigma_resolution(x_flat, sigma)
 
     # One segment per (draw, input): its samples occupy a contiguous range of rows.
     def per_segment(values):  # an int or one value per input, for each draw -> (draws * B,)
@@ -254,11 +297,11 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                          f"{MAX_SAMPLES} samples of one stream per input")
     seg_end = torch.cumsum(per_input, 0)
     total = int(seg_end[-1])
-    if total == 0:  # nothing to draw: the model is never called
-        if num_classes is None:
+    if total == 0:  # nothing to draw: the models are never called
+        if any(head.num_classes is None for head in heads):
             raise ValueError("count_votes with no samples needs num_classes")
-        return torch.zeros((len(draws), batch, int(num_classes)), dtype=torch.int64,
-                           device=device)
+        return [torch.zeros((len(draws), batch, int(head.num_classes)), dtype=torch.int64,
+                            device=device) for head in heads]
     seg_start = (seg_end - per_input).to(gen_device)
     seg_first_j = first_j.to(gen_device)
     seg_stream = torch.tensor([int(d.stream) for d in draws]).repeat_interleave(batch)
@@ -269,39 +312,48 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     if use_cl and x.dim() != 4:
         raise ValueError("channels_last needs (B, C, H, W) inputs")
     if use_cl:
-        use_channels_last_weights(model)
+        for head in heads:
+            use_channels_last_weights(head.model)
     if device.type == "cpu":
         tune_cpu_allocator_once()
     cl_shape = tuple(x.shape[1:]) if use_cl and x.shape[1] > 1 else None
     dest = _channels_last_dest(cl_shape).to(gen_device) if cl_shape is not None else None
     rows_per_batch = min(batch_size, total) if not compile else batch_size
-    buf = torch.zeros(rows_per_batch, dim, dtype=x_flat.dtype, device=gen_device)
-    forward = _compiled(model) if compile else model
-    sigma_dev = sigma.to(device=device, dtype=torch.float32)
+    bufs = [torch.zeros(rows_per_batch, dim, dtype=x_flat.dtype, device=gen_device)
+            for _ in heads]
+    forwards = [_compiled(head.model) if compile else head.model for head in heads]
+    sigmas_dev = [sigma.to(device=device, dtype=torch.float32) for sigma in sigmas]
 
-    def call(model_fn, noisy, row_input):
-        if pass_sigma:
-            sigma_rows = sigma_dev[row_input.to(device)]
+    def call(h, model_fn, noisy, row_input):
+        if heads[h].pass_sigma:
+            sigma_rows = sigmas_dev[h][row_input.to(device)]
             if noisy.shape[0] > sigma_rows.shape[0]:  # compile padding
                 pad = noisy.shape[0] - sigma_rows.shape[0]
                 sigma_rows = torch.cat([sigma_rows, sigma_rows[-1:].expand(pad)])
             return model_fn(noisy, sigma_rows)
         return model_fn(noisy)
 
+    def fill(outs, row_input, row_stream, row_j):
+        """Noisy rows of every head from one draw of z (the pair kernel for two heads)."""
+        if len(outs) == 1:
+            fill_noisy_rows(outs[0], x_flat, sigmas[0], ids, seed, row_input, row_stream, row_j,
+                            dest, backend, channels_last_shape=cl_shape)
+        else:
+            fill_noisy_row_pairs(*outs, x_flat, *sigmas, ids, seed, row_input, row_stream,
+                                 row_j, dest, backend, channels_last_shape=cl_shape)
+
     # The batch probe: PROBE_ROWS samples of the first draw's stream, cycling over the inputs,
     # through the plain (never the compiled: its shape is static) model.
     probe_input = torch.arange(PROBE_ROWS, device=gen_device) % batch
     probe_j = torch.arange(PROBE_ROWS, device=gen_device) // batch
-    probe = torch.empty(PROBE_ROWS, dim, dtype=x_flat.dtype, device=gen_device)
-    fill_noisy_rows(probe, x_flat, sigma, ids, seed, probe_input,
-                    torch.full_like(probe_input, int(draws[0].stream)), probe_j, dest, backend,
-                    channels_last_shape=cl_shape)
-    probe = _model_input(probe, x.shape, use_cl).to(device)
+    probes = [torch.empty(PROBE_ROWS, dim, dtype=x_flat.dtype, device=gen_device) for _ in heads]
+    fill(probes, probe_input, torch.full_like(probe_input, int(draws[0].stream)), probe_j)
+    probes = [_model_input(probe, x.shape, use_cl).to(device) for probe in probes]
 
-    def probe_call(rows: slice) -> torch.Tensor:
+    def probe_call(h, rows: slice) -> torch.Tensor:
         try:
             with threads_for_rows(PROBE_ROWS, device):
-                logits = call(model, probe[rows], probe_input[rows])
+                logits = call(h, heads[h].model, probes[h][rows], probe_input[rows])
         except (RuntimeError, ValueError) as exc:  # the model's first call: how x was read
             if x.dim() != 2:
                 raise
@@ -311,35 +363,37 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                 f"{x.shape[0]} inputs of shape ({x.shape[1]},): for one image (H, W) pass "
                 f"x[None] (1, H, W), for a batch of them x[:, None] (B, 1, H, W). "
                 f"The model said: {reason}") from exc
-        check_logits(logits, probe[rows].shape[0], num_classes)
+        check_logits(logits, probes[h][rows].shape[0], heads[h].num_classes)
         return logits
 
-    counts = bad = votes = None
+    num_classes = [head.num_classes for head in heads]
+    counts, bad, votes = [None] * len(heads), [None] * len(heads), [None] * len(heads)
     # no_grad, not inference_mode: a model may use autograd inside forward (as it can under
     # Cohen et al.'s no_grad)
     with torch.no_grad():
-        check_batch_independent(probe_call)
+        for h in range(len(heads)):
+            check_batch_independent(functools.partial(probe_call, h))
     with torch.no_grad(), progress_bar(total, desc, "samples", progress,
                                               unit_scale=True) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,
                                                            seg_start, seg_first_j, seg_stream,
                                                            batch):
             m = seg.shape[0]
-            fill_noisy_rows(buf[:m], x_flat, sigma, ids, seed, row_input, row_stream, row_j,
-                            dest, backend, channels_last_shape=cl_shape)
-            # compile: keep one static shape; the tail rows of a short last batch are ignored.
-            noisy = _model_input(buf if compile else buf[:m], x.shape, use_cl)
-            with threads_for_rows(noisy.shape[0], device):
-                logits = call(forward, noisy.to(device, non_blocking=True), row_input)
-            num_classes = check_logits(logits, noisy.shape[0], num_classes)
-            logits = logits[:m]
-            if counts is None:  # counts live where the logits are
-                counts = torch.zeros(len(draws) * batch, num_classes, dtype=torch.int64,
-                                     device=logits.device)
-                bad = torch.zeros(1, dtype=torch.int64, device=logits.device)
-                votes = resolve_votes_backend(votes_backend, logits.device, logits.dtype)
-            add_votes(counts, bad, logits, seg.to(logits.device), votes)
+            fill([buf[:m] for buf in bufs], row_input, row_stream, row_j)
+            for h, buf in enumerate(bufs):
+                # compile: keep one static shape; the tail rows of a short last batch are ignored.
+                noisy = _model_input(buf if compile else buf[:m], x.shape, use_cl)
+                with threads_for_rows(noisy.shape[0], device):
+                    logits = call(h, forwards[h], noisy.to(device, non_blocking=True), row_input)
+                num_classes[h] = check_logits(logits, noisy.shape[0], num_classes[h])
+                logits = logits[:m]
+                if counts[h] is None:  # counts live where the logits are
+                    counts[h] = torch.zeros(len(draws) * batch, num_classes[h], dtype=torch.int64,
+                                            device=logits.device)
+                    bad[h] = torch.zeros(1, dtype=torch.int64, device=logits.device)
+                    votes[h] = resolve_votes_backend(votes_backend, logits.device, logits.dtype)
+                add_votes(counts[h], bad[h], logits, seg.to(logits.device), votes[h])
             bar.update(m)
-    if int(bad) > 0:  # checked once at the end: no sync per batch
+    if any(int(b) > 0 for b in bad):  # checked once at the end: no sync per batch
         raise ValueError("model returned NaN or inf logits on noisy inputs; no certificate")
-    return counts.view(len(draws), batch, num_classes)
+    return [c.view(len(draws), batch, k) for c, k in zip(counts, num_classes)]

@@ -27,6 +27,9 @@ One file per op, each beside its plain-PyTorch reference (which the tests compar
   ``philox_torch.py`` (reference), ``noise_numba_simd.py`` (CPU default: vectorised
   float64 log/sin/cos polynomials), ``noise_numba.py`` (CPU, the C library's log/sin/cos; the
   default without AVX2 + FMA), ``noise_triton.py`` (CUDA)
+- noise pair (one z, two noise levels: x + sigma_a * noise and x + sigma_b * noise, each equal
+  to the noise op's row at its sigma): ``noise_pair_torch.py`` (reference),
+  ``noise_pair_numba.py`` (CPU, numba and numba-simd), ``noise_pair_triton.py`` (CUDA)
 - votes (argmax + per-(draw, input) histogram + non-finite check):
   ``votes_torch.py`` (reference), ``votes_numba.py`` (CPU), ``votes_triton.py`` (CUDA)
 """

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .philox_torch import (MASK32, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1,
-                           split_seed)
+                           check_row_dtypes, split_seed)
 
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)
@@ -115,9 +115,7 @@ def run_noise_kernel(kernel, out: torch.Tensor, x_flat: torch.Tensor, sigma: tor
                      row_stream: torch.Tensor, row_j: torch.Tensor, dest=None) -> None:
     """Call a numba noise kernel (this module's or ``noise_numba_simd``'s) with the arguments
     of ``noisy_rows_into``; sigma goes in as float64, like the noise."""
-    if x_flat.dtype not in (torch.float32, torch.float64) or out.dtype != x_flat.dtype:
-        raise TypeError(f"noise rows are float32 or float64 like x, got x {x_flat.dtype}, "
-                        f"out {out.dtype}")
+    check_row_dtypes(x_flat, out)
     k0, k1 = split_seed(seed)
     identity = dest is None
     dest_np = np.zeros(1, np.int64) if identity else dest.numpy()

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .philox_torch import PHILOX_ROUNDS, split_seed
+from .philox_torch import PHILOX_ROUNDS, check_row_dtypes, split_seed
 
 BLOCK = 256  # Philox counters per program (512 elements)
 
@@ -114,6 +114,15 @@ def _unit_f64(hi, lo):
     return (k.to(tl.float64) + 0.5) * 1.1102230246251565e-16  # 2**-53
 
 
+@triton.jit
+def _box_muller(r0, r1, r2, r3, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """The float64 normals (elements 2b, 2b + 1) of the Philox words of blocks b."""
+    rad = _sqrt_f64(-2.0 * _log(_unit_f64(r0, r1), LIBDEVICE), LIBDEVICE)
+    # float64 2 pi as a float64 tensor: a bare literal could be rounded to float32
+    th = tl.full([BLOCK], 6.283185307179586, tl.float64) * _unit_f64(r2, r3)
+    return rad * _cos(th, LIBDEVICE), rad * _sin(th, LIBDEVICE)
+
+
 @triton.jit(do_not_specialize=["k0", "k1"])
 def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
                        out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
@@ -124,13 +133,10 @@ def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr,
     x_row, out_row, s, b, r0, r1, r2, r3 = _row_block(
         x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
         x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
-    rad = _sqrt_f64(-2.0 * _log(_unit_f64(r0, r1), LIBDEVICE), LIBDEVICE)
-    # float64 2 pi as a float64 tensor: a bare literal could be rounded to float32
-    th = tl.full([BLOCK], 6.283185307179586, tl.float64) * _unit_f64(r2, r3)
+    z0, z1 = _box_muller(r0, r1, r2, r3, BLOCK, LIBDEVICE)
     e = 2 * b.to(tl.int64)
-    _store(x_row, out_row, s, rad * _cos(th, LIBDEVICE), e, dim, channels, hw, CHANNELS_LAST)
-    _store(x_row, out_row, s, rad * _sin(th, LIBDEVICE), e + 1, dim, channels, hw,
-           CHANNELS_LAST)
+    _store(x_row, out_row, s, z0, e, dim, channels, hw, CHANNELS_LAST)
+    _store(x_row, out_row, s, z1, e + 1, dim, channels, hw, CHANNELS_LAST)
 
 
 @triton.jit(do_not_specialize=["k0", "k1"])
@@ -169,24 +175,31 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
     """Fill ``out`` (R, D) in place, all tensors on one device (CUDA; CPU under
     TRITON_INTERPRET=1). ``channels_last_shape=(C, H, W)`` writes each row in NHWC order.
     x and out are float32 or float64; the noise is float64 either way."""
-    rows, dim = out.shape
-    if rows == 0 or dim == 0:
+    launch = launch_layout(x_flat, (out,), channels_last_shape)
+    if launch is None:
         return
-    if x_flat.stride(1) != 1 or out.stride(1) != 1:
-        raise ValueError("x_flat and out need contiguous rows")
+    grid, (channels, hw) = launch
     k0, k1 = split_seed(seed)
+    _noisy_rows_kernel[grid](x_flat, sigma.to(torch.float64), ids, row_input, row_stream, row_j,
+                             out, k0, k1, out.shape[1], x_flat.stride(0), out.stride(0), channels,
+                             hw, CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK,
+                             N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED)
+
+
+def launch_layout(x_flat: torch.Tensor, outs, channels_last_shape):
+    """(grid, (channels, hw)) of a noise kernel writing the rows ``outs`` (each (R, D)), or
+    None when there is nothing to write; refuses strided rows, a channels_last_shape that
+    is not D elements, and dtypes other than x's float32 / float64."""
+    rows, dim = outs[0].shape
+    if rows == 0 or dim == 0:
+        return None
+    if x_flat.stride(1) != 1 or any(out.stride(1) != 1 for out in outs):
+        raise ValueError("x_flat and out need contiguous rows")
     channels, hw = 1, dim
     if channels_last_shape is not None:
         c, h, w = channels_last_shape
         channels, hw = int(c), int(h) * int(w)
         if channels * hw != dim:
             raise ValueError(f"channels_last_shape {tuple(channels_last_shape)} does not match {dim}")
-    if x_flat.dtype not in (torch.float32, torch.float64) or out.dtype != x_flat.dtype:
-        raise TypeError(f"noise rows are float32 or float64 like x, got x {x_flat.dtype}, "
-                        f"out {out.dtype}")
-    sigma = sigma.to(torch.float64)
-    grid = (rows, triton.cdiv(triton.cdiv(dim, 2), BLOCK))  # 2 normals per Philox block
-    _noisy_rows_kernel[grid](x_flat, sigma, ids, row_input, row_stream, row_j, out, k0, k1, dim,
-                             x_flat.stride(0), out.stride(0), channels, hw,
-                             CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK,
-                             N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED)
+    check_row_dtypes(x_flat, *outs)
+    return (rows, triton.cdiv(triton.cdiv(dim, 2), BLOCK)), (channels, hw)  # 2 normals per block

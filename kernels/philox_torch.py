@@ -50,6 +50,14 @@ def uint32_pair_to_unit_double(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tens
     return (k.to(torch.float64) + 0.5) * TWO_POW_M53
 
 
+def check_row_dtypes(x_flat: torch.Tensor, *outs: torch.Tensor) -> None:
+    """Noise rows are float32 or float64, like the x they are drawn around."""
+    for out in outs:
+        if x_flat.dtype not in (torch.float32, torch.float64) or out.dtype != x_flat.dtype:
+            raise TypeError(f"noise rows are float32 or float64 like x, got x {x_flat.dtype}, "
+                            f"out {out.dtype}")
+
+
 def split_seed(seed: int):
     return seed & MASK32, (seed >> 32) & MASK32
 

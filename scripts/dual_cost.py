@@ -4,15 +4,24 @@
     python -P scripts/dual_cost.py --n 2000              # 500 test images, ~3 min alone
     python -P scripts/dual_cost.py --n 10000             # ~12 min alone
     python -P scripts/dual_cost.py --n 500 --n-test 20 --out /tmp/c.md   # quick check
+    python -P scripts/dual_cost.py --n 2000 --dataset fashion-mnist --n-test 80
+    python -P scripts/dual_cost.py --n 2000 --n-test 200 --shared-noise
 
-Test images 0..n_test-1 of the embedded MNIST-5k split (noise keyed by the test index,
-seed 0, n0 = 100, alpha = 0.001, batch_size 1000), in chunks of CHUNK inputs. Per chunk,
-standard RS with the sigma 0.5 expert and the embedded Dual RS (models.load_default_dual,
-default options) are timed back to back, their order alternating between chunks, so that a
-shared machine's changing load hits both alike; the ratio is total Dual time over total
-standard time. Certificates do not depend on the chunking (noise keyed by test index, every
-decision per input). Certified accuracy is compared with the Dual RS row of
-results/RESULTS.md at the same n (same images, seed and ids, written before this change).
+Test images 0..n_test-1 of the dataset's test split (``data.load_dataset``; mnist5k: the
+embedded split; noise keyed by the test index, seed 0, n0 = 100, alpha = 0.001, batch_size
+1000), in chunks of CHUNK inputs. Per chunk, standard RS with the dataset's sigma 0.5 expert
+and the dataset's default Dual RS (``models.load_default_dual(dataset=...)``, default
+options) are timed back to back, their order alternating between chunks, so that a shared
+machine's changing load hits both alike (each called once on two inputs before, untimed, so
+that neither pays a first call's kernel compiling or cache loading); the ratio is total Dual time over total standard
+time. Certificates do not depend on the chunking (noise keyed by test index, every decision
+per input). Certified accuracy is compared with the default Dual RS row of the dataset's
+results table (results/RESULTS.md, results/FASHION_MNIST.md) at the same n when the run
+covers the same images.
+
+--shared-noise times Dual RS's plain procedure (estimator_rounds=1, share_pass=False: the
+estimator and every classifier on passes of their own) with separate noise against shared
+noise (``share_noise=True``, ``dualrs_fast.shared_noise``) instead, the same way.
 """
 from __future__ import annotations
 
@@ -26,22 +35,31 @@ from pathlib import Path
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.data import load_default_split
-from dualrs_fast.models import load_default_classifier, load_default_dual
+from dualrs_fast.data import load_dataset
+from dualrs_fast.models import (DEFAULT_ESTIMATORS, estimator_weights_path,
+                                load_default_classifier, load_default_dual)
 from dualrs_fast.training import REPORTED_RADII
 
 ROOT = Path(__file__).resolve().parents[1]
 N0, ALPHA, SEED, BATCH, CHUNK, STANDARD_SIGMA = 100, 0.001, 0, 1000, 50, 0.5
 
 
-def reference_accuracy(results_md: Path, n: int):
-    """The Dual RS row of results/RESULTS.md at budget n (None if absent)."""
+#: each dataset's results table (written by scripts/results.py)
+RESULTS = {"mnist5k": "RESULTS.md", "fashion-mnist": "FASHION_MNIST.md"}
+
+
+def reference_accuracy(results_md: Path, n: int, arch: str, n_test: int):
+    """The default Dual RS row (``arch`` estimator, experts) of a results table at budget n,
+    None if absent or if the table covers other images than test images 0..n_test-1."""
     text = results_md.read_text() if results_md.exists() else ""
+    covered = re.search(r"Test images 0\.\.(\d+)|First (\d+) held-out", text)
+    if covered is None or int(covered.group(1) or int(covered.group(2)) - 1) != n_test - 1:
+        return None
     section = text.split(f"### n = {n:,}")
     if len(section) < 2:
         return None
     for line in section[1].splitlines():
-        if line.startswith("| Dual RS"):
+        if line.startswith("| Dual RS") and arch in line and "noise-conditioned" not in line:
             cells = [c.strip() for c in line.strip("|").split("|")]
             return [float(c) for c in cells[1:1 + len(REPORTED_RADII)]]
     return None
@@ -54,63 +72,95 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
+def weights_file(path: Path) -> str:
+    """A committed weights file's path from the package's weights/ folder on."""
+    return str(Path(*path.parts[len(path.parts) - 1 - path.parts[::-1].index("weights"):]))
+
+
+def comparison(args, dual, expert, kw):
+    """[(label, certify(xs, ids_s))]: the baseline first, then the Dual RS call measured."""
+    if args.shared_noise:
+        plain = dict(estimator_rounds=1, share_pass=False, **kw)
+        return [("Dual RS plain, separate noise",
+                 lambda xs, ids_s: dual.certify(xs, ids=ids_s, **plain)),
+                ("Dual RS plain, shared noise",
+                 lambda xs, ids_s: dual.certify(xs, ids=ids_s, share_noise=True, **plain))]
+    return [(f"standard RS, σ = {STANDARD_SIGMA:g}",
+             lambda xs, ids_s: drs.certify(expert, xs, sigma=STANDARD_SIGMA, ids=ids_s, **kw)),
+            ("Dual RS (default)", lambda xs, ids_s: dual.certify(xs, ids=ids_s, **kw))]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--dataset", default="mnist5k", choices=sorted(RESULTS))
+    p.add_argument("--shared-noise", action="store_true",
+                   help="time the plain procedure with separate against shared noise")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _, _, x_test, y_test = load_default_split()
+    x_test, y_test = load_dataset(args.dataset, "test")
     x, y = x_test[:args.n_test], y_test[:args.n_test]
     ids = torch.arange(x.shape[0])
-    dual, expert = load_default_dual(), load_default_classifier(STANDARD_SIGMA)
-    kw = dict(n0=N0, n=args.n, alpha=ALPHA, seed=SEED, batch_size=BATCH)
+    arch = DEFAULT_ESTIMATORS[args.dataset]
+    dual = load_default_dual(dataset=args.dataset)
+    expert = load_default_classifier(STANDARD_SIGMA, dataset=args.dataset)
+    compared = (f"{args.dataset}: default estimator {arch} "
+                f"({type(dual.estimator).__name__}, "
+                f"dualrs_fast/{weights_file(estimator_weights_path(arch, dataset=args.dataset))}, "
+                f"estimator σ = {dual.estimator_sigma:g}, levels "
+                f"{', '.join(f'{s:g}' for s in dual.sigmas)})")
+    compared += ("; separate against shared noise" if args.shared_noise else
+                 f"; standard RS at σ = {STANDARD_SIGMA:g}")
+    print(compared, flush=True)
+    calls = comparison(args, dual, expert, dict(n0=N0, n=args.n, alpha=ALPHA, seed=SEED,
+                                                batch_size=BATCH))
+    names = [name for name, _ in calls]
+    for _, call in calls:  # untimed: a first call's kernel compiling or cache loading
+        call(x[:2], ids[:2])
     load_before = os.getloadavg()
-    seconds = {"standard": 0.0, "dual": 0.0}
-    cpu = {"standard": 0.0, "dual": 0.0}  # process CPU time: less sensitive to others' load
-    parts = []
+    seconds, cpu = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)  # CPU: process time
+    parts = {name: [] for name in names}
     for k, start in enumerate(range(0, x.shape[0], CHUNK)):
         xs, ids_s = x[start:start + CHUNK], ids[start:start + CHUNK]
-        calls = [("standard", lambda: drs.certify(expert, xs, sigma=STANDARD_SIGMA, ids=ids_s,
-                                                  **kw)),
-                 ("dual", lambda: dual.certify(xs, ids=ids_s, **kw))]
         for name, call in (calls if k % 2 == 0 else calls[::-1]):
             t, c = time.perf_counter(), time.process_time()
-            r = call()
+            parts[name].append(call(xs, ids_s))
             seconds[name] += time.perf_counter() - t
             cpu[name] += time.process_time() - c
-            if name == "dual":
-                parts.append(r)
-        print(f"inputs {start + xs.shape[0]}: dual / standard so far "
-              f"{seconds['dual'] / seconds['standard']:.3f} "
-              f"(CPU time {cpu['dual'] / cpu['standard']:.3f})", flush=True)
+        print(f"inputs {start + xs.shape[0]}: {names[1]} / {names[0]} so far "
+              f"{seconds[names[1]] / seconds[names[0]]:.3f} "
+              f"(CPU time {cpu[names[1]] / cpu[names[0]]:.3f})", flush=True)
     load_after = os.getloadavg()
-    cat = {f: torch.cat([getattr(r, f) for r in parts]) for f in
-           ("prediction", "radius", "level", "shared", "estimator_samples")}
-    correct = cat["prediction"] == y
-    accuracy = [float(((cat["radius"] >= r) & correct).double().mean()) for r in REPORTED_RADII]
-    # results/RESULTS.md certifies test images 0..499: compare only on those same images
-    reference = (reference_accuracy(ROOT / "results" / "RESULTS.md", args.n)
-                 if x.shape[0] == 500 else None)
-    lines = [f"### n = {args.n:,}", "",
+    fields = ("prediction", "radius", "level", "shared", "estimator_samples", "radius_estimator")
+    cat = {f: torch.cat([getattr(r, f) for r in parts[names[1]]]) for f in fields}
+
+    def accuracy(results):
+        radius = torch.cat([r.radius for r in results])
+        correct = torch.cat([r.prediction for r in results]) == y
+        return [float(((radius >= r) & correct).double().mean()) for r in REPORTED_RADII]
+    table = RESULTS[args.dataset]
+    reference = None if args.shared_noise else reference_accuracy(
+        ROOT / "results" / table, args.n, arch, x.shape[0])
+    command = (f"python -P scripts/dual_cost.py --n {args.n}"
+               + (f" --n-test {args.n_test}" if args.n_test != 500 else "")
+               + (f" --dataset {args.dataset}" if args.dataset != "mnist5k" else "")
+               + (" --shared-noise" if args.shared_noise else "")
+               + (f" --threads {args.threads}" if args.threads != 2 else ""))
+    lines = [f"### n = {args.n:,}", "", compared + ".", "",
              f"Test images 0..{x.shape[0] - 1}; {cpu_name()}, {os.cpu_count()} cores, "
              f"{args.threads} threads; load average (1/5/15 min) before "
              + " / ".join(f"{v:.1f}" for v in load_before) + ", after "
-             + " / ".join(f"{v:.1f}" for v in load_after)
-             + f"; `python -P scripts/dual_cost.py --n {args.n}"
-             + (f" --n-test {args.n_test}" if args.n_test != 500 else "") + "`.", "",
+             + " / ".join(f"{v:.1f}" for v in load_after) + f"; `{command}`.", "",
              "| | wall s | wall-time ratio | CPU s | CPU-time ratio |",
-             "| --- | --- | --- | --- | --- |",
-             f"| standard RS, σ = {STANDARD_SIGMA:g} | {seconds['standard']:.0f} | 1.00 | "
-             f"{cpu['standard']:.0f} | 1.00 |",
-             f"| Dual RS (default) | {seconds['dual']:.0f} | "
-             f"{seconds['dual'] / seconds['standard']:.3f} | {cpu['dual']:.0f} | "
-             f"{cpu['dual'] / cpu['standard']:.3f} |", "",
-             "| level | inputs | shared pass | estimator samples / input (mean) |",
-             "| --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {seconds[name]:.0f} | {seconds[name] / seconds[names[0]]:.3f} | "
+              f"{cpu[name]:.0f} | {cpu[name] / cpu[names[0]]:.3f} |" for name in names]
+    lines += ["", "| level | inputs | shared pass | estimator samples / input (mean) |",
+              "| --- | --- | --- | --- |"]
     for level in range(-1, len(dual.sigmas)):
         at = cat["level"] == level
         if at.any():
@@ -119,13 +169,20 @@ def main(argv=None) -> int:
                          f"{cat['estimator_samples'][at].double().mean():,.0f} |")
     lines.append(f"| all | {x.shape[0]} | {int(cat['shared'].sum())} | "
                  f"{cat['estimator_samples'].double().mean():,.0f} |")
+    rows = [(names[1], accuracy(parts[names[1]]))]
+    if args.shared_noise:  # the estimator's votes, hence R_ve, are the same by construction
+        rows.append((names[0], accuracy(parts[names[0]])))
+        same = torch.equal(cat["radius_estimator"], torch.cat(
+            [r.radius_estimator for r in parts[names[0]]]))
+        lines += ["", f"R_ve identical with separate and shared noise: {same}."]
+    elif reference:
+        rows.append((f"Dual RS, results/{table}", reference))
     lines += ["", "| certified accuracy | " + " | ".join(f"r={r:g}" for r in REPORTED_RADII)
-              + " |", "|---" * (len(REPORTED_RADII) + 1) + "|",
-              "| Dual RS, this run | " + " | ".join(f"{a:.3f}" for a in accuracy) + " |"]
-    if reference:
-        lines += ["| Dual RS, results/RESULTS.md | " + " | ".join(f"{a:.3f}" for a in reference)
-                  + " |", "| difference | " + " | ".join(
-                      f"{a - b:+.3f}" for a, b in zip(accuracy, reference)) + " |"]
+              + " |", "|---" * (len(REPORTED_RADII) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(f"{a:.3f}" for a in acc) + " |" for label, acc in rows]
+    if len(rows) == 2:
+        lines.append("| difference | " + " | ".join(
+            f"{a - b:+.3f}" for a, b in zip(rows[0][1], rows[1][1])) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -34,6 +34,8 @@ def interpreted_kernels():
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         K["noise_triton"] = _interpreted("noise_triton", "_noisy_rows_kernel")
+        # after noise_triton: the pair kernel calls its (now interpreted) helpers
+        K["noise_pair_triton"] = _interpreted("noise_pair_triton", "_noisy_row_pairs_kernel")
         K["votes_triton"] = _interpreted("votes_triton", "_votes_kernel")
         assert K["noise_triton"].INTERPRETED
         yield
@@ -115,6 +117,46 @@ def test_triton_noise_fills_a_row_range_of_a_larger_buffer():
     K["noise_triton"].noisy_rows_into(buf[:3], flat, torch.tensor([0.5, 0.5]), torch.arange(2),
                                       0, ri, rs, rj)
     assert torch.all(buf[3:] == -7.0) and torch.all(buf[:3] != -7.0)
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (5,), (785,), (3, 7, 9), (1, 28, 28)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_pair_equals_two_single_kernels_and_numba(shape, dtype):
+    from dualrs_fast.kernels.noise_pair_numba import noisy_row_pairs_into as numba_pairs
+    g = torch.Generator().manual_seed(5)
+    B, R = 4, 9
+    flat = torch.rand((B,) + shape, generator=g, dtype=dtype).reshape(B, -1).contiguous()
+    sigma_a = torch.full((B,), 1.0, dtype=torch.float64)
+    sigma_b = torch.tensor([0.12, 0.25, 0.5, 1.0], dtype=torch.float64)
+    ids = torch.tensor([0, 3, 2**32 - 1, 12345])
+    ri, rs, rj = _rows(g, B, R)
+    seed = 0xDEADBEEFCAFEF00D
+    outs = [torch.full((R, flat.shape[1]), float("nan"), dtype=dtype) for _ in range(6)]
+    K["noise_pair_triton"].noisy_row_pairs_into(outs[0], outs[1], flat, sigma_a, sigma_b, ids,
+                                                seed, ri, rs, rj)
+    for out, sigma in zip(outs[2:4], (sigma_a, sigma_b)):
+        K["noise_triton"].noisy_rows_into(out, flat, sigma, ids, seed, ri, rs, rj)
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+    numba_pairs(outs[4], outs[5], flat, sigma_a, sigma_b, ids, seed, ri, rs, rj, backend="numba")
+    assert_same_noise(outs[0], outs[4])
+    assert_same_noise(outs[1], outs[5])
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (4, 1, 9)])
+def test_triton_pair_writes_channels_last_rows(shape):
+    g = torch.Generator().manual_seed(6)
+    B, R = 2, 5
+    flat = torch.rand(B, int(np.prod(shape)), generator=g)
+    sigma_a, sigma_b, ids = torch.tensor([1.0, 1.0]), torch.tensor([0.3, 0.7]), torch.tensor([5, 6])
+    ri, rs, rj = _rows(g, B, R)
+    buf = torch.full((4, R + 2, flat.shape[1]), -7.0)   # row ranges of larger buffers
+    K["noise_pair_triton"].noisy_row_pairs_into(buf[0, :R], buf[1, :R], flat, sigma_a, sigma_b,
+                                                ids, 3, ri, rs, rj, channels_last_shape=shape)
+    for out, sigma in zip(buf[2:], (sigma_a, sigma_b)):
+        K["noise_triton"].noisy_rows_into(out[:R], flat, sigma, ids, 3, ri, rs, rj,
+                                          channels_last_shape=shape)
+    assert torch.equal(buf[0], buf[2]) and torch.equal(buf[1], buf[3])
+    assert torch.all(buf[:, R:] == -7.0)
 
 
 def _tied_logits(g, m, k, dtype):
