@@ -118,7 +118,7 @@ def _difference_down(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(diff, 0.0)
 
 
-class CascadeSmoothing:
+class CascadeSmoothing(log_rows.CohenLog):
     """Cascaded randomized smoothing over the noise levels ``sigmas`` (pixel scale).
 
     classifier: a dict {sigma: expert model} with one plain model per level, or a
@@ -274,20 +274,11 @@ class CascadeSmoothing:
                          ids=ids, progress=progress)
         return on_grid(r, radii, r.n)
 
-    # What a run over a dataset (``runner``) asks of a smoother (as DualSmoothing's): a log
-    # in the standard columns, no cell of its own.
-    log_columns = ()
-
-    @staticmethod
-    def log_cells(r, k: int) -> dict:
-        return {}
-
-    def row_rules(self, columns, labels, indices, num_classes: int, n: int,
-                  alpha: float) -> log_rows.RowRules:
-        """The checks a certify log row must pass (``log_rows``): no radius above what n of
-        n votes at the whole alpha certify at the largest sigma (every level's is smaller)."""
-        return log_rows.certify_rules(columns, labels, indices, num_classes, n, alpha,
-                                      self.sigmas[-1])
+    # What a run over a dataset (``runner``) asks of a smoother besides its log (CohenLog):
+    # every level's radius is below the whole alpha's at the largest sigma.
+    @property
+    def largest_sigma(self) -> float:
+        return self.sigmas[-1]
 
     def samples_per_input(self, n0: int, n: int) -> int:
         return len(self.sigmas) * (n0 + n)  # every level tried

@@ -24,7 +24,7 @@ from .smoothing import DEFAULT_SIGMA, CertifyResult
 from .validation import check_positive_int, check_sigma
 
 
-class StandardSmoothing:
+class StandardSmoothing(log_rows.CohenLog):
     """Standard randomized smoothing (Cohen et al. 2019): ``model`` smoothed at ``sigma``
     (pixel scale, default 0.25), with the engine options of ``smoothing.certify``
     (num_classes, channels_last, compile, noise_backend) fixed for every call."""
@@ -63,19 +63,10 @@ class StandardSmoothing:
             self.model, x, radii, self.sigma, alpha, n_max, n0, batch_size, seed, ids=ids,
             futility_alpha=futility_alpha, progress=progress, **self.engine)
 
-    # What a run over a dataset (``runner``) asks of a smoother (as DualSmoothing's): Cohen
-    # et al.'s log columns, no cell of its own.
-    log_columns = ()
-
-    @staticmethod
-    def log_cells(r, k: int) -> dict:
-        return {}
-
-    def row_rules(self, columns, labels, indices, num_classes: int, n: int,
-                  alpha: float) -> log_rows.RowRules:
-        """The checks a certify log row must pass (``log_rows``)."""
-        return log_rows.certify_rules(columns, labels, indices, num_classes, n, alpha,
-                                      self.sigma)
+    # What a run over a dataset (``runner``) asks of a smoother besides its log (CohenLog)
+    @property
+    def largest_sigma(self) -> float:
+        return self.sigma
 
     @staticmethod
     def samples_per_input(n0: int, n: int) -> int:
