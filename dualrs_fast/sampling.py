@@ -22,8 +22,9 @@ import torch
 from .batch_probe import PROBE_ROWS, check_batch_independent
 from .noise import Stream, fill_noisy_rows, resolve_backend, triton_available
 from .progress import progress_bar
-from .validation import (MAX_SAMPLES, check_logits, check_model_input_dtype,
-                         check_model_is_deterministic, check_sigma_resolution)
+from .validation import (MAX_SAMPLES, check_logits, check_model_callable,
+                         check_model_input_dtype, check_model_is_deterministic,
+                         check_sigma_resolution)
 
 VOTES_BACKENDS = ("auto", "numba", "torch", "triton")
 
@@ -228,6 +229,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     progress: True, False or None (a bar with ETA on a terminal once the call runs 5 s);
     off a terminal at most three lines (``progress.progress_bar``).
     """
+    check_model_callable(model)
     check_model_is_deterministic(model)
     check_model_input_dtype(model, x.dtype)
     batch = x.shape[0]

@@ -21,7 +21,7 @@ from .dual import DualSmoothing
 from .sampling import model_device
 from .sequential_radii import FUTILITY_ALPHA, RadiiResult
 from .smoothing import DEFAULT_SIGMA, CertifyResult
-from .validation import check_positive_int, check_sigma
+from .validation import check_model_callable, check_positive_int, check_sigma
 
 
 class StandardSmoothing(log_rows.CohenLog):
@@ -31,8 +31,7 @@ class StandardSmoothing(log_rows.CohenLog):
 
     def __init__(self, model, sigma: Optional[float] = None, *, num_classes=None,
                  channels_last=None, compile: bool = False, noise_backend: str = "auto"):
-        if not callable(model):
-            raise TypeError("model must be a model (callable)")
+        check_model_callable(model)
         self.model = model
         self.sigma = check_sigma(DEFAULT_SIGMA if sigma is None else sigma)
         self.engine = dict(num_classes=num_classes, channels_last=channels_last,

@@ -154,3 +154,13 @@ def test_smoothing_imports_neither_dual_nor_cascade():
     for module in ("dual", "cascade", "smoothers"):
         assert f"dualrs_fast.{module}" not in low
     assert "dualrs_fast.dual" in with_cascade and "dualrs_fast.smoothers" not in with_cascade
+
+
+def test_a_smoother_given_to_the_plain_model_functions_is_refused_clearly():
+    from dualrs_fast import sequential_radii, smoothing
+    cascade, x = _smoothers()[2], _x(2)
+    for call in (lambda: smoothing.certify(cascade, x, n0=5, n=10),
+                 lambda: smoothing.predict(cascade, x, n=10),
+                 lambda: sequential_radii.certify_radii(cascade, x, GRID, n_max=10)):
+        with pytest.raises(TypeError, match="drs.certify"):
+            call()
