@@ -32,7 +32,6 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast.bounds import certified_radius
 from dualrs_fast.loading import load_dataset
-from dualrs_fast.logs import certified_accuracy
 from dualrs_fast.models import load_default_classifier, load_default_dual
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes, tune_cpu_allocator
@@ -40,16 +39,10 @@ from dualrs_fast.sequential_radii import grid_index
 from dualrs_fast.smoothing import ABSTAIN, certify_counts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -P leaves it out
+from radii_grid import GRID, grid_accuracy  # noqa: E402
 from replay_radii import certify_top, replay  # noqa: E402
 
-GRID = tuple(0.25 * k for k in range(9))  # 0, 0.25, ..., 2
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _accuracy(prediction, radius, labels):
-    table = {"correct": (np.asarray(prediction) == np.asarray(labels)),
-             "radius": np.asarray(radius, dtype=np.float64)}
-    return certified_accuracy(table, GRID)
 
 
 def _draws(select, estimate, n0, n, block):
@@ -196,7 +189,7 @@ def table(out, labels, floor=None, oracle=None, perfect_futility=None) -> str:
     accuracy, samples, seconds, cpu = {}, {}, {}, {}
     for method in ("certify", "certify_radii"):
         m = out[method]
-        accuracy[method] = _accuracy(m["prediction"], m["radius"], labels)
+        accuracy[method] = grid_accuracy(m["prediction"], m["radius"], labels)
         samples[method] = float(np.sum(m["samples"]))
         seconds[method], cpu[method] = m["seconds"], m["cpu_seconds"]
         lines.append(f"| {method} | " + " | ".join(f"{a:.3f}" for a in accuracy[method])

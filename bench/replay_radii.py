@@ -33,6 +33,8 @@ from dualrs_fast.sequential_radii import (FINAL_SHARE, FUTILITY_ALPHA, check_rad
                                           run_dual, run_standard)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # python -P leaves the script's folder out
+from radii_grid import GRID, grid_accuracy  # noqa: E402
 
 
 def recorded_votes(counts: np.ndarray, n0: int, block: int, select: Stream, estimate: Stream):
@@ -132,13 +134,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     run, recorded = load_recorded(args.dir, args.setting)
     r = replay(run, recorded, args.futility_alpha, args.final_share, args.oracle_futility)
-    sys.path.insert(0, HERE)  # python -P leaves the script's folder out
-    from radii_vs_certify import GRID, _accuracy
     from dualrs_fast.loading import load_dataset
     start = run.get("start", 0)
     labels = load_dataset("mnist5k").y[start:start + run["num"]].numpy()
-    full = _accuracy(run["certify"]["prediction"], run["certify"]["radius"], labels)
-    mine = _accuracy(r.prediction.tolist(), r.radius.tolist(), labels)
+    full = grid_accuracy(run["certify"]["prediction"], run["certify"]["radius"], labels)
+    mine = grid_accuracy(r.prediction.tolist(), r.radius.tolist(), labels)
     ratio = np.sum(run["certify"]["samples"]) / r.samples.sum().item()
     print(f"{args.setting} ({args.dir}): {r.samples.double().mean():,.0f} samples / input, "
           f"{ratio:.2f}x fewer than CERTIFY; certified accuracy minus CERTIFY's at r = "

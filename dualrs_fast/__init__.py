@@ -13,10 +13,11 @@ _wire_checkout(_Path(__file__).resolve().parent)  # a git checkout: its kernels/
 from .bounds import BACKEND as BOUNDS_BACKEND  # noqa: E402 - needs the wiring above
 from .cascade import CascadeCertifyResult, CascadeSmoothing  # noqa: E402
 from .dual import DualCertifyResult, DualSmoothing  # noqa: E402
-from .sequential_radii import RadiiResult, certify_radii  # noqa: E402
-from .smoothing import ABSTAIN, CertifyResult, certify, predict  # noqa: E402
+from .sequential_radii import RadiiResult  # noqa: E402
+from .smoothers import StandardSmoothing, certify, certify_radii, predict  # noqa: E402
+from .smoothing import ABSTAIN, CertifyResult  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["ABSTAIN", "BOUNDS_BACKEND", "CascadeCertifyResult", "CascadeSmoothing",
-           "CertifyResult", "DualCertifyResult", "DualSmoothing", "RadiiResult", "certify",
-           "certify_radii", "predict", "__version__"]
+           "CertifyResult", "DualCertifyResult", "DualSmoothing", "RadiiResult",
+           "StandardSmoothing", "certify", "certify_radii", "predict", "__version__"]

@@ -44,13 +44,15 @@ import numpy as np
 import scipy.special as sc
 import torch
 
+from . import log_rows
 from .bounds import certified_radius, clopper_pearson_lower, clopper_pearson_upper
-from .dual import build_routes, check_sigmas
+from .dual import build_routes, check_sigmas, routes_output_classes
 from .noise import Stream
 from .sampling import Draw, count_votes
+from .sequential_radii import FUTILITY_ALPHA, RadiiResult, check_radii, on_grid
 from .smoothing import ABSTAIN, CertifyResult, float32_rounded_down
-from .validation import (as_input_batch, check_alpha, check_ids, check_positive_int,
-                         check_seed)
+from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit,
+                         check_positive_int, check_seed)
 
 #: scipy's ndtri is accurate to < 2 eps and the product with sigma adds half an ulp:
 #: moving sigma * Phi^-1(p) by 8 floats gives a bound on the exact value (as bounds.py does)
@@ -116,7 +118,7 @@ def _difference_down(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(diff, 0.0)
 
 
-class CascadeSmoothing:
+class CascadeSmoothing(log_rows.CohenLog):
     """Cascaded randomized smoothing over the noise levels ``sigmas`` (pixel scale).
 
     classifier: a dict {sigma: expert model} with one plain model per level, or a
@@ -257,3 +259,32 @@ class CascadeSmoothing:
             passed, _ = self._not_confident(votes, n, alpha_up, self.sigmas[j])
             remaining = remaining[torch.from_numpy(passed & ~accepted)]
         return prediction
+
+    def certify_radii(self, x, radii, alpha: float = 0.001, n_max: int = 100_000,
+                      n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *,
+                      ids=None, futility_alpha: Optional[float] = FUTILITY_ALPHA,
+                      progress: Optional[bool] = None) -> RadiiResult:
+        """Which grid radii the cascade certifies at x. The cascade has no sequential test
+        (yet): this is ``certify`` with n = n_max, each radius rounded down to the grid, so it
+        saves no samples and futility_alpha (an early-stopping rule) has no effect."""
+        radii = check_radii(radii)
+        if futility_alpha is not None:
+            check_open_unit("futility_alpha", futility_alpha)
+        r = self.certify(x, n0=n0, n=n_max, alpha=alpha, batch_size=batch_size, seed=seed,
+                         ids=ids, progress=progress)
+        return on_grid(r, radii, r.n)
+
+    # What a run over a dataset (``runner``) asks of a smoother besides its log (CohenLog):
+    # every level's radius is below the whole alpha's at the largest sigma.
+    @property
+    def largest_sigma(self) -> float:
+        return self.sigmas[-1]
+
+    def samples_per_input(self, n0: int, n: int) -> int:
+        return len(self.sigmas) * (n0 + n)  # every level tried
+
+    def predict_samples_per_input(self, n: int) -> int:
+        return len(self.sigmas) * n
+
+    def output_classes(self, x: torch.Tensor) -> int:
+        return routes_output_classes(self.routes, self.sigmas, x)

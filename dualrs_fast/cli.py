@@ -388,10 +388,12 @@ def _recorded_sigma(sigma, option: str) -> float:
 
 
 def build_smoother(args, dataset):
-    """-> (model or DualSmoothing, config entries identifying it, human description)."""
+    """-> (StandardSmoothing or DualSmoothing, config entries identifying it, human
+    description)."""
     from . import models
     from .dual import DualSmoothing, check_sigmas
     from .loading import check_model_on, fingerprint, load_model, trust_case
+    from .smoothers import StandardSmoothing
     from .training import estimator_arch
 
     device = _device(args)
@@ -419,7 +421,8 @@ def build_smoother(args, dataset):
             where = f"embedded {dataset.family} small_cnn (sigma {sigma:g})"
         check_model_on(model, dataset.x, None, min_outputs=classes)
         where = f"{where}; {trust_case(model)}"
-        return model, {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where
+        return (StandardSmoothing(model, sigma),
+                {"sigma": float(sigma), "model_sha256": fingerprint(model)}, where)
 
     if args.sigma is not None:
         raise ValueError("--sigma does not apply to --dual: the estimator picks each input's "
@@ -493,21 +496,23 @@ def _task(args, kind: str):
     info = {"dataset": dataset.name, "model": where, "dualrs_fast": __version__,
             "torch": torch.__version__}
     common = dict(n=args.n, alpha=args.alpha, batch_size=args.batch, seed=args.seed,
-                  config=config, info=info, sigma=entries.get("sigma"))
+                  config=config, info=info)
     if kind == "predict":
         return runner.predict_task(smoother, dataset, indices, **common), where
     n0_ve = args.n0_estimator if args.dual else None
     n_ve = args.n_estimator if args.dual else None
     config.update(n0=args.n0, n0_estimator=n0_ve, n_estimator=n_ve)
+    # the smoother's own options: Dual RS's estimator samples
+    options = dict(n0_estimator=n0_ve, n_estimator=n_ve) if args.dual else {}
+    common.update(n0=args.n0, options=options)
     if args.radii is not None:
         from .plotting import parse_radii
         from .sequential_radii import FUTILITY_ALPHA, check_radii
         radii = check_radii(parse_radii(args.radii))
         config.update(radii=list(radii), futility_alpha=FUTILITY_ALPHA)
-        return runner.certify_radii_task(smoother, dataset, indices, radii=radii, n0=args.n0,
-                                         n0_estimator=n0_ve, n_estimator=n_ve, **common), where
-    return runner.certify_task(smoother, dataset, indices, n0=args.n0, n0_estimator=n0_ve,
-                               n_estimator=n_ve, **common), where
+        return runner.certify_radii_task(smoother, dataset, indices, radii=radii,
+                                         **common), where
+    return runner.certify_task(smoother, dataset, indices, **common), where
 
 
 def _summary(kind: str, task, rows: dict, args, where: str) -> None:

@@ -22,12 +22,14 @@ from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 
+from . import log_rows
 from .bounds import certified_radius
 from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
                                 same_function, split_joint)
 from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
+from .sequential_radii import FUTILITY_ALPHA, RadiiResult, certify_radii_dual
 from .shared_noise import certify_on_shared_noise
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
@@ -100,6 +102,18 @@ def build_routes(classifier, sigmas, denoiser=None) -> list:
         raise TypeError("classifier must be a model or a dict {sigma: model}")
     route = _Route(classifier, conditioned=denoiser is None, denoiser=denoiser)
     return [route] * len(sigmas)
+
+
+def routes_output_classes(routes, sigmas, x: torch.Tensor) -> int:
+    """Classes the widest route scores, from one forward pass of each on x's first input."""
+    one = x[:1].clone()  # x[:1] may be a view of a dataset: no model gets to write into it
+    widths = []
+    with torch.inference_mode():
+        for route, sigma in dict(zip(routes, sigmas)).items():
+            device = model_device(route.classifier, one.device)
+            widths.append(int(route(one.to(device), torch.full((1,), sigma, device=device))
+                              .shape[1]))
+    return max(widths)
 
 
 class DualSmoothing:
@@ -383,6 +397,51 @@ class DualSmoothing:
                                              seed, ids[routed], batch_size, progress)
             prediction[routed] = predict_counts(counts[0], alpha_cls)
         return prediction
+
+    def certify_radii(self, x, radii, alpha: float = 0.001, n_max: int = 100_000,
+                      n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *,
+                      ids=None, futility_alpha: Optional[float] = FUTILITY_ALPHA,
+                      progress: Optional[bool] = None, n0_estimator: Optional[int] = None,
+                      n_estimator: Optional[int] = None) -> RadiiResult:
+        """Which grid radii Dual RS certifies at x, with early stopping: R_ve and R_cls must
+        both clear a radius (``sequential_radii``). The estimator draws n0_estimator
+        selection and at most n_estimator estimation samples (default n0 / n_max), the
+        classifier n0 / n_max, as for ``certify``."""
+        return certify_radii_dual(self, x, radii, alpha, n_max, n0, batch_size, seed, ids=ids,
+                                  futility_alpha=futility_alpha, progress=progress,
+                                  n0_estimator=n0_estimator, n_estimator=n_estimator)
+
+    # What a run over a dataset (``runner``) asks of a smoother: its log's extra columns and
+    # their cells, the checks a resumed row must pass, and the samples an input may cost.
+    log_columns = ("sigma", "radius_estimator", "radius_classifier")
+
+    @staticmethod
+    def log_cells(r, k: int) -> dict:
+        """Input k's cells of ``log_columns`` in a certify (or certify_radii) result."""
+        return dict(sigma=float(r.sigma[k]), radius_estimator=float(r.radius_estimator[k]),
+                    radius_classifier=float(r.radius_classifier[k]))
+
+    def row_rules(self, columns, labels, indices, num_classes: int, n: int, alpha: float,
+                  n0_estimator: Optional[int] = None,
+                  n_estimator: Optional[int] = None) -> log_rows.RowRules:
+        """The checks a certify log row must pass (``log_rows``); options as for certify."""
+        return log_rows.dual_rules(columns, labels, indices, num_classes, n,
+                                   n if n_estimator is None else n_estimator, self.alphas(alpha),
+                                   self.sigmas, self.estimator_sigma)
+
+    def samples_per_input(self, n0: int, n: int, n0_estimator: Optional[int] = None,
+                          n_estimator: Optional[int] = None) -> int:
+        """The most samples certify (or certify_radii) draws per input, estimator included."""
+        return n0 + n + (n0 if n0_estimator is None else n0_estimator) + \
+            (n if n_estimator is None else n_estimator)
+
+    @staticmethod
+    def predict_samples_per_input(n: int) -> int:
+        return 2 * n  # the estimator's n, then the classifier's
+
+    def output_classes(self, x: torch.Tensor) -> int:
+        """Classes the widest expert scores (a bound on the predictions a log may hold)."""
+        return routes_output_classes(self.routes, self.sigmas, x)
 
 
 

@@ -140,6 +140,23 @@ def certify_rules(columns, labels, indices, num_classes: int, n: int, alpha: flo
                     max_radius=largest_radius(n, alpha, sigma))
 
 
+class CohenLog:
+    """The log part of a smoother (``smoothers``) whose certify log has Cohen's columns only:
+    no cell of its own, and no radius above what n of n votes certify at its largest
+    noise level, ``largest_sigma``."""
+    log_columns = ()
+
+    @staticmethod
+    def log_cells(r, k: int) -> dict:
+        return {}
+
+    def row_rules(self, columns, labels, indices, num_classes: int, n: int,
+                  alpha: float) -> RowRules:
+        """The checks a certify log row must pass."""
+        return certify_rules(columns, labels, indices, num_classes, n, alpha,
+                             self.largest_sigma)
+
+
 def dual_rules(columns, labels, indices, num_classes: int, n: int, n_estimator: int,
                alphas: tuple, sigmas: Sequence[float], estimator_sigma: float) -> RowRules:
     """alphas: (alpha_estimator, alpha_classifier). The plain estimator (all n_estimator

@@ -34,15 +34,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import log_rows, smoothing
-from .dual import DualSmoothing
+from . import log_rows
 from .log_seal import Seal, SealError, sealed_length
 from .logs import COLUMNS, format_row
 from .progress import interactive, progress_bar
-from .sequential_radii import certify_radii, check_radii
+from .sequential_radii import check_radii
 
-DUAL_COLUMNS = COLUMNS + ("sigma", "radius_estimator", "radius_classifier")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")  # Cohen's predict.py log
+RADII_COLUMNS = ("samples",)  # appended to a certify log's columns by certify_radii_task
 
 
 class RunError(RuntimeError):
@@ -79,45 +78,20 @@ def select_indices(size: int, skip: int = 1, max_index: Optional[int] = None) ->
 # --------------------------------------------------------------------------- row computation
 
 
-def output_classes(smoother, x: torch.Tensor) -> int:
-    """Classes the model (Dual RS: its widest expert) scores, from one forward pass."""
-    from .sampling import model_device
-    one = x[:1].clone()  # x[:1] is a view of the dataset: no model gets to write into it
-    with torch.inference_mode():
-        if not isinstance(smoother, DualSmoothing):
-            return int(smoother(one.to(model_device(smoother, one.device))).shape[1])
-        widths = []
-        for route, sigma in dict(zip(smoother.routes, smoother.sigmas)).items():
-            device = model_device(route.classifier, one.device)
-            widths.append(int(route(one.to(device), torch.full((1,), sigma, device=device))
-                              .shape[1]))
-        return max(widths)
-
-
-def _row_rules(smoother, dataset, indices, columns, num_classes, n, alpha, sigma=None,
-               n_estimator=None):
-    """The checks a resumed row of this task must pass (log_rows)."""
-    labels = dataset.y.tolist()
+def _certify_rules(smoother, dataset, indices, columns, num_classes, n, alpha, options):
+    """The checks a resumed certify row of this task must pass (log_rows)."""
     if num_classes is None:
-        num_classes = output_classes(smoother, dataset.x)
-    if "radius" not in columns:
-        return log_rows.predict_rules(columns, labels, indices, num_classes)
-    if isinstance(smoother, DualSmoothing):
-        return log_rows.dual_rules(columns, labels, indices, num_classes, n, n_estimator or n,
-                                   smoother.alphas(alpha), smoother.sigmas,
-                                   smoother.estimator_sigma)
-    return log_rows.certify_rules(columns, labels, indices, num_classes, n, alpha, sigma)
+        num_classes = smoother.output_classes(dataset.x)
+    return smoother.row_rules(columns, dataset.y.tolist(), indices, num_classes, n, alpha,
+                              **options)
 
 
-def _certify_rows(ids, labels, r, seconds: float, dual: bool, samples: bool = False) -> List[str]:
-    """Log rows of a certify result: Dual RS adds sigma, radius_estimator, radius_classifier;
+def _certify_rows(smoother, ids, labels, r, seconds: float, samples: bool = False) -> List[str]:
+    """Log rows of a certify result: the smoother's own cells (``log_cells``), and with
     ``samples`` the samples drawn (certify_radii)."""
     rows = []
     for k, i in enumerate(ids):
-        extra = {}
-        if dual:
-            extra = dict(sigma=float(r.sigma[k]), radius_estimator=float(r.radius_estimator[k]),
-                         radius_classifier=float(r.radius_classifier[k]))
+        extra = smoother.log_cells(r, k)
         if samples:
             extra["samples"] = int(r.samples[k])
         rows.append(format_row(i, int(labels[k]), int(r.prediction[k]), float(r.radius[k]),
@@ -125,89 +99,75 @@ def _certify_rows(ids, labels, r, seconds: float, dual: bool, samples: bool = Fa
     return rows
 
 
-def certify_task(smoother, dataset, indices, *, sigma=None, n0: int, n: int, alpha: float,
-                 batch_size: int, seed: int, n0_estimator=None, n_estimator=None,
-                 config=None, info=None, num_classes: Optional[int] = None) -> Task:
-    """CERTIFY every input; ``smoother`` is a model (standard RS at ``sigma``) or a
-    DualSmoothing (adds columns sigma, radius_estimator, radius_classifier). num_classes:
-    the model's output width (default: measured on one input), which bounds the
-    predictions a resumed log may hold."""
-    dual = isinstance(smoother, DualSmoothing)
-    per_input = n0 + n + ((n0_estimator or n0) + (n_estimator or n) if dual else 0)
+def certify_task(smoother, dataset, indices, *, n0: int, n: int, alpha: float,
+                 batch_size: int, seed: int, options: Optional[dict] = None, config=None,
+                 info=None, num_classes: Optional[int] = None) -> Task:
+    """CERTIFY every input with ``smoother`` (``smoothers``: StandardSmoothing, DualSmoothing,
+    CascadeSmoothing), whose ``log_columns`` follow Cohen's. options: the smoother's own
+    certify options (e.g. Dual RS's n0_estimator, n_estimator). num_classes: the model's
+    output width (default: measured on one input), which bounds the predictions a resumed
+    log may hold."""
+    options = options or {}
 
     def compute(ids: List[int], progress: bool) -> List[str]:
         x, labels = dataset.x[ids], dataset.y[ids]
         start = time.perf_counter()
-        if dual:
-            r = smoother.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-                                 ids=ids, n0_estimator=n0_estimator, n_estimator=n_estimator,
-                                 progress=progress)
-        else:
-            r = smoothing.certify(smoother, x, sigma, n0=n0, n=n, alpha=alpha,
-                                  batch_size=batch_size, seed=seed, ids=ids, progress=progress)
+        r = smoother.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                             ids=ids, progress=progress, **options)
         seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
-        return _certify_rows(ids, labels, r, seconds, dual)
+        return _certify_rows(smoother, ids, labels, r, seconds)
 
-    columns = DUAL_COLUMNS if dual else COLUMNS
-    rules = _row_rules(smoother, dataset, indices, columns, num_classes, n, alpha, sigma,
-                       n_estimator)
+    columns = COLUMNS + smoother.log_columns
+    rules = _certify_rules(smoother, dataset, indices, columns, num_classes, n, alpha, options)
+    return Task(columns, config or {}, list(indices), compute,
+                smoother.samples_per_input(n0, n, **options), info or {}, check_row=rules.check)
+
+
+def certify_radii_task(smoother, dataset, indices, *, radii, n0: int, n: int, alpha: float,
+                       batch_size: int, seed: int, options: Optional[dict] = None, config=None,
+                       info=None) -> Task:
+    """``smoother.certify_radii`` on every input (n = n_max): radius is the largest certified
+    grid radius, and a last column ``samples`` counts the noisy samples drawn. A
+    DualSmoothing's columns sigma (NaN where the classifier did not run), radius_estimator
+    and radius_classifier hold the largest grid radius each cleared (-1 where none)."""
+    options = options or {}
+    per_input = smoother.samples_per_input(n0, n, **options)
+
+    def compute(ids: List[int], progress: bool) -> List[str]:
+        x, labels = dataset.x[ids], dataset.y[ids]
+        start = time.perf_counter()
+        r = smoother.certify_radii(x, radii, n0=n0, n_max=n, alpha=alpha,
+                                   batch_size=batch_size, seed=seed, ids=ids, progress=progress,
+                                   **options)
+        seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
+        return _certify_rows(smoother, ids, labels, r, seconds, samples=True)
+
+    columns = COLUMNS + smoother.log_columns + RADII_COLUMNS
+    rules = log_rows.with_radii(_certify_rules(smoother, dataset, indices, columns, None, n,
+                                               alpha, options), check_radii(radii), per_input)
     return Task(columns, config or {}, list(indices), compute, per_input, info or {},
                 check_row=rules.check)
 
 
-RADII_COLUMNS = ("samples",)  # appended to COLUMNS / DUAL_COLUMNS by certify_radii_task
-
-
-def certify_radii_task(smoother, dataset, indices, *, radii, sigma=None, n0: int, n: int,
-                       alpha: float, batch_size: int, seed: int, n0_estimator=None,
-                       n_estimator=None, config=None, info=None) -> Task:
-    """``sequential_radii.certify_radii`` on every input (n = n_max): radius is the largest
-    certified grid radius, and a last column ``samples`` counts the noisy samples drawn. With
-    a DualSmoothing also sigma (NaN where the classifier did not run), radius_estimator and
-    radius_classifier (the largest grid radius each cleared, -1 where none)."""
-    dual = isinstance(smoother, DualSmoothing)
-    per_input = n0 + n + ((n0_estimator or n0) + (n_estimator or n) if dual else 0)
-    options = dict(n0_estimator=n0_estimator, n_max_estimator=n_estimator) if dual else dict(
-        sigma=sigma)
+def predict_task(smoother, dataset, indices, *, n: int, alpha: float, batch_size: int,
+                 seed: int, config=None, info=None, num_classes: Optional[int] = None) -> Task:
+    """PREDICT every input with ``smoother`` (Cohen's predict.py log: idx label predict
+    correct time)."""
 
     def compute(ids: List[int], progress: bool) -> List[str]:
         x, labels = dataset.x[ids], dataset.y[ids]
         start = time.perf_counter()
-        r = certify_radii(smoother, x, radii, n0=n0, n_max=n, alpha=alpha, batch_size=batch_size,
-                          seed=seed, ids=ids, progress=progress, **options)
-        seconds = (time.perf_counter() - start) / len(ids)  # a chunk's time, split evenly
-        return _certify_rows(ids, labels, r, seconds, dual, samples=True)
-
-    columns = (DUAL_COLUMNS if dual else COLUMNS) + RADII_COLUMNS
-    rules = log_rows.with_radii(_row_rules(smoother, dataset, indices, columns, None, n, alpha,
-                                           sigma, n_estimator), check_radii(radii), per_input)
-    return Task(columns, config or {}, list(indices), compute, per_input, info or {},
-                check_row=rules.check)
-
-
-def predict_task(smoother, dataset, indices, *, sigma=None, n: int, alpha: float,
-                 batch_size: int, seed: int, config=None, info=None,
-                 num_classes: Optional[int] = None) -> Task:
-    """PREDICT every input (Cohen's predict.py log: idx label predict correct time)."""
-    dual = isinstance(smoother, DualSmoothing)
-
-    def compute(ids: List[int], progress: bool) -> List[str]:
-        x, labels = dataset.x[ids], dataset.y[ids]
-        start = time.perf_counter()
-        if dual:
-            pred = smoother.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-                                    ids=ids, progress=progress)
-        else:
-            pred = smoothing.predict(smoother, x, sigma, n=n, alpha=alpha,
-                                     batch_size=batch_size, seed=seed, ids=ids,
-                                     progress=progress)
+        pred = smoother.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
+                                progress=progress)
         seconds = (time.perf_counter() - start) / len(ids)
         return [f"{i}\t{int(labels[k])}\t{int(pred[k])}\t{int(int(pred[k]) == int(labels[k]))}"
                 f"\t{seconds:.6f}" for k, i in enumerate(ids)]
 
-    rules = _row_rules(smoother, dataset, indices, PREDICT_COLUMNS, num_classes, n, alpha)
+    if num_classes is None:
+        num_classes = smoother.output_classes(dataset.x)
+    rules = log_rows.predict_rules(PREDICT_COLUMNS, dataset.y.tolist(), indices, num_classes)
     return Task(PREDICT_COLUMNS, config or {}, list(indices), compute,
-                n * (2 if dual else 1), info or {}, check_row=rules.check)
+                smoother.predict_samples_per_input(n), info or {}, check_row=rules.check)
 
 
 # --------------------------------------------------------------------------- log files

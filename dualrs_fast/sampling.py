@@ -24,8 +24,9 @@ from .batch_probe import PROBE_ROWS, check_batch_independent
 from .noise import (Stream, fill_noisy_row_pairs, fill_noisy_rows, resolve_backend,
                     triton_available)
 from .progress import progress_bar
-from .validation import (MAX_SAMPLES, check_logits, check_model_input_dtype,
-                         check_model_is_deterministic, check_sigma_resolution)
+from .validation import (MAX_SAMPLES, check_logits, check_model_callable,
+                         check_model_input_dtype, check_model_is_deterministic,
+                         check_sigma_resolution)
 
 VOTES_BACKENDS = ("auto", "numba", "torch", "triton")
 
@@ -267,6 +268,7 @@ def _count_heads(heads: Sequence[Head], x: torch.Tensor, draws: Sequence[Draw], 
     """The engine behind ``count_votes`` (one head) and ``count_votes_shared_noise`` (two
     heads on one draw of z) -> one counts tensor per head."""
     for head in heads:
+        check_model_callable(head.model)
         check_model_is_deterministic(head.model)
         check_model_input_dtype(head.model, x.dtype)
     batch = x.shape[0]

@@ -61,11 +61,11 @@ import numpy as np
 import torch
 
 from .bounds import certified_radius, clopper_pearson_upper
-from .dual import DualSmoothing, within_alpha
+from .estimator_rounds import within_alpha
 from .noise import Stream
 from .progress import progress_bar
 from .sampling import Draw, count_votes
-from .smoothing import ABSTAIN
+from .smoothing import ABSTAIN, DEFAULT_SIGMA
 from .validation import (as_input_batch, check_alpha, check_ids, check_open_unit,
                          check_positive_int, check_seed, check_sigma)
 
@@ -298,12 +298,11 @@ def _check_common(x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_al
             check_positive_int("batch_size", batch_size), futility)
 
 
-def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int = 100_000,
+def certify_radii(model, x, radii, sigma=None, alpha: float = 0.001, n_max: int = 100_000,
                   n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                   futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
                   channels_last=None, compile: bool = False, noise_backend: str = "auto",
-                  progress: Optional[bool] = None, n0_estimator: Optional[int] = None,
-                  n_max_estimator: Optional[int] = None) -> RadiiResult:
+                  progress: Optional[bool] = None) -> RadiiResult:
     """Which grid radii does the smoothed classifier certify at x? Sequential CERTIFY with
     early stopping (module docstring: procedure and why it is sound).
 
@@ -311,23 +310,16 @@ def certify_radii(model, x, radii, sigma=0.25, alpha: float = 0.001, n_max: int 
     grid decisions together; n_max: estimation samples per input at most (CERTIFY's n).
     futility_alpha: level of the upper bound that gives up on implausible radii (None: give
     up only on radii that all remaining samples could not certify; no effect on soundness).
-    ``model`` may be a DualSmoothing (``sigma`` then ignored; the estimator uses
-    n0_estimator / n_max_estimator, default n0 / n_max). Other options as for
-    ``smoothing.certify``. Each sample's noise is CERTIFY's (same seed, ids and streams), so
-    with a single checkpoint (``radii_schedule(n_max) == [n_max]``) the decisions are
-    CERTIFY's; with more, they differ only by alpha's split over the checkpoints.
+    ``model`` is a plain model smoothed at ``sigma`` (None: 0.25); ``drs.certify_radii``
+    (``smoothers.certify_radii``) also takes a smoother, e.g. a DualSmoothing
+    (``certify_radii_dual``). Other options as for ``smoothing.certify``. Each sample's noise
+    is CERTIFY's (same seed, ids and streams), so with a single checkpoint
+    (``radii_schedule(n_max) == [n_max]``) the decisions are CERTIFY's; with more, they
+    differ only by alpha's split over the checkpoints.
     """
-    if isinstance(model, DualSmoothing):
-        if (num_classes is not None or channels_last is not None or compile
-                or noise_backend != "auto"):
-            raise TypeError("num_classes, channels_last, compile and noise_backend cannot be "
-                            "used with a DualSmoothing model (it runs its own models)")
-        return _certify_radii_dual(model, x, radii, alpha, n_max, n0, batch_size, seed, ids,
-                                   futility_alpha, progress, n0_estimator, n_max_estimator)
-    if n0_estimator is not None or n_max_estimator is not None:
-        raise TypeError("n0_estimator / n_max_estimator need a DualSmoothing model")
     xb, radii, alpha, n_max, n0, seed, ids, batch_size, futility = _check_common(
         x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_alpha)
+    sigma = DEFAULT_SIGMA if sigma is None else sigma
     sigma_in = torch.full((xb.shape[0],), check_sigma(sigma), dtype=torch.float64)
 
     def votes(members, draws):
@@ -357,13 +349,18 @@ def run_standard(votes: Callable, sigma: torch.Tensor, radii: tuple, alpha: floa
                        alpha=alpha, sigma=sigma.float(), seed=seed)
 
 
-def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_size, seed, ids,
-                        futility_alpha, progress, n0_estimator, n_max_estimator) -> RadiiResult:
+def certify_radii_dual(dual, x, radii, alpha: float = 0.001, n_max: int = 100_000,
+                       n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *,
+                       ids=None, futility_alpha: Optional[float] = FUTILITY_ALPHA,
+                       progress: Optional[bool] = None, n0_estimator: Optional[int] = None,
+                       n_estimator: Optional[int] = None) -> RadiiResult:
+    """``certify_radii`` for a DualSmoothing ``dual`` (``DualSmoothing.certify_radii``): the
+    estimator draws n0_estimator selection and at most n_estimator estimation samples
+    (default n0 / n_max), as ``DualSmoothing.certify``'s do."""
     xb, radii, alpha, n_max, n0, seed, ids, batch_size, futility = _check_common(
         x, radii, alpha, n_max, n0, seed, ids, batch_size, futility_alpha)
     n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
-    n_ve = check_positive_int("n_max_estimator",
-                              n_max if n_max_estimator is None else n_max_estimator)
+    n_ve = check_positive_int("n_estimator", n_max if n_estimator is None else n_estimator)
     sigma_ve = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
     level_sigma = torch.tensor(dual.sigmas, dtype=torch.float64)
 
@@ -397,7 +394,7 @@ def _certify_radii_dual(dual: DualSmoothing, x, radii, alpha, n_max, n0, batch_s
                     n0, n_ve, n0_ve, futility, progress, seed)
 
 
-def run_dual(dual: DualSmoothing, estimator_votes: Callable, classifier_votes: Callable,
+def run_dual(dual, estimator_votes: Callable, classifier_votes: Callable,
              batch: int, radii: tuple, alpha: float, n_max: int, n0: int, n_max_estimator: int,
              n0_estimator: int, futility_alpha: Optional[float], progress: Optional[bool] = None,
              seed: Optional[int] = None, final_share: float = FINAL_SHARE) -> RadiiResult:
@@ -432,6 +429,18 @@ def run_dual(dual: DualSmoothing, estimator_votes: Callable, classifier_votes: C
                        sigma=torch.where(ran, sigma_cls, math.nan).float(),
                        radius_estimator=_index_radius(radii, estimator.cert),
                        radius_classifier=_index_radius(radii, classifier.cert), seed=seed)
+
+
+def on_grid(r, radii: tuple, n_max: int) -> RadiiResult:
+    """A CERTIFY result (a CertifyResult with ``samples``) read at the grid ``radii`` (from
+    ``check_radii``): each input's largest grid radius not above its certified radius, which
+    is certified too. For a smoother without a sequential test (the cascade)."""
+    abstain = (r.prediction == ABSTAIN).numpy()
+    index = grid_index(radii, r.radius.double().numpy(), abstain)
+    return RadiiResult(prediction=r.prediction.clone(), radius=_grid_radius(radii, index),
+                       certified=_certified(radii, index), radii=radii,
+                       samples=r.samples.clone(), n_max=n_max, alpha=r.alpha,
+                       sigma=r.sigma.float(), seed=r.seed)
 
 
 def _subset(draw: Draw, mask: torch.Tensor) -> Draw:

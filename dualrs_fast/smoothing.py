@@ -17,8 +17,8 @@ from .validation import (as_input_batch, check_alpha, check_ids, check_positive_
                          check_sample_count, check_seed, check_sigma)
 
 ABSTAIN = -1
-#: sigma of ``certify`` / ``predict`` when none is given (a plain model; a DualSmoothing
-#: takes none: it picks sigma per input)
+#: sigma of ``certify`` / ``predict`` / ``certify_radii`` when none is given (a plain model;
+#: a smoother holds its own)
 DEFAULT_SIGMA = 0.25
 
 
@@ -65,26 +65,6 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
                          p_lower=torch.from_numpy(p_lower.reshape(-1)), seed=seed)
 
 
-def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend):
-    """``model`` if it is a DualSmoothing or CascadeSmoothing (then certify / predict forward
-    to its own method), else None. Both pick sigma per input and run their own models: a sigma
-    or engine options meant for a plain model would be silently ignored (e.g. a num_classes
-    check), so they are refused."""
-    from .cascade import CascadeSmoothing
-    from .dual import DualSmoothing
-    if not isinstance(model, (DualSmoothing, CascadeSmoothing)):
-        return None
-    options = dict(sigma=sigma, num_classes=num_classes, channels_last=channels_last,
-                   compile=compile, noise_backend=noise_backend)
-    defaults = dict(sigma=None, num_classes=None, channels_last=None, compile=False,
-                    noise_backend="auto")
-    unused = sorted(k for k, v in options.items() if v != defaults[k])
-    if unused:
-        raise TypeError(f"{', '.join(unused)} cannot be used with a {type(model).__name__} "
-                        "model (it chooses sigma per input and runs its own models)")
-    return model
-
-
 def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             batch_size: int = 1000, seed: Optional[int] = None, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
@@ -101,10 +81,7 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
     x: one input (C,H,W) / (D,) or a batch (B,C,H,W) / (B,D) in the model's input (pixel)
     scale; sigma is in that scale (None: DEFAULT_SIGMA, 0.25), at least MIN_SIGMA_STEPS float
     steps of the input's magnitude. With probability >= 1 - alpha (per input) the returned
-    radius is a lower bound on g's l2 robustness radius at x. ``model`` may also be a
-    DualSmoothing or CascadeSmoothing (then sigma, num_classes, channels_last, compile and
-    noise_backend are refused; its own options, e.g. estimator_rounds, need
-    ``model.certify``).
+    radius is a lower bound on g's l2 robustness radius at x.
 
     x is float32 or float64; the noise is drawn at x's precision, and the model's parameters
     must have x's dtype. n0, n < 2**32.
@@ -120,10 +97,6 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
     up to float rounding. progress: True (a tqdm bar; off a terminal at most three lines),
     False, or None (default: a bar on a terminal once the call has run 5 s).
     """
-    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
-    if dual is not None:
-        return dual.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-                            ids=ids, progress=progress)
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
     n0, n = check_sample_count("n0", n0), check_sample_count("n", n)
@@ -155,13 +128,8 @@ def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_
 
     Noise keys as for ``certify``: default ids are the positions 0..B-1 in x (pass dataset
     indices to make an input's answer independent of its batch). Cost: n model evaluations
-    per input. Options as for ``certify``; ``model`` may be a DualSmoothing or
-    CascadeSmoothing (then without sigma). The default seed=None is a fresh secret one, which
+    per input. Options as for ``certify``. The default seed=None is a fresh secret one, which
     is not returned: pass an explicit seed to make a prediction reproducible."""
-    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
-    if dual is not None:
-        return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
-                            progress=progress)
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
     n, alpha = check_sample_count("n", n), check_alpha(alpha)

@@ -169,6 +169,15 @@ def check_sigma_resolution(x_flat: torch.Tensor, sigma: torch.Tensor) -> None:
                          "reflect float rounding; use a larger sigma (or float64 inputs)")
 
 
+def check_model_callable(model) -> None:
+    """The engine calls a model; a smoother is not one (its models are inside it)."""
+    if not callable(model):
+        raise TypeError(f"model must be a model (callable), got {type(model).__name__}; a "
+                        "smoother (StandardSmoothing, DualSmoothing, CascadeSmoothing) is "
+                        "certified by drs.certify / drs.predict / drs.certify_radii or its own "
+                        "methods")
+
+
 def check_model_is_deterministic(model) -> None:
     """BatchNorm/Dropout in training mode make a sample's vote depend on its batch or on
     extra randomness, which invalidates the certificate."""

@@ -2,6 +2,8 @@
 not committed, so `table` prints the committed runs without the bound lines that need them and
 `replay_radii.py` says how to record them, instead of a traceback."""
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,13 @@ def test_replay_without_recorded_votes_names_the_command_that_records_them(runs_
     with pytest.raises(SystemExit, match=r"no recorded votes .*/radii_vs_certify\.py certify "
                                          r"--setting 0.25 --start 0 --num 200"):
         replay_radii.main(["--setting", "0.25", "--dir", str(runs_without_votes)])
+
+
+def test_replay_radii_runs_without_radii_vs_certify():
+    """The two scripts share bench/radii_grid.py; replay_radii imports nothing of the
+    script that records the votes (no import circle)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import replay_radii; "
+            "print('radii_vs_certify' in sys.modules)")
+    out = subprocess.run([sys.executable, "-P", "-c", code, str(BENCH)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -31,7 +31,8 @@ def make_task(model, data, indices=None, **overrides):
     kw.update(overrides)
     config = {k: v for k, v in kw.items() if k != "batch_size"}
     indices = list(range(len(data))) if indices is None else indices
-    return runner.certify_task(model, data, indices, config=config, **kw)
+    smoother = drs.StandardSmoothing(model, kw.pop("sigma"))
+    return runner.certify_task(smoother, data, indices, config=config, **kw)
 
 
 def without_time(path):
@@ -180,7 +181,9 @@ def test_dual_and_predict_logs_parse_with_pandas(tmp_path, model, data):
                                batch_size=64, seed=0)
     runner.run(task, tmp_path / "dual.tsv", chunk=4, progress=False)
     table = pd.read_csv(tmp_path / "dual.tsv", sep="\t")
-    assert list(table.columns) == list(runner.DUAL_COLUMNS) and len(table) == 6
+    assert list(table.columns) == ["idx", "label", "predict", "radius", "correct", "time",
+                                   "sigma", "radius_estimator", "radius_classifier"]
+    assert len(table) == 6
     r = dual.certify(data.x[:6], n0=N0, n=N, alpha=0.01, seed=0, ids=list(range(6)))
     np.testing.assert_array_equal(table["predict"], r.prediction.numpy())
     np.testing.assert_array_equal(table["radius"].to_numpy(np.float32), r.radius.numpy())
@@ -188,8 +191,8 @@ def test_dual_and_predict_logs_parse_with_pandas(tmp_path, model, data):
     np.testing.assert_array_equal(table["radius_estimator"].to_numpy(np.float32),
                                   r.radius_estimator.numpy())
 
-    task = runner.predict_task(model, data, [0, 1, 2], sigma=0.5, n=N, alpha=0.01,
-                               batch_size=64, seed=0)
+    task = runner.predict_task(drs.StandardSmoothing(model, 0.5), data, [0, 1, 2], n=N,
+                               alpha=0.01, batch_size=64, seed=0)
     runner.run(task, tmp_path / "pred.tsv", progress=False)
     table = pd.read_csv(tmp_path / "pred.tsv", sep="\t")
     assert list(table.columns) == ["idx", "label", "predict", "correct", "time"]
