@@ -33,6 +33,7 @@ from torch import nn
 FOLD_ENV = "DUALRS_FAST_FOLD_BN"
 
 _PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
+_BATCHNORMS = tuple(bn for _, bn in _PAIRS)
 
 
 def fold_wanted(fold_bn: Optional[bool]) -> bool:
@@ -92,7 +93,7 @@ def folded_copy(model) -> Optional[nn.Module]:
     and tensor attributes, training flags, submodules) differs from when it was made."""
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return None
-    if _has_hooks(model):
+    if _has_hooks(model) or not any(type(m) in _BATCHNORMS for m in model.modules()):
         return None
     from .loading import fingerprint
     key = fingerprint(model, tensor_attributes=True)

@@ -19,7 +19,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .batch_probe import PROBE_ROWS, check_batch_independent
+from .batch_probe import PROBE_ROWS, check_batch_independent, rtol
+from .fold import agrees_on, fold_wanted, folded_copy
 from .noise import Stream, fill_noisy_rows, resolve_backend, triton_available
 from .progress import progress_bar
 from .validation import (MAX_SAMPLES, check_logits, check_model_input_dtype,
@@ -202,24 +203,40 @@ def _model_input(rows: torch.Tensor, x_shape, use_cl: bool) -> torch.Tensor:
     return rows.view((-1,) + tuple(x_shape[1:]))
 
 
+def _folded_agrees(folded, reference: torch.Tensor, run, device) -> bool:
+    """The folded copy gives the model's probe logits up to the batch probe's tolerance
+    (a trace that changed the function, or fails, leaves the model as it is)."""
+    try:
+        with threads_for_rows(PROBE_ROWS, device):
+            logits = run(folded)
+    except Exception:  # noqa: BLE001 - any failure of the copy: the model runs as given
+        return False
+    return agrees_on(reference, logits, rtol(reference.dtype))
+
+
 def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                 ids: torch.Tensor, batch_size: int, num_classes=None, channels_last=None,
                 compile: bool = False, noise_backend: str = "auto",
                 progress: Optional[bool] = False, pass_sigma: bool = False, desc: str = "sampling",
-                votes_backend: str = "auto") -> torch.Tensor:
+                votes_backend: str = "auto", fold_bn: Optional[bool] = None) -> torch.Tensor:
     """Votes of ``model`` on x[i] + sigma[i] * noise -> int64 counts (len(draws), B, K).
 
     x: (B, ...) validated batch; sigma: (B,) per-input noise levels; ids: (B,) noise keys.
     pass_sigma: call ``model(noisy, sigma_rows)`` (noise-conditioned models, denoisers) with
     each row's noise level, a float32 tensor (rows,).
-    channels_last: feed (B, C, H, W) batches in channels_last layout and store the model's
-    convolution weights channels_last, in place (``use_channels_last_weights``; default: on
+    channels_last: feed (B, C, H, W) batches in channels_last layout and store the
+    convolution weights channels_last, in place (``use_channels_last_weights``: the folded
+    copy's where ``fold_bn`` applies, else the model's own; default: on
     for 4-D inputs, including C = 1); the counts do not depend on it beyond float rounding in
     the model. On the CPU the first call tunes glibc's allocator for the whole process
     (``tune_cpu_allocator_once``; opt out with DUALRS_FAST_TUNE_MALLOC=0).
     noise_backend / votes_backend: 'auto' (numba-simd / numba on the CPU, triton on CUDA) or a
     name from ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba', the libm
     kernel, equal to 'numba-simd' up to float rounding).
+    fold_bn: on the CPU without ``compile``, run the batches through a private copy of the
+    model with eval-mode BatchNorm folded into the preceding convolutions (``fold.py``; the
+    model itself is not modified), once its logits on the probe rows match the model's to
+    the batch probe's tolerance. Default (None): on, unless DUALRS_FAST_FOLD_BN=0.
 
     Refused before any sampling: a model in training mode, parameters of another dtype than
     x, sigma within MIN_SIGMA_STEPS float steps of an input's magnitude, more than 2**32
@@ -268,8 +285,10 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     use_cl = (x.dim() == 4) if channels_last is None else bool(channels_last)
     if use_cl and x.dim() != 4:
         raise ValueError("channels_last needs (B, C, H, W) inputs")
-    if use_cl:
-        use_channels_last_weights(model)
+    folded = (folded_copy(model) if device.type == "cpu" and not compile and fold_wanted(fold_bn)
+              else None)
+    if use_cl:  # the model's own weights only where it runs the batches itself
+        use_channels_last_weights(model if folded is None else folded)
     if device.type == "cpu":
         tune_cpu_allocator_once()
     cl_shape = tuple(x.shape[1:]) if use_cl and x.shape[1] > 1 else None
@@ -312,13 +331,22 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
                 f"x[None] (1, H, W), for a batch of them x[:, None] (B, 1, H, W). "
                 f"The model said: {reason}") from exc
         check_logits(logits, probe[rows].shape[0], num_classes)
+        if rows == slice(0, PROBE_ROWS):
+            probe_logits.append(logits)
         return logits
 
     counts = bad = votes = None
+    probe_logits = []
     # no_grad, not inference_mode: a model may use autograd inside forward (as it can under
     # Cohen et al.'s no_grad)
     with torch.no_grad():
         check_batch_independent(probe_call)
+        if folded is not None:
+            if _folded_agrees(folded, probe_logits[0], lambda m: call(m, probe, probe_input),
+                              device):
+                forward = folded
+            elif use_cl:
+                use_channels_last_weights(model)
     with torch.no_grad(), progress_bar(total, desc, "samples", progress,
                                               unit_scale=True) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,

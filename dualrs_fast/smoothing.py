@@ -65,7 +65,7 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
                          p_lower=torch.from_numpy(p_lower.reshape(-1)), seed=seed)
 
 
-def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend):
+def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend, fold_bn):
     """``model`` if it is a DualSmoothing or CascadeSmoothing (then certify / predict forward
     to its own method), else None. Both pick sigma per input and run their own models: a sigma
     or engine options meant for a plain model would be silently ignored (e.g. a num_classes
@@ -75,9 +75,9 @@ def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend):
     if not isinstance(model, (DualSmoothing, CascadeSmoothing)):
         return None
     options = dict(sigma=sigma, num_classes=num_classes, channels_last=channels_last,
-                   compile=compile, noise_backend=noise_backend)
+                   compile=compile, noise_backend=noise_backend, fold_bn=fold_bn)
     defaults = dict(sigma=None, num_classes=None, channels_last=None, compile=False,
-                    noise_backend="auto")
+                    noise_backend="auto", fold_bn=None)
     unused = sorted(k for k, v in options.items() if v != defaults[k])
     if unused:
         raise TypeError(f"{', '.join(unused)} cannot be used with a {type(model).__name__} "
@@ -88,7 +88,7 @@ def _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend):
 def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             batch_size: int = 1000, seed: Optional[int] = None, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
-            progress: Optional[bool] = None) -> CertifyResult:
+            progress: Optional[bool] = None, fold_bn: Optional[bool] = None) -> CertifyResult:
     """Certify the smoothed classifier g(x) = argmax_c P(model(x + N(0, sigma^2 I)) = c).
 
     Noise keys: input i's noise is a function of (seed, ids[i]), and the default ids are
@@ -118,9 +118,12 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
     shape). noise_backend: 'auto' (CPU: 'numba-simd' where the CPU has AVX2 + FMA, else
     'numba'; CUDA: 'triton' if installed; else 'torch'), or one of those names; backends agree
     up to float rounding. progress: True (a tqdm bar; off a terminal at most three lines),
-    False, or None (default: a bar on a terminal once the call has run 5 s).
+    False, or None (default: a bar on a terminal once the call has run 5 s). fold_bn: on the
+    CPU, run a private copy of the model with eval-mode BatchNorm folded into the preceding
+    convolutions (the same function up to float rounding; docs/cohen.md); None (default) is
+    on unless DUALRS_FAST_FOLD_BN=0, False runs the model exactly as given.
     """
-    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
+    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend, fold_bn)
     if dual is not None:
         return dual.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                             ids=ids, progress=progress)
@@ -133,7 +136,8 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
                          seed=seed, ids=check_ids(ids, xb.shape[0]),
                          batch_size=check_positive_int("batch_size", batch_size),
                          num_classes=num_classes, channels_last=channels_last, compile=compile,
-                         noise_backend=noise_backend, progress=progress, desc="certify")
+                         noise_backend=noise_backend, progress=progress, desc="certify",
+                         fold_bn=fold_bn)
     return certify_counts(counts[0], counts[1], n, alpha, sig, seed=seed)
 
 
@@ -148,8 +152,8 @@ def predict_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
             seed: Optional[int] = None, *, ids=None, num_classes=None, channels_last=None,
-            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None
-            ) -> torch.Tensor:
+            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None,
+            fold_bn: Optional[bool] = None) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
     (returns ABSTAIN when unsure). -> LongTensor (B,).
 
@@ -158,7 +162,7 @@ def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_
     per input. Options as for ``certify``; ``model`` may be a DualSmoothing or
     CascadeSmoothing (then without sigma). The default seed=None is a fresh secret one, which
     is not returned: pass an explicit seed to make a prediction reproducible."""
-    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend)
+    dual = _as_dual(model, sigma, num_classes, channels_last, compile, noise_backend, fold_bn)
     if dual is not None:
         return dual.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
                             progress=progress)
@@ -169,5 +173,6 @@ def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_
                          ids=check_ids(ids, xb.shape[0]),
                          batch_size=check_positive_int("batch_size", batch_size),
                          num_classes=num_classes, channels_last=channels_last, compile=compile,
-                         noise_backend=noise_backend, progress=progress, desc="predict")
+                         noise_backend=noise_backend, progress=progress, desc="predict",
+                         fold_bn=fold_bn)
     return predict_counts(counts[0], alpha)
