@@ -317,3 +317,21 @@ def test_fold_env_opt_out_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          check=True, env=dict(os.environ, DUALRS_FAST_FOLD_BN="0")).stdout
     assert out.split() == ["False", "True", "False"]
+
+
+@pytest.mark.skipif(not os.environ.get("COHEN_SMOOTHING_DIR"),
+                    reason="Cohen's code: set COHEN_SMOOTHING_DIR to a locuslab/smoothing checkout")
+@pytest.mark.parametrize("arch", ["cifar_resnet20", "cifar_resnet110"])
+def test_cohens_own_models_fold_whole(arch):
+    """Their get_architecture's model (their NormalizeLayer and ResNet code) traces and folds."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import cohen_codebase
+    with cohen_codebase.cohen_imports():
+        from architectures import get_architecture
+        torch.manual_seed(0)
+        theirs = randomise_batchnorm(get_architecture(arch, "cifar10"))
+    before = snapshot(theirs)
+    folded = fold.folded_copy(theirs)
+    assert folded is not None and graph_bns(folded) == 0
+    assert_same_function(theirs, folded, torch.rand(32, 3, 32, 32), rtol=1e-5)
+    assert_unchanged(theirs, before)
