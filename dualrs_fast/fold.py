@@ -113,10 +113,9 @@ def fold_batchnorm(model) -> Optional[nn.Module]:
     if _has_hooks(model):
         return None
     try:
-        private = copy.deepcopy(model)
-    except Exception:  # an attribute that cannot be copied: run the model as given
+        folded, count = _fold_tree(copy.deepcopy(model))
+    except Exception:  # an attribute that cannot be copied, an odd layer: run it as given
         return None
-    folded, count = _fold_tree(private)
     return folded if count else None
 
 
