@@ -335,3 +335,25 @@ def test_cohens_own_models_fold_whole(arch):
     assert folded is not None and graph_bns(folded) == 0
     assert_same_function(theirs, folded, torch.rand(32, 3, 32, 32), rtol=1e-5)
     assert_unchanged(theirs, before)
+
+
+def test_a_changed_tensor_attribute_rebuilds_the_copy_but_not_the_log_fingerprint():
+    """Cohen's NormalizeLayer holds its constants as plain tensor attributes: the copy must
+    follow them; the logs' model_sha256 keeps its old definition (parameters and buffers)."""
+    class Normalize(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.means = torch.tensor([0.5])
+
+        def forward(self, x):
+            return x - self.means.view(1, -1, 1, 1)
+
+    model = randomise_batchnorm(nn.Sequential(Normalize(), nn.Conv2d(1, 4, 3),
+                                              nn.BatchNorm2d(4), nn.Flatten()))
+    log_sha = fingerprint(model)
+    first = fold.folded_copy(model)
+    model[0].means.fill_(0.25)
+    assert fingerprint(model) == log_sha
+    second = fold.folded_copy(model)
+    assert second is not first
+    assert_same_function(model, second, torch.rand(8, 1, 5, 5))
