@@ -43,14 +43,17 @@ def fold_wanted(fold_bn: Optional[bool]) -> bool:
     return bool(fold_bn)
 
 
-def _has_hooks(model: nn.Module) -> bool:
+def _eligible(model) -> bool:
+    """A Python nn.Module without forward hooks or parametrizations (tracing would not see
+    them run as they do)."""
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return False
     from torch.nn.modules import module as m
-    global_hooks = (m._global_forward_hooks, m._global_forward_pre_hooks)
-    if any(len(h) for h in global_hooks):
-        return True
-    return any(mod._forward_hooks or mod._forward_pre_hooks
-               or getattr(mod, "parametrizations", None) is not None
-               for mod in model.modules())
+    if m._global_forward_hooks or m._global_forward_pre_hooks:
+        return False
+    return not any(mod._forward_hooks or mod._forward_pre_hooks
+                   or getattr(mod, "parametrizations", None) is not None
+                   for mod in model.modules())
 
 
 def _foldable(conv, bn) -> bool:
@@ -91,9 +94,7 @@ def folded_copy(model) -> Optional[nn.Module]:
     """``fold_batchnorm(model)``, kept while the model's state is unchanged: the copy is
     rebuilt whenever anything ``loading.fingerprint`` covers (every parameter and buffer, plain
     and tensor attributes, training flags, submodules) differs from when it was made."""
-    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
-        return None
-    if _has_hooks(model) or not any(type(m) in _BATCHNORMS for m in model.modules()):
+    if not _eligible(model) or not any(type(m) in _BATCHNORMS for m in model.modules()):
         return None
     from .loading import fingerprint
     key = fingerprint(model, tensor_attributes=True)
@@ -108,9 +109,7 @@ def fold_batchnorm(model) -> Optional[nn.Module]:
     """A copy of ``model`` with its eval-mode BatchNorms folded into the preceding
     convolutions, or None where nothing is folded (see the module's doc): the caller then
     runs ``model`` as it is. ``model`` is left unchanged."""
-    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
-        return None
-    if _has_hooks(model):
+    if not _eligible(model):
         return None
     try:
         folded, count = _fold_tree(copy.deepcopy(model))
