@@ -14,6 +14,7 @@ certificate (their ``{:.3}`` rounds to nearest, sometimes up).
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .compat import Smooth
@@ -58,12 +59,25 @@ def _dataset_spec(dataset: str, split: str) -> str:
     return spec
 
 
+def _make_out_folder(outfile: str) -> None:
+    """As ``dualrs --out``: the outfile's folder is created when it lies under the working
+    directory (``runs/`` in the docs), refused with one line elsewhere, before anything loads."""
+    folder = Path(outfile).expanduser().resolve().parent
+    if folder.is_dir():
+        return
+    if not folder.is_relative_to(Path.cwd().resolve()):
+        raise SystemExit(f"outfile {outfile}: the folder {folder} does not exist; create it "
+                         f"first (mkdir -p {folder}) or write under the working directory")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .loading import check_model_on, load_dataset, load_model
     from .runner import select_indices
     args = build_parser().parse_args(argv)
     if args.pack < 1:
         raise SystemExit(f"--pack must be >= 1, got {args.pack}")
+    _make_out_folder(args.outfile)
     data = load_dataset(_dataset_spec(args.dataset, args.split))
     model = load_model(args.base_classifier, arch_option=None, kwargs_option=None)
     classes = check_model_on(model, data.x, None, min_outputs=int(data.y.max()) + 1)
