@@ -41,6 +41,8 @@ from .noise_numba import _CHUNK, _philox_row, run_noise_kernel
 _ONE, _TWO, _HALF = 1.0, 2.0, 0.5
 _TWO_POW_21 = 2.0**21
 _TWO_POW_M53 = 2.0**-53
+_TWO_POW_M54 = 2.0**-54
+_TWO_POW_52 = 2.0**52
 _TWO_PI = 2.0 * math.pi
 _LO_SHIFT = np.uint32(11)
 # ln 2 = _LN2_HI + _LN2_LO: _LN2_HI has 42 significant bits so k * _LN2_HI is exact (|k| <= 55)
@@ -54,7 +56,6 @@ _EXP_OFFSET = np.uint32((1 << 30) - _SQRT_HALF_HI)
 _SHIFT_HI = np.uint64(32)
 _SHIFT_EXP = np.uint32(20)  # exponent position in the high word
 _SIGN_BIT = np.uint32(1 << 31)
-_TWO_POW_31 = 2.0**31
 _SHIFT_EXP64 = np.int64(52)
 # pi/2 = _P1 + _P2 + _P3 (Cody-Waite); _P1 and _P2 have 33 significant bits, so q * _P1 and
 # q * _P2 are exact for q <= 4 (values checked in tests against 60-digit pi)
@@ -130,11 +131,13 @@ def _fma(typingctx, a, b, c):
 def _unit(hi, lo):
     """The specification's 53-bit uniform in (0, 1] from two uint32 words, via signed int32
     -> float64 conversions (one AVX2 instruction; unsigned or 64-bit ones have none before
-    AVX-512): the sum hi * 2**21 + lo // 2**11 < 2**53 is exact, so + 0.5 rounds as the
-    reference's."""
-    hi_f = np.float64(np.int32(hi ^ _SIGN_BIT)) + _TWO_POW_31
-    k = hi_f * _TWO_POW_21 + np.float64(np.int32(lo >> _LO_SHIFT))
-    return (k + _HALF) * _TWO_POW_M53
+    AVX-512). Two FMAs, both exact up to the reference's one rounding: k = (hi_s + 2**31)
+    2**21 + lo // 2**11 = hi_s 2**21 + (2**52 + lo // 2**11) < 2**53, and fma(k, 2**-53,
+    2**-54) = fl(k + 0.5) 2**-53 (a power-of-2 scale commutes with rounding). Fewer dependent
+    steps than add-multiply-add-multiply: this starts both Box-Muller chains."""
+    hi_s = np.float64(np.int32(hi ^ _SIGN_BIT))
+    lo_b = np.float64(np.int32(lo >> _LO_SHIFT)) + _TWO_POW_52
+    return _fma(_fma(hi_s, _TWO_POW_21, lo_b), _TWO_POW_M53, _TWO_POW_M54)
 
 
 @numba.njit(inline="always")
@@ -148,9 +151,15 @@ def _log(u):
     f = _bits_f64(ix - (np.int64(k) << _SHIFT_EXP64)) - _ONE  # exact
     hfsq = _HALF * f * f
     s = f / (_TWO + f)
+    # R / s2 by Estrin's scheme, not Horner's: 4 dependent FMAs instead of 9 on the longest
+    # chain of the kernel (log -> sqrt), which bounds its speed. R's rounding moves log by
+    # < 0.01 ulp (R enters as s * R, |s| <= 0.172, R <= 0.02).
     s2 = s * s
-    r = s2 * _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(
-        s2, _L10, _L9), _L8), _L7), _L6), _L5), _L4), _L3), _L2), _L1)
+    s4 = s2 * s2
+    s8 = s4 * s4
+    r01 = _fma(s4, _fma(s2, _L4, _L3), _fma(s2, _L2, _L1))
+    r23 = _fma(s4, _fma(s2, _L8, _L7), _fma(s2, _L6, _L5))
+    r = s2 * _fma(s8, _fma(s8, _fma(s2, _L10, _L9), r23), r01)
     kf = np.float64(k)
     return _fma(kf, _LN2_HI, f - (hfsq - _fma(s, hfsq + r, kf * _LN2_LO)))
 
@@ -158,14 +167,22 @@ def _log(u):
 @numba.njit(inline="always")
 def _cos_sin(th):
     """(cos th, sin th) for float64 th in [0, 2 pi]."""
-    q = np.int32(th * _TWO_OVER_PI + _HALF)  # round to nearest (th >= 0)
-    qf = np.float64(q)
+    # q by rounding in float64 (one instruction, off the int32 round trip); the int32 copy
+    # only picks the quadrant at the end
+    qf = np.floor(_fma(th, _TWO_OVER_PI, _HALF))
+    q = np.int32(qf)
     w = _fma(-qf, _P3, _fma(-qf, _P2, _fma(-qf, _P1, th)))
     w2 = w * w
-    sin_w = _fma(w * w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(
-        w2, _S17, _S15), _S13), _S11), _S9), _S7), _S5), _S3), w)
-    cos_w = _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(
-        w2, _C16, _C14), _C12), _C10), _C8), _C6), _C4), _C2), _ONE)
+    w4 = w2 * w2
+    w8 = w4 * w4
+    # each series as its low half (Horner: these terms set the rounding) plus w**8 times its
+    # high half, computed side by side: 4 dependent steps fewer than one Horner chain
+    sin_p = _fma(w8, _fma(w2, _fma(w2, _fma(w2, _S17, _S15), _S13), _S11),
+                 _fma(w2, _fma(w2, _fma(w2, _S9, _S7), _S5), _S3))
+    cos_p = _fma(w8, _fma(w2, _fma(w2, _fma(w2, _C16, _C14), _C12), _C10),
+                 _fma(w2, _fma(w2, _fma(w2, _C8, _C6), _C4), _C2))
+    sin_w = _fma(w * w2, sin_p, w)
+    cos_w = _fma(w2, cos_p, _ONE)
     swap = (q & np.int32(1)) != 0
     c = sin_w if swap else cos_w
     s = cos_w if swap else sin_w
