@@ -22,10 +22,15 @@ LLVM vectorises (AVX2: 4 lanes; AVX-512: 8, see ``_allow_512_bit_vectors``), so 
   of sin w (to w**17) and cos w (to w**16), truncation < 1e-17, each as a Horner low half plus
   w**8 times a high half; the quadrant picks and negates.
 
-Speed: the loop is bound by the float64 arithmetic itself, not by one step. Removing log or
-sin/cos each saves about a quarter of the kernel's time, the division 5% and the square root
-4% (AMD EPYC, AVX-512, single thread). Shorter dependency chains (the FMAs, Estrin, the
-folded -2) and unsigned conversions gained about 4% there.
+Speed: the loop is bound by the float64 arithmetic as a whole, not by one step. In an
+ablation of the loop body (AMD EPYC, Zen 5 with AVX-512, one thread) dropping log or sin/cos
+each saved about a quarter of the time, the division 5%, the square root 4%. The exact FMAs
+for the uniforms, Estrin's scheme, the folded -2 and unsigned conversions made the kernel
+1.06x faster there (645M normals/s per core) and 1.17x with AVX2 only (312M), in CPU time
+per 1000 x 784 float32 call, interleaved with the previous kernel in one process at load
+~10. AVX2 only means NUMBA_CPU_NAME=haswell *and* NUMBA_CPU_FEATURES set to the host's
+features less avx512*: NUMBA_CPU_NAME alone keeps the host's AVX-512. The loop vectorises at
+256 bits there (4 lanes; the assembly has ymm vdivpd / vsqrtpd / vfmadd).
 
 Accuracy: within a few float64 ulps of the libm values (tests bound it). Rounded once to
 float32, x + sigma * z then equals the reference's bit for bit except where the float64 value
@@ -112,7 +117,8 @@ def _allow_512_bit_vectors(typingctx):
     LLVM caps auto-vectorisation at 256 bits on Intel AVX-512 CPUs by default (its
     ``prefer-256-bit`` tuning); the function attribute ``"prefer-vector-width"="512"`` (what
     clang's ``-mprefer-vector-width=512`` sets) lifts the cap for this kernel alone, not for
-    the rest of the process's numba code: ~1.35x the noise throughput here (bench/RESULTS.md).
+    the rest of the process's numba code: 1.35x this kernel's throughput on the AMD EPYC
+    with NUMBA_CPU_NAME=skylake-avx512 (LLVM's Intel tuning), one thread.
     A no-op without AVX-512. The kernel's operations are element-wise IEEE float64 and
     correctly rounded FMAs, so the noise is bit-identical at any vector width (tested).
     torch's MKL / oneDNN kernels already run 512-bit code on such CPUs, so this adds no
