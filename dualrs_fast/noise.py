@@ -59,7 +59,7 @@ def triton_available(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_avx2_fma() -> bool:
-    """Will numba-simd's float32 polynomials vectorise (AVX2 + FMA) in the code numba
+    """Will numba-simd's float64 polynomials vectorise (AVX2 + FMA) in the code numba
     generates? The host CPU's features, or those numba was told to target with
     NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (e.g. ``generic`` for portable caches)."""
     try:

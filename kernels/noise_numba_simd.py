@@ -9,14 +9,28 @@ branch-free float64 polynomials (Horner steps as fused multiply-adds, ``llvm.fma
 LLVM vectorises (AVX2: 4 lanes; AVX-512: 8, see ``_allow_512_bit_vectors``), so the whole row
 -- Philox, Box-Muller, x + sigma * z -- runs in SIMD registers.
 
+- uniforms: k = hi 2**21 + lo // 2**11 and (k + 1/2) 2**-53 as two exact FMAs.
 - log(u), u in (0, 1]: u = 2**k * (1 + f) with 1 + f in about [sqrt(1/2), sqrt(2)) (exact
   bit manipulation on the high word), then log(1 + f) = f - (f**2/2 - s (f**2/2 + R)) with
   s = f / (2 + f), |s| <= 0.172 and R = 2 s**2/3 + 2 s**4/5 + ... (the series of
-  2 atanh(s) - 2 s, to s**20: truncation < 1e-18 relative), plus k ln 2 with ln 2 split into
-  a high part (42 bits, so k * high is exact) and a low part.
+  2 atanh(s) - 2 s, to s**20: truncation < 1e-18 relative, evaluated by Estrin's scheme),
+  plus k ln 2 with ln 2 split into a high part (42 bits, so k * high is exact) and a low
+  part. Box-Muller takes ``_minus_two_log``: the same values times -2, exactly, with the -2
+  folded into the inputs.
 - sin/cos(th), th in (0, 2 pi]: q = nearest multiple of pi/2, w = th - q pi/2 with pi/2 in
   three parts (Cody-Waite; q <= 4 makes q times the first two exact), |w| <= pi/4; Taylor series
-  of sin w (to w**17) and cos w (to w**16), truncation < 1e-17; the quadrant picks and negates.
+  of sin w (to w**17) and cos w (to w**16), truncation < 1e-17, each as a Horner low half plus
+  w**8 times a high half; the quadrant picks and negates.
+
+Speed: the loop is bound by the float64 arithmetic as a whole, not by one step. In an
+ablation of the loop body (AMD EPYC, Zen 5 with AVX-512, one thread) dropping log or sin/cos
+each saved about a quarter of the time, the division 5%, the square root 4%. The exact FMAs
+for the uniforms, Estrin's scheme, the folded -2 and unsigned conversions made the kernel
+1.06x faster there (645M normals/s per core) and 1.17x with AVX2 only (312M), in CPU time
+per 1000 x 784 float32 call, interleaved with the previous kernel in one process at load
+~10. AVX2 only means NUMBA_CPU_NAME=haswell *and* NUMBA_CPU_FEATURES set to the host's
+features less avx512*: NUMBA_CPU_NAME alone keeps the host's AVX-512. The loop vectorises at
+256 bits there (4 lanes; the assembly has ymm vdivpd / vsqrtpd / vfmadd).
 
 Accuracy: within a few float64 ulps of the libm values (tests bound it). Rounded once to
 float32, x + sigma * z then equals the reference's bit for bit except where the float64 value
@@ -41,6 +55,7 @@ from .noise_numba import _CHUNK, _philox_row, run_noise_kernel
 _ONE, _TWO, _HALF = 1.0, 2.0, 0.5
 _TWO_POW_21 = 2.0**21
 _TWO_POW_M53 = 2.0**-53
+_TWO_POW_M54 = 2.0**-54
 _TWO_PI = 2.0 * math.pi
 _LO_SHIFT = np.uint32(11)
 # ln 2 = _LN2_HI + _LN2_LO: _LN2_HI has 42 significant bits so k * _LN2_HI is exact (|k| <= 55)
@@ -53,8 +68,6 @@ _EXP_BIAS = np.int32(1 << 10)  # hx + _EXP_OFFSET >= 0 for every u >= 2**-54
 _EXP_OFFSET = np.uint32((1 << 30) - _SQRT_HALF_HI)
 _SHIFT_HI = np.uint64(32)
 _SHIFT_EXP = np.uint32(20)  # exponent position in the high word
-_SIGN_BIT = np.uint32(1 << 31)
-_TWO_POW_31 = 2.0**31
 _SHIFT_EXP64 = np.int64(52)
 # pi/2 = _P1 + _P2 + _P3 (Cody-Waite); _P1 and _P2 have 33 significant bits, so q * _P1 and
 # q * _P2 are exact for q <= 4 (values checked in tests against 60-digit pi)
@@ -68,6 +81,11 @@ _S3, _S5, _S7, _S9, _S11, _S13, _S15, _S17 = (
 _C2, _C4, _C6, _C8, _C10, _C12, _C14, _C16 = (
     (-1.0) ** k / math.factorial(2 * k) for k in range(1, 9))
 _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10 = _LOG_COEFFS
+# the same series in z = (2 s)**2 = 4 s**2, and ln 2's parts times 2 and -2 (_minus_two_log)
+_Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9, _Q10 = (
+    c / 4.0**k for k, c in enumerate(_LOG_COEFFS, 1))
+_TWO_LN2_LO = 2.0 * _LN2_LO
+_MINUS_TWO_LN2_HI = -2.0 * _LN2_HI
 
 
 @intrinsic
@@ -99,7 +117,8 @@ def _allow_512_bit_vectors(typingctx):
     LLVM caps auto-vectorisation at 256 bits on Intel AVX-512 CPUs by default (its
     ``prefer-256-bit`` tuning); the function attribute ``"prefer-vector-width"="512"`` (what
     clang's ``-mprefer-vector-width=512`` sets) lifts the cap for this kernel alone, not for
-    the rest of the process's numba code: ~1.35x the noise throughput here (bench/RESULTS.md).
+    the rest of the process's numba code: 1.35x this kernel's throughput on the AMD EPYC
+    with NUMBA_CPU_NAME=skylake-avx512 (LLVM's Intel tuning), one thread.
     A no-op without AVX-512. The kernel's operations are element-wise IEEE float64 and
     correctly rounded FMAs, so the noise is bit-identical at any vector width (tested).
     torch's MKL / oneDNN kernels already run 512-bit code on such CPUs, so this adds no
@@ -128,44 +147,86 @@ def _fma(typingctx, a, b, c):
 
 @numba.njit(inline="always")
 def _unit(hi, lo):
-    """The specification's 53-bit uniform in (0, 1] from two uint32 words, via signed int32
-    -> float64 conversions (one AVX2 instruction; unsigned or 64-bit ones have none before
-    AVX-512): the sum hi * 2**21 + lo // 2**11 < 2**53 is exact, so + 0.5 rounds as the
-    reference's."""
-    hi_f = np.float64(np.int32(hi ^ _SIGN_BIT)) + _TWO_POW_31
-    k = hi_f * _TWO_POW_21 + np.float64(np.int32(lo >> _LO_SHIFT))
-    return (k + _HALF) * _TWO_POW_M53
+    """The specification's 53-bit uniform in (0, 1] from two uint32 words, in two exact
+    FMAs: k = hi 2**21 + lo // 2**11 < 2**53, then fma(k, 2**-53, 2**-54) = fl(k + 0.5)
+    2**-53 as the reference rounds it (a power-of-2 scale commutes with rounding). uint32 ->
+    float64 is one instruction with AVX-512 (vcvtudq2pd) and a short sequence with AVX2,
+    where it measured as fast as signed conversions plus an offset."""
+    return _fma(_fma(np.float64(hi), _TWO_POW_21, np.float64(lo >> _LO_SHIFT)), _TWO_POW_M53,
+                _TWO_POW_M54)
 
 
 @numba.njit(inline="always")
-def _log(u):
-    """log(u) for normal positive float64 u."""
+def _log_reduce(u):
+    """(k, f) with u = 2**k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)): exact."""
     ix = _f64_bits(u)
     hx = np.uint32(np.uint64(ix) >> _SHIFT_HI)
     # k = floor((hx - _SQRT_HALF_HI) / 2**20) with unsigned (logical) shifts only: AVX2 has
     # no 64-bit arithmetic shift
     k = np.int32(np.uint32(hx + _EXP_OFFSET) >> _SHIFT_EXP) - _EXP_BIAS
-    f = _bits_f64(ix - (np.int64(k) << _SHIFT_EXP64)) - _ONE  # exact
+    return k, _bits_f64(ix - (np.int64(k) << _SHIFT_EXP64)) - _ONE
+
+
+@numba.njit(inline="always")
+def _log_series(z, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    """c1 + c2 z + ... + c10 z**9 by Estrin's scheme: 4 dependent FMAs where Horner's has 9,
+    on the longest chain of the kernel (log -> sqrt), which bounds its speed. Its rounding
+    moves log by < 0.01 ulp (the series enters as s * s**2 * (...), |s| <= 0.172)."""
+    z2 = z * z
+    z4 = z2 * z2
+    low = _fma(z2, _fma(z, c4, c3), _fma(z, c2, c1))
+    mid = _fma(z2, _fma(z, c8, c7), _fma(z, c6, c5))
+    return _fma(z4, _fma(z4, _fma(z, c10, c9), mid), low)
+
+
+@numba.njit(inline="always")
+def _log(u):
+    """log(u) for normal positive float64 u."""
+    k, f = _log_reduce(u)
     hfsq = _HALF * f * f
     s = f / (_TWO + f)
-    s2 = s * s
-    r = s2 * _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(s2, _fma(
-        s2, _L10, _L9), _L8), _L7), _L6), _L5), _L4), _L3), _L2), _L1)
+    z = s * s
+    hfsq_r = _fma(z, _log_series(z, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10), hfsq)
     kf = np.float64(k)
-    return _fma(kf, _LN2_HI, f - (hfsq - _fma(s, hfsq + r, kf * _LN2_LO)))
+    return _fma(kf, _LN2_HI, f - (hfsq - _fma(s, hfsq_r, kf * _LN2_LO)))
+
+
+@numba.njit(inline="always")
+def _minus_two_log(u):
+    """-2 log(u), bit for bit -2 * _log(u), one dependent step shorter: every value of
+    ``_log`` scaled by a power of 2 (exact), with the -2 folded into its inputs (2f, 2s,
+    4s**2, coefficients / 4**k) instead of a last multiplication."""
+    k, f = _log_reduce(u)
+    hfsq = _HALF * f * f
+    two_f = f + f
+    two_s = two_f / (_TWO + f)
+    z4 = two_s * two_s
+    hfsq_r = _fma(z4, _log_series(z4, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9, _Q10), hfsq)
+    kf = np.float64(k)
+    # f * f = 2 hfsq exactly; -2 (f - (hfsq - x)) = (2 hfsq - 2 x) - 2 f
+    e = (f * f - _fma(two_s, hfsq_r, kf * _TWO_LN2_LO)) - two_f
+    return _fma(kf, _MINUS_TWO_LN2_HI, e)
 
 
 @numba.njit(inline="always")
 def _cos_sin(th):
     """(cos th, sin th) for float64 th in [0, 2 pi]."""
-    q = np.int32(th * _TWO_OVER_PI + _HALF)  # round to nearest (th >= 0)
-    qf = np.float64(q)
+    # q by rounding in float64 (one instruction, off the int32 round trip); the int32 copy
+    # only picks the quadrant at the end
+    qf = np.floor(_fma(th, _TWO_OVER_PI, _HALF))
+    q = np.int32(qf)
     w = _fma(-qf, _P3, _fma(-qf, _P2, _fma(-qf, _P1, th)))
     w2 = w * w
-    sin_w = _fma(w * w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(
-        w2, _S17, _S15), _S13), _S11), _S9), _S7), _S5), _S3), w)
-    cos_w = _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(w2, _fma(
-        w2, _C16, _C14), _C12), _C10), _C8), _C6), _C4), _C2), _ONE)
+    w4 = w2 * w2
+    w8 = w4 * w4
+    # each series as its low half (Horner: these terms set the rounding) plus w**8 times its
+    # high half, computed side by side: 4 dependent steps fewer than one Horner chain
+    sin_p = _fma(w8, _fma(w2, _fma(w2, _fma(w2, _S17, _S15), _S13), _S11),
+                 _fma(w2, _fma(w2, _fma(w2, _S9, _S7), _S5), _S3))
+    cos_p = _fma(w8, _fma(w2, _fma(w2, _fma(w2, _C16, _C14), _C12), _C10),
+                 _fma(w2, _fma(w2, _fma(w2, _C8, _C6), _C4), _C2))
+    sin_w = _fma(w * w2, sin_p, w)
+    cos_w = _fma(w2, cos_p, _ONE)
     swap = (q & np.int32(1)) != 0
     c = sin_w if swap else cos_w
     s = cos_w if swap else sin_w
@@ -179,7 +240,7 @@ def _box_muller_row(bits, n_blocks, z):
     """z[0, b], z[1, b] = the two normals of block b (elements 2b and 2b + 1): two
     contiguous rows, which LLVM vectorises (interleaved stores into one row it would not)."""
     for b in range(n_blocks):
-        rad = math.sqrt(-_TWO * _log(_unit(bits[0, b], bits[1, b])))
+        rad = math.sqrt(_minus_two_log(_unit(bits[0, b], bits[1, b])))
         c, s = _cos_sin(_TWO_PI * _unit(bits[2, b], bits[3, b]))
         z[0, b] = rad * c
         z[1, b] = rad * s
@@ -226,6 +287,12 @@ def _log_kernel(u, out):
 
 
 @numba.njit(parallel=True, cache=True)
+def _minus_two_log_kernel(u, out):
+    for i in numba.prange(u.shape[0]):
+        out[i] = _minus_two_log(u[i])
+
+
+@numba.njit(parallel=True, cache=True)
 def _cos_sin_kernel(th, c, s):
     for i in numba.prange(th.shape[0]):
         c[i], s[i] = _cos_sin(th[i])
@@ -242,6 +309,14 @@ def log(u: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(u, dtype=np.float64)
     out = np.empty_like(u)
     _log_kernel(u, out)
+    return out
+
+
+def minus_two_log(u: np.ndarray) -> np.ndarray:
+    """The kernel's -2 log (tests)."""
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    out = np.empty_like(u)
+    _minus_two_log_kernel(u, out)
     return out
 
 

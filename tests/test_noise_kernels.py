@@ -271,6 +271,15 @@ def test_simd_log_is_within_one_ulp():
     assert np.all(got[~nonzero] == 0.0)  # u = 1
 
 
+def test_simd_minus_two_log_is_exactly_minus_two_times_log():
+    # Box-Muller's -2 log(u) folds the -2 into log's inputs (powers of 2: exact), so it must
+    # equal -2 * log bit for bit
+    _, u = _all_unit_doubles()
+    u = np.concatenate([u, 1.0 - np.random.default_rng(1).random(10_000) * 1e-9,
+                        np.nextafter(np.sqrt(0.5), [0.0, 1.0])])
+    assert np.array_equal(noise_numba_simd.minus_two_log(u), -2.0 * noise_numba_simd.log(u))
+
+
 def test_simd_cos_sin_are_within_one_ulp_or_2e_16():
     _, u = _all_unit_doubles()
     th = np.concatenate([2 * np.pi * u, [0.0, np.pi / 4, np.pi / 2, np.pi, 1.5 * np.pi,
