@@ -33,3 +33,10 @@ One file per op, each beside its plain-PyTorch reference (which the tests compar
 - votes (argmax + per-(draw, input) histogram + non-finite check):
   ``votes_torch.py`` (reference), ``votes_numba.py`` (CPU), ``votes_triton.py`` (CUDA)
 """
+
+from pathlib import Path as _Path
+
+from .numba_cache import drop_stale_caches as _drop_stale_caches
+
+# before any kernel module compiles or loads its cache (see numba_cache.py)
+_drop_stale_caches(_Path(__file__).parent, _Path(__file__).parent / "__pycache__")
