@@ -14,6 +14,9 @@ Order of the passes: the estimator's selection samples choose every input's leve
 - the others run their classifier, then the estimator's estimation samples in rounds that
   stop once R_ve >= R_cls (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator
   samples before the classifier, which then runs only where the estimator certified).
+The shared inputs' joint votes and every level's classifier share one engine pass
+(``level_passes``: the same counts as a pass per expert), so the default makes at most
+2 + estimator_rounds passes per call: selection, that pass, the estimator's rounds.
 """
 import math
 import warnings

@@ -16,13 +16,17 @@ change of batch composition, a module may round its logits differently in anothe
 
 One pass needs the levels in use to differ in float32 (the engine passes sigma_rows as
 float32) and their modules to sit on one device; otherwise ``level_counts`` makes one pass
-per module, as before.
+per module, as before. The engine's batch probe takes its rows from the pass's first
+inputs, which are ordered so that every module gets some in both halves of the probe's
+batch; a module serving a single input (where the pass has more than a few) is probed on
+its own.
 """
 import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .batch_probe import PROBE_ROWS, check_batch_independent
 from .derived_estimator import split_joint
 from .sampling import Draw, count_votes, model_device
 from .validation import check_logits
@@ -110,14 +114,36 @@ def _count_draws(model, x, sigma, ids, draws, **kw) -> torch.Tensor:
 
 
 def _probe_first(groups: torch.Tensor) -> torch.Tensor:
-    """An order of the inputs taking each group in turn: the engine's batch probe draws from
-    the first inputs, so every module gets probe rows in its whole batch and in both halves
-    (as it did on a pass of its own)."""
+    """An order of the inputs taking each group in turn: the engine's batch probe takes one
+    row of each of the first PROBE_ROWS inputs (cycling), so a module with two inputs or more
+    gets probe rows in both halves of the probe's batch, as on a pass of its own."""
     rank = torch.zeros_like(groups)
     for g in groups.unique():
         at = groups == g
         rank[at] = torch.arange(int(at.sum()))
     return torch.argsort(rank * (int(groups.max()) + 1) + groups, stable=True)
+
+
+def _unprobed(groups: torch.Tensor) -> list:
+    """Groups (in pass order) whose rows the engine's batch probe would not put in both
+    halves of its batch: the probe cannot see their module couple rows."""
+    probed = groups[torch.arange(PROBE_ROWS) % groups.shape[0]]
+    half = PROBE_ROWS // 2
+    return [int(g) for g in groups.unique()
+            if not (bool((probed[:half] == g).any()) and bool((probed[half:] == g).any()))]
+
+
+def _probe_alone(module, x_one: torch.Tensor, sigma: float) -> None:
+    """The engine's batch probe for a module that serves one input of a shared pass:
+    PROBE_ROWS noisy copies of it (noise from a fixed generator: a probe's votes are not
+    counted)."""
+    device = model_device(module, x_one.device)
+    noise = torch.randn((PROBE_ROWS,) + tuple(x_one.shape), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+    rows = (x_one.double().cpu() + sigma * noise).to(x_one.dtype).to(device)
+    sigma_rows = torch.full((PROBE_ROWS,), sigma, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        check_batch_independent(lambda part: module(rows[part], sigma_rows[part]))
 
 
 def one_pass_possible(modules: dict, sigmas: Sequence[float], device: torch.device) -> bool:
@@ -159,6 +185,9 @@ def level_counts(dual, x: torch.Tensor, ids: torch.Tensor, level: torch.Tensor,
                            for k in level.tolist()], dtype=torch.int64)
     if one_pass and one_pass_possible(modules, dual.sigmas, x.device):
         order = _probe_first(groups)
+        for g in _unprobed(groups[order]):
+            i = int(torch.nonzero(groups == g)[0])
+            _probe_alone(modules[int(level[i])], x[i], float(sigma[i]))
         model = LevelRoutes([modules[k] for k in used], [dual.sigmas[k] for k in used])
         counts = _count_draws(model, x[order], sigma[order], ids[order],
                               [_take(d, order) for d in draws], **kw)
