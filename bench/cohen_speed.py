@@ -17,6 +17,8 @@ the same images at sigma 0.25, n0 = 100, n = --n, alpha = 0.001, batch 1000:
 - ``packed+compile``: the same with ``--compile`` (opt-in torch.compile; its inductor cache
   lives in the workdir, so the first round's time includes the cold compile, later rounds
   load it).
+- ``compat-nofold`` / ``packed-nofold``: ``compat`` / ``packed`` with DUALRS_FAST_FOLD_BN=0
+  (the model as given, without BatchNorm folded into its convolutions): what the fold adds.
 
 Each variant runs in its own process because the engine tunes glibc's allocator process-wide:
 Cohen's code in a process that had run ours would get that speed-up too. Wall times are the
@@ -43,7 +45,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 import cohen_codebase  # noqa: E402
 
-VARIANTS = ("cohen", "compat", "packed", "packed+compile")
+VARIANTS = ("cohen", "compat", "packed", "packed+compile", "compat-nofold", "packed-nofold")
 SIGMA, N0, ALPHA, BATCH = 0.25, 100, 0.001, 1000
 
 
@@ -74,13 +76,15 @@ def run_variant(variant: str, workdir: Path, images: int, n: int) -> None:
     argv = ["cifar10", workdir / "checkpoint.pth.tar", SIGMA, workdir / f"{variant}.tsv",
             "--N0", N0, "--N", n, "--alpha", ALPHA, "--batch", BATCH, "--max", images]
     os.chdir(workdir)
+    if variant.endswith("-nofold"):
+        os.environ["DUALRS_FAST_FOLD_BN"] = "0"
     cpu = time.process_time()
     if variant.startswith("packed"):
         from dualrs_fast.cohen_certify import main
         compile_flag = ["--compile"] if variant.endswith("compile") else []
         main([str(a) for a in argv] + ["--pack", str(images)] + compile_flag)
     else:
-        core = cohen_codebase.compat_core() if variant == "compat" else None
+        core = cohen_codebase.compat_core() if variant.startswith("compat") else None
         cohen_codebase.run_script("certify.py", argv, core=core, cwd=workdir)
     (workdir / f"{variant}.cpu").write_text(str(time.process_time() - cpu))
 

@@ -1,7 +1,8 @@
 """Throughput benchmarks (pytest-benchmark). One run measures everything the ratios need:
 
 (a) certify throughput / the model's forward-only throughput on the same noisy batches,
-    for a tiny MLP, a small CNN and ResNet-20;
+    for a tiny MLP, a small CNN and ResNet-20 (whose certify runs a copy with BatchNorm
+    folded into its convolutions, so its (a) can exceed 1; also measured with fold_bn=False);
 (b) certify throughput / a plain Cohen-style loop with the same model, n and batch size;
 (c) Dual RS certify time / standard RS certify time;
 plus the noise and vote kernels per backend (which one ``auto`` should pick on this CPU).
@@ -77,9 +78,16 @@ class _Interleaved:
         return float(statistics.median(pairs))
 
 
-def _certify(model, x, n, noise_backend="auto"):
+def _certify(model, x, n, noise_backend="auto", fold_bn=None):
     return drs.certify(model, x, sigma=SIGMA, n0=N0, n=n, alpha=ALPHA, batch_size=BATCH, seed=0,
-                       noise_backend=noise_backend)
+                       noise_backend=noise_backend, fold_bn=fold_bn)
+
+
+def test_resnet20_without_folded_batchnorm(benchmark):
+    """(a) for ResNet-20 with fold_bn=False: the model's own forward, BatchNorm unfolded.
+    Forward-only always runs the model as given, so (a) above over this one is what the
+    folded copy gains."""
+    _ratio(benchmark, "resnet20", "a", "auto", "-nofold", fold_bn=False)
 
 
 # (model, ratio, noise backend); "auto" is numba-simd on AVX2 + FMA CPUs, "numba" the libm kernel
@@ -97,14 +105,14 @@ def test_models(benchmark, key, ratio, backend):
     _ratio(benchmark, key, ratio, backend, "" if backend == "auto" else "@" + backend)
 
 
-def _ratio(benchmark, key, ratio, backend, tag):
+def _ratio(benchmark, key, ratio, backend, tag, fold_bn=None):
     model, x, n = _model(key), _inputs(INPUTS[key]), _n(key)
     samples = x.shape[0] * (N0 + n)
     if ratio == "a":
         batches = certify_batches(x, SIGMA, N0, n, BATCH)
         assert sum(len(b) for b in batches) == samples
         forward = _Interleaved(lambda: forward_only(model, batches))
-        r = benchmark.pedantic(_certify, args=(model, x, n, backend), setup=forward,
+        r = benchmark.pedantic(_certify, args=(model, x, n, backend, fold_bn), setup=forward,
                                rounds=ROUNDS[key], warmup_rounds=1)
         assert r.prediction.shape == (x.shape[0],)
         certify_s, value = median_seconds(benchmark), forward.paired(benchmark)

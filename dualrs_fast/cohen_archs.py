@@ -102,6 +102,16 @@ def _init_like_he(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
+def _check_cifar_input(x: torch.Tensor) -> None:
+    if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+        raise ValueError(f"a CIFAR ResNet takes (N, 3, 32, 32) images, got {tuple(x.shape)}")
+
+
+# a call in the traced graph, not traced through: torch.fx can then trace the whole network
+# (fold.py folds its BatchNorms) and the check still runs on every call
+torch.fx.wrap("_check_cifar_input")
+
+
 class CifarResNetBody(nn.Module):
     """The CIFAR ResNet of depth 6n + 2 without its normalisation layer."""
 
@@ -120,8 +130,7 @@ class CifarResNetBody(nn.Module):
         _init_like_he(self)
 
     def forward(self, x):
-        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"a CIFAR ResNet takes (N, 3, 32, 32) images, got {tuple(x.shape)}")
+        _check_cifar_input(x)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))

@@ -4,7 +4,7 @@
 
 Same positional arguments and options as theirs (``dataset base_classifier sigma outfile
 --batch --skip --max --split --N0 --N --alpha``) plus ``--pack`` (inputs per
-``compat.Smooth.certify_many`` call), ``--seed`` and ``--compile``. ``dataset`` is ``cifar10`` (read, like
+``compat.Smooth.certify_many`` call), ``--seed``, ``--compile`` and ``--no-fold-bn``. ``dataset`` is ``cifar10`` (read, like
 theirs, from ``./dataset_cache/cifar-10-batches-py``) or any ``--dataset`` of ``dualrs``
 (``cifar10:DIR``, ``npz:PATH``, ...). The model file loads as weights only (their training
 snapshots name the architecture). The log has their columns; each row's time is its call's
@@ -14,6 +14,7 @@ certificate (their ``{:.3}`` rounds to nearest, sometimes up).
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .compat import Smooth
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise seed (default: a fresh secret one per run)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (opt-in: tens of seconds once per process)")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", default=None,
+                   help="run the model as given, without folding BatchNorm into the "
+                        "convolutions (same as DUALRS_FAST_FOLD_BN=0)")
     return p
 
 
@@ -55,16 +59,30 @@ def _dataset_spec(dataset: str, split: str) -> str:
     return spec
 
 
+def _make_out_folder(outfile: str) -> None:
+    """As ``dualrs --out``: the outfile's folder is created when it lies under the working
+    directory (``runs/`` in the docs), refused with one line elsewhere, before anything loads."""
+    folder = Path(outfile).expanduser().resolve().parent
+    if folder.is_dir():
+        return
+    if not folder.is_relative_to(Path.cwd().resolve()):
+        raise SystemExit(f"outfile {outfile}: the folder {folder} does not exist; create it "
+                         f"first (mkdir -p {folder}) or write under the working directory")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .loading import check_model_on, load_dataset, load_model
     from .runner import select_indices
     args = build_parser().parse_args(argv)
     if args.pack < 1:
         raise SystemExit(f"--pack must be >= 1, got {args.pack}")
+    _make_out_folder(args.outfile)
     data = load_dataset(_dataset_spec(args.dataset, args.split))
     model = load_model(args.base_classifier, arch_option=None, kwargs_option=None)
     classes = check_model_on(model, data.x, None, min_outputs=int(data.y.max()) + 1)
-    smooth = Smooth(model, classes, args.sigma, seed=args.seed, compile=args.compile)
+    smooth = Smooth(model, classes, args.sigma, seed=args.seed, compile=args.compile,
+                    fold_bn=args.fold_bn)
     indices = select_indices(len(data), args.skip, None if args.max < 0 else args.max)
     with LogWriter(args.outfile) as log:
         for start in range(0, len(indices), args.pack):

@@ -37,14 +37,19 @@ class Smooth:
     ABSTAIN = smoothing.ABSTAIN
 
     def __init__(self, base_classifier: torch.nn.Module, num_classes: int, sigma: float, *,
-                 seed: Optional[int] = None, compile: bool = False):
+                 seed: Optional[int] = None, compile: bool = False,
+                 fold_bn: Optional[bool] = None):
         """seed: see the module's doc; compile: opt-in torch.compile of the base classifier
-        (a cold compile takes tens of seconds; see ``drs.certify``)."""
+        (a cold compile takes tens of seconds; see ``drs.certify``); fold_bn: sample through a
+        private copy with eval-mode BatchNorm folded into the convolutions (default on unless
+        DUALRS_FAST_FOLD_BN=0; the base classifier itself is never modified; see
+        ``drs.certify``)."""
         self.base_classifier = base_classifier
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.sigma = check_sigma(sigma)
         self.seed = None if seed is None else check_seed(seed)
         self.compile = bool(compile)
+        self.fold_bn = fold_bn
         self._noise_keys = 0  # noise keys handed out so far: call k draws under key k
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int):
@@ -161,7 +166,7 @@ class Smooth:
         counts for the classes it cannot output (as Cohen's counts do)."""
         counts = count_votes(self.base_classifier, x, sigma, draws, seed=seed, ids=ids,
                              batch_size=check_positive_int("batch_size", batch_size),
-                             compile=self.compile)
+                             compile=self.compile, fold_bn=self.fold_bn)
         width = counts.shape[-1]
         if width > self.num_classes:
             raise ValueError(f"the base classifier returns {width} logits but num_classes is "

@@ -207,19 +207,27 @@ def trust_case(*modules) -> str:
     return "weights in built-in architectures: stateless, row-independent functions"
 
 
-def fingerprint(*modules) -> str:
+def fingerprint(*modules, tensor_attributes: bool = False) -> str:
     """sha256 of everything that decides the modules' function, independent of file names:
     each submodule's class and plain attributes (constructor arguments such as ``config``,
     flags such as ``training``), all its parameters and buffers, persistent or not, and for
-    TorchScript the whole serialised module (code, constants, attributes, tensors)."""
+    TorchScript the whole serialised module (code, constants, attributes, tensors).
+    tensor_attributes: also tensors held as plain attributes (e.g. Cohen et al.'s
+    NormalizeLayer constants); off for the logs' model_sha256, whose value stays as it was."""
     h = hashlib.sha256()
     for k, module in enumerate(modules):
         h.update(f"model {k}|".encode())
-        _update_module(h, module)
+        _update_module(h, module, tensor_attributes)
     return h.hexdigest()
 
 
-def _update_module(h, module) -> None:
+def _update_tensor(h, what: str, name: str, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot view bytes
+    h.update(f"{what} {name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+
+
+def _update_module(h, module, tensor_attributes: bool = False) -> None:
     if isinstance(module, torch.jit.ScriptModule):
         h.update(b"torchscript|")
         h.update(module._c.save_to_buffer())  # deterministic: no time stamps, no random ids
@@ -231,17 +239,16 @@ def _update_module(h, module) -> None:
     for key, value in sorted(vars(module).items()):
         if not key.startswith("_") and _is_plain(value):  # torch's own state is _-prefixed
             h.update(f"{key}={json.dumps(value, sort_keys=True)}|".encode())
+        elif tensor_attributes and not key.startswith("_") and isinstance(value, torch.Tensor):
+            _update_tensor(h, "attribute", key, value)
     for what, tensors in (("param", module.named_parameters(recurse=False)),
                           ("buffer", module.named_buffers(recurse=False))):
         for name, t in tensors:
-            if t is None:
-                continue
-            t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot view bytes
-            h.update(f"{what} {name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
+            if t is not None:
+                _update_tensor(h, what, name, t)
     for name, child in module.named_children():
         h.update(f"child {name}|".encode())
-        _update_module(h, child)
+        _update_module(h, child, tensor_attributes)
 
 
 def _is_plain(value) -> bool:

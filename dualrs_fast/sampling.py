@@ -20,7 +20,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .batch_probe import PROBE_ROWS, check_batch_independent
+from .batch_probe import PROBE_ROWS, check_batch_independent, rtol
+from .fold import agrees_on, fold_wanted, folded_copy
 from .noise import (Stream, fill_noisy_row_pairs, fill_noisy_rows, resolve_backend,
                     triton_available)
 from .progress import progress_bar
@@ -205,24 +206,40 @@ def _model_input(rows: torch.Tensor, x_shape, use_cl: bool) -> torch.Tensor:
     return rows.view((-1,) + tuple(x_shape[1:]))
 
 
+def _folded_agrees(folded, reference: torch.Tensor, run, device) -> bool:
+    """The folded copy gives the model's probe logits up to the batch probe's tolerance
+    (a trace that changed the function, or fails, leaves the model as it is)."""
+    try:
+        with threads_for_rows(PROBE_ROWS, device):
+            logits = run(folded)
+    except Exception:  # noqa: BLE001 - any failure of the copy: the model runs as given
+        return False
+    return agrees_on(reference, logits, rtol(reference.dtype))
+
+
 def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                 ids: torch.Tensor, batch_size: int, num_classes=None, channels_last=None,
                 compile: bool = False, noise_backend: str = "auto",
                 progress: Optional[bool] = False, pass_sigma: bool = False, desc: str = "sampling",
-                votes_backend: str = "auto") -> torch.Tensor:
+                votes_backend: str = "auto", fold_bn: Optional[bool] = None) -> torch.Tensor:
     """Votes of ``model`` on x[i] + sigma[i] * noise -> int64 counts (len(draws), B, K).
 
     x: (B, ...) validated batch; sigma: (B,) per-input noise levels; ids: (B,) noise keys.
     pass_sigma: call ``model(noisy, sigma_rows)`` (noise-conditioned models, denoisers) with
     each row's noise level, a float32 tensor (rows,).
-    channels_last: feed (B, C, H, W) batches in channels_last layout and store the model's
-    convolution weights channels_last, in place (``use_channels_last_weights``; default: on
+    channels_last: feed (B, C, H, W) batches in channels_last layout and store the
+    convolution weights channels_last, in place (``use_channels_last_weights``: the folded
+    copy's where ``fold_bn`` applies, else the model's own; default: on
     for 4-D inputs, including C = 1); the counts do not depend on it beyond float rounding in
     the model. On the CPU the first call tunes glibc's allocator for the whole process
     (``tune_cpu_allocator_once``; opt out with DUALRS_FAST_TUNE_MALLOC=0).
     noise_backend / votes_backend: 'auto' (numba-simd / numba on the CPU, triton on CUDA) or a
     name from ``noise.BACKENDS`` / ``VOTES_BACKENDS`` (e.g. noise_backend='numba', the libm
     kernel, equal to 'numba-simd' up to float rounding).
+    fold_bn: on the CPU without ``compile``, run the batches through a private copy of the
+    model with eval-mode BatchNorm folded into the preceding convolutions (``fold.py``; the
+    model itself is not modified), once its logits on the probe rows match the model's to
+    the batch probe's tolerance. Default (None): on, unless DUALRS_FAST_FOLD_BN=0.
 
     Refused before any sampling: a model in training mode, parameters of another dtype than
     x, sigma within MIN_SIGMA_STEPS float steps of an input's magnitude, more than 2**32
@@ -235,7 +252,7 @@ def count_votes(model, x: torch.Tensor, sigma: torch.Tensor, draws: Sequence[Dra
     return _count_heads([head], x, draws, seed=seed, ids=ids, batch_size=batch_size,
                         channels_last=channels_last, compile=compile,
                         noise_backend=noise_backend, progress=progress, desc=desc,
-                        votes_backend=votes_backend)[0]
+                        votes_backend=votes_backend, fold_bn=fold_bn)[0]
 
 
 @dataclass(frozen=True)
@@ -264,7 +281,8 @@ def count_votes_shared_noise(heads: Sequence[Head], x: torch.Tensor, draws: Sequ
 def _count_heads(heads: Sequence[Head], x: torch.Tensor, draws: Sequence[Draw], *, seed: int,
                  ids: torch.Tensor, batch_size: int, channels_last=None, compile: bool = False,
                  noise_backend: str = "auto", progress: Optional[bool] = False,
-                 desc: str = "sampling", votes_backend: str = "auto") -> list:
+                 desc: str = "sampling", votes_backend: str = "auto",
+                 fold_bn: Optional[bool] = None) -> list:
     """The engine behind ``count_votes`` (one head) and ``count_votes_shared_noise`` (two
     heads on one draw of z) -> one counts tensor per head."""
     for head in heads:
@@ -313,9 +331,11 @@ def _count_heads(heads: Sequence[Head], x: torch.Tensor, draws: Sequence[Draw], 
     use_cl = (x.dim() == 4) if channels_last is None else bool(channels_last)
     if use_cl and x.dim() != 4:
         raise ValueError("channels_last needs (B, C, H, W) inputs")
-    if use_cl:
-        for head in heads:
-            use_channels_last_weights(head.model)
+    fold = device.type == "cpu" and not compile and fold_wanted(fold_bn)
+    folded = [folded_copy(head.model) if fold else None for head in heads]
+    if use_cl:  # the model's own weights only where it runs the batches itself
+        for head, copy in zip(heads, folded):
+            use_channels_last_weights(head.model if copy is None else copy)
     if device.type == "cpu":
         tune_cpu_allocator_once()
     cl_shape = tuple(x.shape[1:]) if use_cl and x.shape[1] > 1 else None
@@ -366,15 +386,25 @@ def _count_heads(heads: Sequence[Head], x: torch.Tensor, draws: Sequence[Draw], 
                 f"x[None] (1, H, W), for a batch of them x[:, None] (B, 1, H, W). "
                 f"The model said: {reason}") from exc
         check_logits(logits, probes[h][rows].shape[0], heads[h].num_classes)
+        if rows == slice(0, PROBE_ROWS):
+            probe_logits[h] = logits
         return logits
 
     num_classes = [head.num_classes for head in heads]
     counts, bad, votes = [None] * len(heads), [None] * len(heads), [None] * len(heads)
+    probe_logits = [None] * len(heads)
     # no_grad, not inference_mode: a model may use autograd inside forward (as it can under
     # Cohen et al.'s no_grad)
     with torch.no_grad():
         for h in range(len(heads)):
             check_batch_independent(functools.partial(probe_call, h))
+            if folded[h] is None:
+                continue
+            if _folded_agrees(folded[h], probe_logits[h],
+                              lambda m, h=h: call(h, m, probes[h], probe_input), device):
+                forwards[h] = folded[h]
+            elif use_cl:
+                use_channels_last_weights(heads[h].model)
     with torch.no_grad(), progress_bar(total, desc, "samples", progress,
                                               unit_scale=True) as bar:
         for seg, row_input, row_stream, row_j in _row_maps(total, rows_per_batch, seg_end,

@@ -303,7 +303,8 @@ def certify_radii(model, x, radii, sigma=None, alpha: float = 0.001, n_max: int 
                   n0: int = 100, batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
                   futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
                   channels_last=None, compile: bool = False, noise_backend: str = "auto",
-                  progress: Optional[bool] = None) -> RadiiResult:
+                  progress: Optional[bool] = None, fold_bn: Optional[bool] = None
+                  ) -> RadiiResult:
     """Which grid radii does the smoothed classifier certify at x? Sequential CERTIFY with
     early stopping (module docstring: procedure and why it is sound).
 
@@ -327,7 +328,8 @@ def certify_radii(model, x, radii, sigma=None, alpha: float = 0.001, n_max: int 
         return count_votes(model, xb[members], sigma_in[members], draws, seed=seed,
                            ids=ids[members], batch_size=batch_size, num_classes=num_classes,
                            channels_last=channels_last, compile=compile,
-                           noise_backend=noise_backend, progress=False, desc="certify_radii")
+                           noise_backend=noise_backend, progress=False, desc="certify_radii",
+                           fold_bn=fold_bn)
 
     return run_standard(votes, sigma_in, radii, alpha, n_max, n0, futility, progress, seed)
 

@@ -27,15 +27,16 @@ from .validation import check_model_callable, check_positive_int, check_sigma
 class StandardSmoothing(log_rows.CohenLog):
     """Standard randomized smoothing (Cohen et al. 2019): ``model`` smoothed at ``sigma``
     (pixel scale, default 0.25), with the engine options of ``smoothing.certify``
-    (num_classes, channels_last, compile, noise_backend) fixed for every call."""
+    (num_classes, channels_last, compile, noise_backend, fold_bn) fixed for every call."""
 
     def __init__(self, model, sigma: Optional[float] = None, *, num_classes=None,
-                 channels_last=None, compile: bool = False, noise_backend: str = "auto"):
+                 channels_last=None, compile: bool = False, noise_backend: str = "auto",
+                 fold_bn: Optional[bool] = None):
         check_model_callable(model)
         self.model = model
         self.sigma = check_sigma(DEFAULT_SIGMA if sigma is None else sigma)
         self.engine = dict(num_classes=num_classes, channels_last=channels_last,
-                           compile=compile, noise_backend=noise_backend)
+                           compile=compile, noise_backend=noise_backend, fold_bn=fold_bn)
 
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch_size: int = 1000, seed: Optional[int] = None, *, ids=None,
@@ -85,7 +86,8 @@ class StandardSmoothing(log_rows.CohenLog):
 #: the smoothers: ``certify`` and friends call their own methods
 SMOOTHERS = (StandardSmoothing, DualSmoothing, CascadeSmoothing)
 #: the engine options of a plain model's calls, as their defaults (a smoother holds its own)
-ENGINE_DEFAULTS = dict(num_classes=None, channels_last=None, compile=False, noise_backend="auto")
+ENGINE_DEFAULTS = dict(num_classes=None, channels_last=None, compile=False, noise_backend="auto",
+                       fold_bn=None)
 
 
 def _refuse_options(smoother, **options) -> None:
@@ -103,38 +105,39 @@ def _refuse_options(smoother, **options) -> None:
 def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             batch_size: int = 1000, seed: Optional[int] = None, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
-            progress: Optional[bool] = None) -> CertifyResult:
+            progress: Optional[bool] = None, fold_bn: Optional[bool] = None) -> CertifyResult:
     if isinstance(model, SMOOTHERS):
-        _refuse_options(model, sigma=sigma, num_classes=num_classes,
-                        channels_last=channels_last, compile=compile, noise_backend=noise_backend)
+        _refuse_options(model, sigma=sigma, num_classes=num_classes, channels_last=channels_last,
+                        compile=compile, noise_backend=noise_backend, fold_bn=fold_bn)
         return model.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                              ids=ids, progress=progress)
     return smoothing.certify(model, x, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                              seed=seed, ids=ids, num_classes=num_classes,
                              channels_last=channels_last, compile=compile,
-                             noise_backend=noise_backend, progress=progress)
+                             noise_backend=noise_backend, progress=progress, fold_bn=fold_bn)
 
 
 certify.__doc__ = smoothing.certify.__doc__ + """
     ``model`` may also be a smoother: StandardSmoothing, DualSmoothing or CascadeSmoothing
-    (then sigma, num_classes, channels_last, compile and noise_backend are refused; its own
+    (then sigma and the engine options num_classes, channels_last, compile, noise_backend and
+    fold_bn are refused; its own
     options, e.g. estimator_rounds, need ``model.certify``).
     """
 
 
 def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
             seed: Optional[int] = None, *, ids=None, num_classes=None, channels_last=None,
-            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None
-            ) -> torch.Tensor:
+            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None,
+            fold_bn: Optional[bool] = None) -> torch.Tensor:
     if isinstance(model, SMOOTHERS):
-        _refuse_options(model, sigma=sigma, num_classes=num_classes,
-                        channels_last=channels_last, compile=compile, noise_backend=noise_backend)
+        _refuse_options(model, sigma=sigma, num_classes=num_classes, channels_last=channels_last,
+                        compile=compile, noise_backend=noise_backend, fold_bn=fold_bn)
         return model.predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed, ids=ids,
                              progress=progress)
     return smoothing.predict(model, x, sigma, n=n, alpha=alpha, batch_size=batch_size,
                              seed=seed, ids=ids, num_classes=num_classes,
                              channels_last=channels_last, compile=compile,
-                             noise_backend=noise_backend, progress=progress)
+                             noise_backend=noise_backend, progress=progress, fold_bn=fold_bn)
 
 
 predict.__doc__ = smoothing.predict.__doc__ + """
@@ -147,7 +150,8 @@ def certify_radii(model, x, radii, sigma=None, alpha: float = 0.001, n_max: int 
                   futility_alpha: Optional[float] = FUTILITY_ALPHA, num_classes=None,
                   channels_last=None, compile: bool = False, noise_backend: str = "auto",
                   progress: Optional[bool] = None, n0_estimator: Optional[int] = None,
-                  n_max_estimator: Optional[int] = None) -> RadiiResult:
+                  n_max_estimator: Optional[int] = None, fold_bn: Optional[bool] = None
+                  ) -> RadiiResult:
     """Which grid radii does the smoothed classifier certify at x? Sequential CERTIFY with
     early stopping (``sequential_radii``: procedure and why it is sound).
 
@@ -165,12 +169,12 @@ def certify_radii(model, x, radii, sigma=None, alpha: float = 0.001, n_max: int 
     over the checkpoints.
     """
     engine = dict(num_classes=num_classes, channels_last=channels_last, compile=compile,
-                  noise_backend=noise_backend)
+                  noise_backend=noise_backend, fold_bn=fold_bn)
     common = dict(ids=ids, futility_alpha=futility_alpha, progress=progress)
     if isinstance(model, DualSmoothing):
         if engine != ENGINE_DEFAULTS:
-            raise TypeError("num_classes, channels_last, compile and noise_backend cannot be "
-                            "used with a DualSmoothing model (it runs its own models)")
+            raise TypeError("num_classes, channels_last, compile, noise_backend and fold_bn "
+                            "cannot be used with a DualSmoothing model (it runs its own models)")
         n_estimator = None if n_max_estimator is None else check_positive_int(
             "n_max_estimator", n_max_estimator)
         return model.certify_radii(x, radii, alpha, n_max, n0, batch_size, seed,

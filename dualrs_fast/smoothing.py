@@ -68,7 +68,7 @@ def certify_counts(selection: torch.Tensor, estimation: torch.Tensor, n: int, al
 def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             batch_size: int = 1000, seed: Optional[int] = None, *, ids=None, num_classes=None,
             channels_last=None, compile: bool = False, noise_backend: str = "auto",
-            progress: Optional[bool] = None) -> CertifyResult:
+            progress: Optional[bool] = None, fold_bn: Optional[bool] = None) -> CertifyResult:
     """Certify the smoothed classifier g(x) = argmax_c P(model(x + N(0, sigma^2 I)) = c).
 
     Noise keys: input i's noise is a function of (seed, ids[i]), and the default ids are
@@ -95,7 +95,10 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
     shape). noise_backend: 'auto' (CPU: 'numba-simd' where the CPU has AVX2 + FMA, else
     'numba'; CUDA: 'triton' if installed; else 'torch'), or one of those names; backends agree
     up to float rounding. progress: True (a tqdm bar; off a terminal at most three lines),
-    False, or None (default: a bar on a terminal once the call has run 5 s).
+    False, or None (default: a bar on a terminal once the call has run 5 s). fold_bn: on the
+    CPU, run a private copy of the model with eval-mode BatchNorm folded into the preceding
+    convolutions (the same function up to float rounding; docs/cohen.md); None (default) is
+    on unless DUALRS_FAST_FOLD_BN=0, False runs the model exactly as given.
     """
     xb, _ = as_input_batch(x)
     sig = _sigma_per_input(sigma, xb.shape[0])
@@ -106,7 +109,8 @@ def certify(model, x, sigma=None, n0: int = 100, n: int = 100_000, alpha: float 
                          seed=seed, ids=check_ids(ids, xb.shape[0]),
                          batch_size=check_positive_int("batch_size", batch_size),
                          num_classes=num_classes, channels_last=channels_last, compile=compile,
-                         noise_backend=noise_backend, progress=progress, desc="certify")
+                         noise_backend=noise_backend, progress=progress, desc="certify",
+                         fold_bn=fold_bn)
     return certify_counts(counts[0], counts[1], n, alpha, sig, seed=seed)
 
 
@@ -121,8 +125,8 @@ def predict_counts(counts: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
             seed: Optional[int] = None, *, ids=None, num_classes=None, channels_last=None,
-            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None
-            ) -> torch.Tensor:
+            compile: bool = False, noise_backend: str = "auto", progress: Optional[bool] = None,
+            fold_bn: Optional[bool] = None) -> torch.Tensor:
     """Evaluate g(x) with probability >= 1 - alpha of not returning a wrong class
     (returns ABSTAIN when unsure). -> LongTensor (B,).
 
@@ -137,5 +141,6 @@ def predict(model, x, sigma=None, n: int = 100_000, alpha: float = 0.001, batch_
                          ids=check_ids(ids, xb.shape[0]),
                          batch_size=check_positive_int("batch_size", batch_size),
                          num_classes=num_classes, channels_last=channels_last, compile=compile,
-                         noise_backend=noise_backend, progress=progress, desc="predict")
+                         noise_backend=noise_backend, progress=progress, desc="predict",
+                         fold_bn=fold_bn)
     return predict_counts(counts[0], alpha)

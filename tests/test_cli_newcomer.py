@@ -144,3 +144,21 @@ def test_warnings_from_the_command_are_one_line(capsys, monkeypatch):
         warnings.simplefilter("always")
         assert cli.main(["plot", "some.tsv"]) == 0
     assert capsys.readouterr().err == "dualrs plot: warning: sigma is small\n"
+
+
+def test_cohen_certify_makes_its_outfile_folder_under_the_working_directory(toy, tmp_path,
+                                                                            monkeypatch):
+    """docs/cohen.md's `python -m dualrs_fast.cohen_certify ... runs/r110_cohen.tsv` works in a
+    fresh clone (no runs/ yet); a missing folder elsewhere is refused before anything loads."""
+    from dualrs_fast import cohen_certify
+    monkeypatch.chdir(tmp_path)
+    common = [str(toy / "toy.pt"), str(toy / "mlp.pt"), "0.5"]
+    options = ["--N0", "10", "--N", "50", "--max", "2", "--seed", "0"]
+    missing = toy / "no_such_folder"  # not under the working directory
+    with pytest.raises(SystemExit) as exit_info:
+        cohen_certify.main([*common, str(missing / "x.tsv"), *options])
+    assert "does not exist" in str(exit_info.value) and f"mkdir -p {missing}" in str(exit_info.value)
+    assert not missing.exists()
+    assert cohen_certify.main([*common, "runs/x.tsv", *options]) == 0
+    lines = (tmp_path / "runs" / "x.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:3] == ["idx", "label", "predict"] and len(lines) == 3
