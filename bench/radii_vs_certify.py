@@ -31,6 +31,7 @@ import torch
 
 import dualrs_fast as drs
 from dualrs_fast.bounds import certified_radius
+from dualrs_fast.level_passes import level_counts
 from dualrs_fast.loading import load_dataset
 from dualrs_fast.models import load_default_classifier, load_default_dual
 from dualrs_fast.noise import Stream
@@ -76,10 +77,10 @@ def run_certify(args, x, model):
         level = ve.prediction[routed]
 
         def classifier():
-            return dual._classifier_counts(x[routed], level,
-                                           _draws(Stream.SELECT, Stream.ESTIMATE, args.n0, args.n,
-                                                  args.block),
-                                           0, ids[routed], args.batch, False)
+            return level_counts(dual, x[routed], ids[routed], level,
+                                _draws(Stream.SELECT, Stream.ESTIMATE, args.n0, args.n,
+                                       args.block), seed=0, batch_size=args.batch,
+                                progress=False)[0]
         cls_counts, sec2, cpu2 = _timed(classifier)
         sigma = torch.tensor(dual.sigmas, dtype=torch.float64)[level]
         cls = certify_counts(cls_counts[0], cls_counts[1:].sum(0), args.n, alpha_cls, sigma)

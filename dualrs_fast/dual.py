@@ -14,6 +14,9 @@ Order of the passes: the estimator's selection samples choose every input's leve
 - the others run their classifier, then the estimator's estimation samples in rounds that
   stop once R_ve >= R_cls (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator
   samples before the classifier, which then runs only where the estimator certified).
+The shared inputs' joint votes and every level's classifier share one engine pass
+(``level_passes``: the same counts as a pass per expert), so the default makes at most
+2 + estimator_rounds passes per call: selection, that pass, the estimator's rounds.
 """
 import math
 import warnings
@@ -27,6 +30,7 @@ from .bounds import certified_radius
 from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
                                 same_function, split_joint)
 from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
+from .level_passes import level_counts
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
 from .sequential_radii import FUTILITY_ALPHA, RadiiResult, certify_radii_dual
@@ -209,27 +213,6 @@ class DualSmoothing:
             raise ValueError("all classifier experts must return the same number of classes, "
                              f"got {', '.join(f'{w} at sigma {s}' for s, w in widths.values())}")
 
-    def _classifier_counts(self, xb, level, draws, seed, ids, batch_size, progress):
-        """Counts (len(draws), B, K) of each input's route at its sigma; routes sharing one
-        model are packed into one pass."""
-        counts = None
-        groups = {}
-        for k in level.unique().tolist():
-            groups.setdefault(id(self.routes[k]), []).append(k)
-        for ks in groups.values():
-            members = torch.nonzero(torch.isin(level, torch.tensor(ks))).reshape(-1)
-            sigma = torch.tensor(self.sigmas, dtype=torch.float64)[level[members]]
-            c = count_votes(self.routes[ks[0]], xb[members], sigma, draws, seed=seed,
-                            ids=ids[members], batch_size=batch_size, pass_sigma=True,
-                            progress=progress, desc="classifier")
-            if counts is None:
-                counts = torch.zeros((len(draws), xb.shape[0], c.shape[2]), dtype=torch.int64,
-                                     device=c.device)
-            elif c.shape[2] != counts.shape[2]:
-                raise ValueError("all classifier experts must return the same number of classes")
-            counts[:, members.to(c.device)] = c
-        return counts
-
     def shared_level(self, x: torch.Tensor) -> Optional[int]:
         """The level whose classifier votes come from the estimator's own forward pass
         (``derived_estimator``): the estimator derives from an expert, and the level at
@@ -318,31 +301,23 @@ class DualSmoothing:
             p_lower[members] = cls.p_lower
 
         shared = run.shared_inputs(ve.level)
-        if shared.numel():
-            cls = run.shared_pass(ve, shared, n0, n, n_ve, alpha_ve, alpha_cls)
-            keep(shared, cls, torch.full((shared.numel(),), self.estimator_sigma,
-                                         dtype=torch.float64))
         is_shared = torch.isin(torch.arange(batch), shared)
         own = torch.nonzero(~is_shared).reshape(-1)
-        routed = own
+        routed = own  # inputs whose classifier runs
         if share_noise:  # plain, on one draw of z per estimation sample (shared_noise)
             if own.numel():
                 keep(own, *certify_on_shared_noise(self, ve, xb[own], ids[own], own, n0, n, n_ve,
                                                    alpha_ve, alpha_cls, seed, batch_size,
                                                    progress))
-        else:
-            if rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
-                ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
-                       torch.full((own.numel(),), math.inf, dtype=torch.float64))
-                routed = own[~ve.abstains[own]]
-            if routed.numel():
-                level = ve.level[routed]
-                cls_counts = self._classifier_counts(
-                    xb[routed], level, [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)], seed,
-                    ids[routed], batch_size, progress)
-                sigma_routed = torch.tensor(self.sigmas, dtype=torch.float64)[level]
-                keep(routed, certify_counts(cls_counts[0], cls_counts[1], n, alpha_cls,
-                                            sigma_routed), sigma_routed)
+        elif rounds == 1:  # plain: the estimator's verdict first, the classifier where it holds
+            ve.run(run.estimator_votes, own, [[n_ve]] * own.numel(), alpha_ve,
+                   torch.full((own.numel(),), math.inf, dtype=torch.float64))
+            routed = own[~ve.abstains[own]]
+        # one engine pass: the shared inputs' joint votes and the routed inputs' classifiers
+        on_pass = routed[:0] if share_noise else routed
+        for members, cls, sigma_members in run.level_pass(ve, shared, on_pass, n0, n, n_ve,
+                                                          alpha_ve, alpha_cls):
+            keep(members, cls, sigma_members)
         if rounds > 1:  # the estimator where the classifier certified, stopping at R_cls
             wanted = routed[prediction[routed] != ABSTAIN]
             schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,
@@ -393,8 +368,9 @@ class DualSmoothing:
         prediction = torch.full((batch,), ABSTAIN, dtype=torch.int64)
         routed = torch.nonzero(level != ABSTAIN).reshape(-1)
         if routed.numel():
-            counts = self._classifier_counts(xb[routed], level[routed], [Draw(Stream.PREDICT, n)],
-                                             seed, ids[routed], batch_size, progress)
+            counts, _ = level_counts(self, xb[routed], ids[routed], level[routed],
+                                     [Draw(Stream.PREDICT, n)], seed=seed, batch_size=batch_size,
+                                     progress=progress)  # every level in one pass
             prediction[routed] = predict_counts(counts[0], alpha_cls)
         return prediction
 
@@ -488,26 +464,48 @@ class _CertifyRun:
             return torch.zeros(0, dtype=torch.int64)
         return torch.nonzero(level == self.shared_level).reshape(-1)
 
-    def shared_pass(self, ve: EstimatorBounds, members, n0: int, n: int, n_ve: int,
-                    alpha_ve: float, alpha_cls: float):
-        """One joint pass for ``members``: max(n, n_ve) estimation samples (the classifier
-        counts the first n, the estimator the first n_ve) and the class selection samples
-        beyond n0_ve if n0 > n0_ve. -> the classifier's CertifyResult; R_ve goes to ``ve``."""
+    def level_pass(self, ve: EstimatorBounds, shared, routed, n0: int, n: int, n_ve: int,
+                   alpha_ve: float, alpha_cls: float):
+        """One engine pass (``level_passes``) for the ``shared`` inputs' joint votes and the
+        ``routed`` inputs' classifier votes (n0 selection and n estimation samples at their
+        sigma). A shared input draws max(n, n_ve) estimation samples (the classifier counts
+        the first n, the estimator the first n_ve) and the class selection samples beyond
+        n0_ve if n0 > n0_ve; its R_ve goes to ``ve``. -> [(members, the classifier's
+        CertifyResult, their sigmas)] for the shared and the routed inputs."""
+        members = torch.cat([shared, routed])
+        if not members.numel():
+            return []
         first, most = min(n, n_ve), max(n, n_ve)
-        draws = [Draw(ESTIMATE_STREAM, first)]
-        if most > first:
-            draws.append(Draw(ESTIMATE_STREAM, most - first, start=first))
-        selected = self.class_selection[members.to(self.class_selection.device)]
-        extra = max(0, n0 - self.selection_drawn)
-        if extra:
-            draws.append(Draw(SELECT_STREAM, extra, start=self.selection_drawn))
-        classes, levels = split_joint(self._count(self.joint, members, draws, "estimator"),
-                                      self.levels)
-        if extra:
-            selected = selected + classes[-1]
-        class_counts = classes[0] + (classes[1] if n > first else 0)
-        level_counts = levels[0] + (levels[1] if n_ve > first else 0)
-        ve.add(members, level_counts, n_ve, alpha_ve)
-        return certify_counts(selected, class_counts, n, alpha_cls,
-                              torch.full((members.numel(),), self.dual.estimator_sigma,
-                                         dtype=torch.float64))
+        extra = max(0, n0 - self.selection_drawn) if shared.numel() else 0
+        on_shared = torch.arange(members.numel()) < shared.numel()
+
+        def per_input(shared_value, routed_value):  # a draw's samples for each member
+            return torch.where(on_shared, shared_value, routed_value)
+        start = self.selection_drawn if shared.numel() else 0
+        draws = [Draw(ESTIMATE_STREAM, per_input(first, 0)),
+                 Draw(ESTIMATE_STREAM, per_input(most - first, 0), start=first),
+                 Draw(SELECT_STREAM, per_input(extra, 0), start=start),
+                 Draw(Stream.SELECT, per_input(0, n0)), Draw(Stream.ESTIMATE, per_input(0, n))]
+        level = ve.level[members]
+        classes, levels = level_counts(
+            self.dual, self.xb[members], self.ids[members], level, draws, seed=self.seed,
+            batch_size=self.batch_size, progress=self.progress,
+            joint=(self.shared_level, self.joint) if shared.numel() else None)
+        out = []
+        if shared.numel():
+            mine = torch.arange(shared.numel(), device=classes.device)
+            selected = self.class_selection[shared.to(self.class_selection.device)]
+            if extra:
+                selected = selected + classes[2][mine].to(selected.device)
+            class_counts = classes[0][mine] + (classes[1][mine] if n > first else 0)
+            level_counts_ = levels[0][mine] + (levels[1][mine] if n_ve > first else 0)
+            ve.add(shared, level_counts_, n_ve, alpha_ve)
+            sigma = torch.full((shared.numel(),), self.dual.estimator_sigma, dtype=torch.float64)
+            out.append((shared, certify_counts(selected, class_counts.to(selected.device), n,
+                                               alpha_cls, sigma), sigma))
+        if routed.numel():
+            mine = torch.arange(shared.numel(), members.numel(), device=classes.device)
+            sigma = torch.tensor(self.dual.sigmas, dtype=torch.float64)[ve.level[routed]]
+            out.append((routed, certify_counts(classes[3][mine], classes[4][mine], n, alpha_cls,
+                                               sigma), sigma))
+        return out

@@ -62,6 +62,7 @@ import torch
 
 from .bounds import certified_radius, clopper_pearson_upper
 from .estimator_rounds import within_alpha
+from .level_passes import level_counts
 from .noise import Stream
 from .progress import progress_bar
 from .sampling import Draw, count_votes
@@ -364,7 +365,6 @@ def certify_radii_dual(dual, x, radii, alpha: float = 0.001, n_max: int = 100_00
     n0_ve = check_positive_int("n0_estimator", n0 if n0_estimator is None else n0_estimator)
     n_ve = check_positive_int("n_estimator", n_max if n_estimator is None else n_estimator)
     sigma_ve = torch.full((xb.shape[0],), dual.estimator_sigma, dtype=torch.float64)
-    level_sigma = torch.tensor(dual.sigmas, dtype=torch.float64)
 
     def estimator_votes(members, draws):
         return count_votes(dual.estimator, xb[members], sigma_ve[members], draws, seed=seed,
@@ -372,25 +372,9 @@ def certify_radii_dual(dual, x, radii, alpha: float = 0.001, n_max: int = 100_00
                            num_classes=len(dual.sigmas), progress=False, desc="estimator")
 
     def classifier_votes(level, members, draws):
-        """Each member at its level's route; routes sharing one model in one pass."""
-        counts = None
-        by_route = {}
-        for k in level[members].unique().tolist():
-            by_route.setdefault(id(dual.routes[k]), []).append(k)
-        for ks in by_route.values():
-            mine = torch.isin(level[members], torch.tensor(ks))
-            group = members[mine]
-            c = count_votes(dual.routes[ks[0]], xb[group], level_sigma[level[group]],
-                            [_subset(d, mine) for d in draws], seed=seed,
-                            ids=ids[group], batch_size=batch_size, pass_sigma=True,
-                            progress=False, desc="classifier")
-            if counts is None:
-                counts = torch.zeros((len(draws), members.numel(), c.shape[2]),
-                                     dtype=torch.int64, device=c.device)
-            elif c.shape[2] != counts.shape[2]:
-                raise ValueError("all classifier experts must return the same number of classes")
-            counts[:, torch.nonzero(mine).reshape(-1).to(c.device)] = c
-        return counts
+        """Each member at its level's route, all levels in one pass (``level_passes``)."""
+        return level_counts(dual, xb[members], ids[members], level[members], draws, seed=seed,
+                            batch_size=batch_size, progress=False)[0]
 
     return run_dual(dual, estimator_votes, classifier_votes, xb.shape[0], radii, alpha, n_max,
                     n0, n_ve, n0_ve, futility, progress, seed)
@@ -443,13 +427,6 @@ def on_grid(r, radii: tuple, n_max: int) -> RadiiResult:
                        certified=_certified(radii, index), radii=radii,
                        samples=r.samples.clone(), n_max=n_max, alpha=r.alpha,
                        sigma=r.sigma.float(), seed=r.seed)
-
-
-def _subset(draw: Draw, mask: torch.Tensor) -> Draw:
-    """The draw for the inputs selected by ``mask`` (per-input counts and starts sliced)."""
-    def pick(v):
-        return v[mask] if isinstance(v, torch.Tensor) else v
-    return Draw(draw.stream, pick(draw.num_samples), pick(draw.start))
 
 
 def _index_radius(radii: tuple, index: np.ndarray) -> torch.Tensor:

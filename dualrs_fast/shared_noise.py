@@ -47,10 +47,11 @@ shared pass). The sequential estimator usually draws far fewer estimator samples
 (docs/dual_rs_cost.md), so ``share_noise`` is an option of the plain procedure, not the
 default.
 """
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 
+from .level_passes import LevelRoutes
 from .noise import Stream
 from .sampling import Draw, Head, count_votes, count_votes_shared_noise
 from .smoothing import CertifyResult, certify_counts
@@ -59,38 +60,6 @@ from .smoothing import CertifyResult, certify_counts
 #: procedure's estimator votes are reproduced (a test swaps it for a selection stream to
 #: check the soundness tests bite)
 ESTIMATE_STREAM = Stream.ESTIMATOR_ESTIMATE
-
-
-class LevelRoutes(torch.nn.Module):
-    """Dual RS's routed classifier as one model, called as model(x_noisy, sigma_rows): each
-    row goes to the route of its level, known from its noise level (sigma_rows, float32 as
-    the engine passes it; a row at no level gets NaN logits, which the engine refuses). One
-    engine pass then serves inputs routed to different experts (one forward call per route
-    and batch), so the shared pass feeds the estimator all inputs at once."""
-
-    def __init__(self, routes: Sequence[torch.nn.Module], sigmas: Sequence[float]):
-        super().__init__()
-        self.level_sigmas = torch.tensor(sigmas, dtype=torch.float32)
-        if self.level_sigmas.unique().numel() != len(sigmas):
-            raise ValueError(f"share_noise needs levels that differ in float32, got {sigmas}")
-        self.routes = torch.nn.ModuleList(routes)
-
-    def forward(self, x: torch.Tensor, sigma_rows: torch.Tensor) -> torch.Tensor:
-        groups = {}  # routes sharing one model get their rows in one call
-        for k, route in enumerate(self.routes):
-            groups.setdefault(id(route), (route, []))[1].append(k)
-        out = None
-        for route, ks in groups.values():
-            rows = torch.isin(sigma_rows, self.level_sigmas[ks].to(sigma_rows.device))
-            if rows.all():
-                return route(x, sigma_rows)
-            if not rows.any():
-                continue
-            logits = route(x[rows], sigma_rows[rows])
-            if out is None:
-                out = logits.new_full((x.shape[0], logits.shape[1]), float("nan"))
-            out[rows] = logits
-        return out if out is not None else x.new_full((x.shape[0], 1), float("nan"))
 
 
 def shared_estimation_counts(dual, routes: LevelRoutes, xb: torch.Tensor, ids: torch.Tensor,

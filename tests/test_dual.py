@@ -364,7 +364,8 @@ def test_classifier_is_not_run_when_the_plain_estimator_abstains():
     dual.certify(x, n0=16, n=200, alpha=0.01, seed=0, estimator_rounds=1)
     for k, e in enumerate(experts.values()):
         seen = e.seen()[2 * WIDTH_ROWS:]                     # after both width checks
-        assert len(seen) == 2 * PROBE_ROWS + 16 + 200        # one input per expert
+        # one input per expert, both in one pass: its batch probe's rows alternate between them
+        assert len(seen) == PROBE_ROWS + 16 + 200
         assert torch.all((seen[:, 0] - x[6 + k, 0]).abs() < 10 * SIGMAS[k])
 
 
@@ -400,7 +401,9 @@ def test_inputs_are_routed_to_the_expert_of_their_level():
     assert (r.count == n).all()
     for k, s in enumerate(sigmas):
         seen = experts[s].seen()[WIDTH_ROWS:]
-        assert len(seen) == 2 * PROBE_ROWS + (n0 + n) * levels.count(k)
+        # all levels in one pass: its batch probe (whole, then halves) has one row per input
+        assert len(seen) == 2 * levels.count(k) * PROBE_ROWS // len(levels) + \
+            (n0 + n) * levels.count(k)
         # the rows are noisy copies of that level's inputs, at that level's sigma
         assert torch.all((seen[:, 0] - (-10.0, 0.5, 10.0)[k]).abs() < 8 * s)
         assert abs(float(seen[:, 0].std()) - s) < 0.2 * s
