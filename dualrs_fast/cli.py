@@ -764,19 +764,11 @@ def _train_classifier_command(args) -> int:
 
 
 def _check_out_folder(args) -> None:
-    """--out's folder is created when it lies under the working directory (runs/ in the docs'
-    examples); elsewhere a missing folder is more likely a typo than a wish, so it is refused
-    instead of created (e.g. at the filesystem root)."""
-    from pathlib import Path
-    out = getattr(args, "out", None)
-    if not out:
-        return
-    folder = Path(out).expanduser().resolve().parent
-    if folder.is_dir():
-        return
-    if not folder.is_relative_to(Path.cwd().resolve()):
-        raise ValueError(f"--out {out}: the folder {folder} does not exist; create it first "
-                         f"(mkdir -p {folder}) or write under the working directory")
+    """--out's folder: refused up front where it is missing outside the working directory
+    (``validation.check_output_folder``; the runner creates it otherwise)."""
+    from .validation import check_output_folder
+    if getattr(args, "out", None):
+        check_output_folder(args.out, "--out")
 
 
 def _dispatch(args) -> int:

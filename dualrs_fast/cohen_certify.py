@@ -14,11 +14,11 @@ certificate (their ``{:.3}`` rounds to nearest, sometimes up).
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 from .compat import Smooth
 from .logs import LogWriter
+from .validation import check_output_folder
 
 #: inputs per certify_many call: enough that the short last forward pass of each input's
 #: samples is shared, few enough that the log advances every few minutes
@@ -62,12 +62,10 @@ def _dataset_spec(dataset: str, split: str) -> str:
 def _make_out_folder(outfile: str) -> None:
     """As ``dualrs --out``: the outfile's folder is created when it lies under the working
     directory (``runs/`` in the docs), refused with one line elsewhere, before anything loads."""
-    folder = Path(outfile).expanduser().resolve().parent
-    if folder.is_dir():
-        return
-    if not folder.is_relative_to(Path.cwd().resolve()):
-        raise SystemExit(f"outfile {outfile}: the folder {folder} does not exist; create it "
-                         f"first (mkdir -p {folder}) or write under the working directory")
+    try:
+        folder = check_output_folder(outfile, "outfile")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     folder.mkdir(parents=True, exist_ok=True)
 
 

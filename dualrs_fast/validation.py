@@ -4,6 +4,7 @@ import math
 import numbers
 import secrets
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,6 +65,17 @@ def check_sample_count(name: str, value) -> int:
     if value > MAX_SAMPLES:
         raise ValueError(f"{name} must be < 2**32 (noise sample indices are 32-bit), got {value}")
     return value
+
+
+def check_output_folder(path: str, label: str) -> Path:
+    """The folder an output file goes into: a missing one under the working directory (runs/
+    in the docs' examples) is acceptable (the caller creates it); elsewhere a missing folder
+    is more likely a typo than a wish (e.g. at the filesystem root), so it is refused."""
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir() and not folder.is_relative_to(Path.cwd().resolve()):
+        raise ValueError(f"{label} {path}: the folder {folder} does not exist; create it first "
+                         f"(mkdir -p {folder}) or write under the working directory")
+    return folder
 
 
 def fresh_seed() -> int:
