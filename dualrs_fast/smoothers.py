@@ -172,9 +172,7 @@ def certify_radii(model, x, radii, sigma=None, alpha: float = 0.001, n_max: int 
                   noise_backend=noise_backend, fold_bn=fold_bn)
     common = dict(ids=ids, futility_alpha=futility_alpha, progress=progress)
     if isinstance(model, DualSmoothing):
-        if engine != ENGINE_DEFAULTS:
-            raise TypeError("num_classes, channels_last, compile, noise_backend and fold_bn "
-                            "cannot be used with a DualSmoothing model (it runs its own models)")
+        _refuse_options(model, **engine)  # sigma: ignored by Dual RS's documented contract
         n_estimator = None if n_max_estimator is None else check_positive_int(
             "n_max_estimator", n_max_estimator)
         return model.certify_radii(x, radii, alpha, n_max, n0, batch_size, seed,
