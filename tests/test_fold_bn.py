@@ -357,3 +357,25 @@ def test_a_changed_tensor_attribute_rebuilds_the_copy_but_not_the_log_fingerprin
     second = fold.folded_copy(model)
     assert second is not first
     assert_same_function(model, second, torch.rand(8, 1, 5, 5))
+
+
+def test_weights_built_to_cancel_make_folded_and_unfolded_disagree():
+    """What docs/cohen.md warns of (untrusted weights, unfolded network deployed): a
+    convolution output that nearly cancels BatchNorm's running mean, times a large scale, is
+    rounded differently by the two networks, far beyond the probe tolerance. With
+    fold_bn=False the engine samples the model's own forward, so the advice holds."""
+    conv, bn = nn.Conv2d(1, 1, 3, padding=1, bias=False), nn.BatchNorm2d(1)
+    with torch.no_grad():
+        conv.weight.fill_(1e4)          # a 3x3 patch of ones gives 9e4 ...
+        bn.running_mean.fill_(9e4)      # ... which the running mean cancels
+        bn.running_var.fill_(1e-5)
+        bn.weight.fill_(1e3)
+    net = nn.Sequential(conv, bn, nn.Flatten(), nn.Linear(784, 2)).eval()
+    with torch.no_grad():
+        net[3].weight.zero_()
+        net[3].weight[0, 14 * 28 + 14] = 1.0
+    x = 1 + 1e-7 * torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    folded = fold.fold_batchnorm(net)
+    with torch.no_grad():
+        gap = (net(x) - folded(x)).abs().max()
+    assert gap > 100, gap  # measured about 1e3 on logits of about 1e3
