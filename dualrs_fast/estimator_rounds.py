@@ -23,11 +23,13 @@ checkpoint (n samples, its share of alpha_ve). It is one more stopping rule, so 
 above covers it: the schedule and shares do not depend on it, and R_ve stays the bound at the
 last checkpoint reached, which abstains for a member stopped this way. So with the same noise it
 can only remove certificates, never add or enlarge one: every other member draws exactly as
-without it. It removes one only if the member's level vote rate p has an upper bound below the
-rate the last checkpoint needs (probability at most futility_alpha per checkpoint when p is
-that high) and the full schedule would still certify; with u <= 1 it includes exact
-curtailment (c + n - m votes abstain at n: no later checkpoint can certify, since a bound
-only falls with fewer votes, fewer samples or a smaller share).
+without it. It removes one only where the full schedule would have certified: if the member's
+level vote rate p is at least the rate r its remaining samples need, the stop takes u < r <= p
+(probability at most futility_alpha per checkpoint); if p < r, those samples would have had to
+beat their expectation (simulated in docs/dual_rs_cost.md: at most 0.3% of inputs, at rates
+near the threshold). With u <= 1 it includes exact curtailment (c + n - m votes abstain at n:
+no later checkpoint can certify, since a bound only falls with fewer votes, fewer samples or
+a smaller share).
 """
 import math
 from typing import Callable, List, Optional, Sequence
