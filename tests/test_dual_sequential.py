@@ -372,3 +372,12 @@ def test_same_noise_check_catches_a_stop_that_adds_certificates(monkeypatch):
                         lambda self, members, n, alpha, level: ~self.abstains[members])
     with pytest.raises(AssertionError):
         _removes_only(dual.certify(x, **kw), off)
+
+
+def test_bad_futility_alpha_raises():
+    estimator = _linear(1)
+    x = torch.rand(2, *SHAPE)
+    for level, error in ((0.0, ValueError), (1.0, ValueError), (-0.1, ValueError),
+                         ("0.1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="estimator_futility_alpha"):
+            _dual(estimator).certify(x, n0=5, n=50, estimator_futility_alpha=level)
