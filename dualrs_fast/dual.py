@@ -12,8 +12,9 @@ Order of the passes: the estimator's selection samples choose every input's leve
   e.g. the class-group estimator over the sigma 1.0 expert) get both certifications from one
   pass of that expert over shared noise (R_ve over all n_estimator samples at alpha_ve);
 - the others run their classifier, then the estimator's estimation samples in rounds that
-  stop once R_ve >= R_cls (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator
-  samples before the classifier, which then runs only where the estimator certified).
+  stop once R_ve >= R_cls, or once the estimator evidently cannot certify (its futility stop)
+  (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator samples before the
+  classifier, which then runs only where the estimator certified).
 The shared inputs' joint votes and every level's classifier share one engine pass
 (``level_passes``: the same counts as a pass per expert), so the default makes at most
 2 + estimator_rounds passes per call: selection, that pass, the estimator's rounds.
@@ -29,7 +30,8 @@ from . import log_rows
 from .bounds import certified_radius
 from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
                                 same_function, split_joint)
-from .estimator_rounds import DEFAULT_ROUNDS, EstimatorBounds, target_schedule, within_alpha
+from .estimator_rounds import (DEFAULT_ROUNDS, ESTIMATOR_FUTILITY_ALPHA, EstimatorBounds,
+                               target_schedule, within_alpha)
 from .level_passes import level_counts
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
@@ -240,6 +242,7 @@ class DualSmoothing:
                 n0_estimator: Optional[int] = None, n_estimator: Optional[int] = None,
                 estimator_rounds: int = DEFAULT_ROUNDS, share_pass: bool = True,
                 share_noise: bool = False,
+                estimator_futility_alpha: Optional[float] = ESTIMATOR_FUTILITY_ALPHA,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
@@ -263,6 +266,11 @@ class DualSmoothing:
         classifier also runs where the estimator then abstains. Refused with
         estimator_rounds > 1 (its schedule is planned from R_cls, which must not depend on
         the samples it counts).
+        estimator_futility_alpha: with estimator_rounds > 1, an input whose estimator abstains
+        at a checkpoint stops drawing once even the upper bound at this level on its level vote
+        rate would abstain at the last checkpoint (``estimator_rounds``: the futility stop; it
+        can only turn a certificate into an abstention, with small probability). None: no
+        futility stop (every such input draws its whole schedule).
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -272,6 +280,8 @@ class DualSmoothing:
         n0_ve = check_sample_count("n0_estimator", n0 if n0_estimator is None else n0_estimator)
         n_ve = check_sample_count("n_estimator", n if n_estimator is None else n_estimator)
         rounds = check_positive_int("estimator_rounds", estimator_rounds)
+        futility = None if estimator_futility_alpha is None else check_open_unit(
+            "estimator_futility_alpha", estimator_futility_alpha)
         if share_noise and rounds != 1:
             raise ValueError("share_noise needs estimator_rounds=1: the sequential estimator "
                              "plans its checkpoints from R_cls, which would depend on the "
@@ -322,7 +332,7 @@ class DualSmoothing:
             wanted = routed[prediction[routed] != ABSTAIN]
             schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,
                                          self.estimator_sigma) for i in wanted.tolist()]
-            ve.run(run.estimator_votes, wanted, schedules, alpha_ve, radius_cls[wanted])
+            ve.run(run.estimator_votes, wanted, schedules, alpha_ve, radius_cls[wanted], futility)
 
         # Level -1 and sigma NaN where the estimator's abstention decides the outcome; where
         # the classifier abstained the estimator may not have run, and the level and sigma

@@ -15,15 +15,30 @@ selection samples (ESTIMATOR_SELECT) are independent of the estimator's estimati
   union bound all of an input's bounds hold at once with probability >= 1 - alpha_ve, whatever
   the stopping rule; R_ve is the bound at the last checkpoint the input reached;
 - an input the classifier abstains on draws no estimation sample (nothing to certify).
+
+Futility stop (``futility_alpha``, default ``ESTIMATOR_FUTILITY_ALPHA``; None turns it off):
+after a checkpoint, a member whose bound there abstains stops if even the optimistic count
+c + u (n - m), u = ClopperPearsonUpper(c, m, futility_alpha), would abstain at the last
+checkpoint (n samples, its share of alpha_ve). It is one more stopping rule, so the union bound
+above covers it: the schedule and shares do not depend on it, and R_ve stays the bound at the
+last checkpoint reached, which abstains for a member stopped this way. So with the same noise it
+can only remove certificates, never add or enlarge one: every other member draws exactly as
+without it. It removes one only where the full schedule would have certified: if the member's
+level vote rate p is at least the rate r its remaining samples need, the stop takes u < r <= p
+(probability at most futility_alpha per checkpoint); if p < r, those samples would have had to
+beat their expectation (simulated in docs/dual_rs_cost.md: at most 0.3% of inputs, at rates
+near the threshold). With u <= 1 it includes exact curtailment (c + n - m votes abstain at n:
+no later checkpoint can certify, since a bound only falls with fewer votes, fewer samples or
+a smaller share).
 """
 import math
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import scipy.stats
 import torch
 
-from .bounds import certified_radius
+from .bounds import certified_radius, clopper_pearson_upper
 from .noise import Stream
 from .sampling import Draw
 
@@ -31,6 +46,11 @@ from .sampling import Draw
 #: checkpoint to n on the embedded MNIST models, where 4 steps of about x3 drew 10-20% more
 #: estimator samples at the same R_ve (simulated on 44 test inputs routed to sigma 0.5)
 DEFAULT_ROUNDS = 6
+#: level of the futility stop's upper bound on a member's level vote rate (stopping only, see
+#: the module docstring): a member whose rate is high enough for its last checkpoint to certify
+#: is stopped with probability at most this per checkpoint (Fashion-MNIST, n = 2,000: the
+#: estimator samples of inputs whose estimator abstains, docs/dual_rs_cost.md)
+ESTIMATOR_FUTILITY_ALPHA = 1e-3
 
 def within_alpha(alpha: float, shares: list) -> list:
     """Lower the last share by ulps until the shares sum to at most alpha in floating point
@@ -104,10 +124,22 @@ class EstimatorBounds:
             self.radius[at] = torch.from_numpy(np.asarray(radius, np.float64).reshape(-1))
             self.abstains[at] = torch.from_numpy(np.asarray(abstain, bool).reshape(-1))
 
+    def futile(self, members: torch.Tensor, n: int, alpha: float, futility_alpha: float):
+        """Which ``members`` abstain at their checkpoint and would abstain at the last one (n
+        samples, share ``alpha``) with the optimistic count c + u (n - m),
+        u = ClopperPearsonUpper(c, m, futility_alpha)."""
+        count, drawn = self.count[members].numpy(), self.drawn[members].numpy()
+        upper = np.asarray(clopper_pearson_upper(count, drawn, futility_alpha), np.float64)
+        optimistic = np.minimum(np.floor(count + upper * (n - drawn)), n).astype(np.int64)
+        _, abstain = certified_radius(optimistic, n, alpha, self.sigma)
+        return self.abstains[members] & torch.from_numpy(np.asarray(abstain, bool).reshape(-1))
+
     def run(self, votes: Callable, members: torch.Tensor, schedules: Sequence[List[int]],
-            alpha: float, wanted: torch.Tensor) -> None:
+            alpha: float, wanted: torch.Tensor,
+            futility_alpha: Optional[float] = None) -> None:
         """Draw ``members``' checkpoints (``schedules``, one list per member) round by round;
-        a member stops once its R_ve >= ``wanted`` (its R_cls) or its schedule ends.
+        a member stops once its R_ve >= ``wanted`` (its R_cls), once it is futile (``futile``
+        at ``futility_alpha``; None: never) or when its schedule ends.
         ``votes(members, draws) -> (len(draws), len(members), L)`` counts level votes."""
         if not members.numel():
             return
@@ -115,8 +147,10 @@ class EstimatorBounds:
         shares = {len(s): checkpoint_alphas(alpha, len(s)) for s in schedules}
         step = torch.full((members.shape[0],), -1, dtype=torch.int64)
         last = torch.tensor([len(s) - 1 for s in schedules])
+        stopped = torch.zeros(members.shape[0], dtype=torch.bool)
         while True:
-            busy = torch.nonzero((step < last) & ((step < 0) | (self.radius[members] < wanted)))
+            busy = torch.nonzero((step < last) & ~stopped &
+                                 ((step < 0) | (self.radius[members] < wanted)))
             busy = busy.reshape(-1)
             if not busy.numel():
                 return
@@ -127,3 +161,8 @@ class EstimatorBounds:
             step[busy] += 1
             self.add(who, counts[0], upto,
                      [shares[len(schedules[i])][step[i]] for i in busy.tolist()])
+            if futility_alpha is not None:  # one call per schedule length (its last share)
+                for k in {len(schedules[i]) for i in busy.tolist()}:
+                    at = busy[last[busy] == k - 1]
+                    stopped[at] = self.futile(members[at], schedules[int(at[0])][-1],
+                                              shares[k][-1], futility_alpha)

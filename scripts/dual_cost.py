@@ -100,6 +100,8 @@ def main(argv=None) -> int:
                    help="time the plain procedure with separate against shared noise")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path)
+    p.add_argument("--save", type=Path,
+                   help="torch.save the measured call's per-input fields (to compare runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     x_test, y_test = load_dataset(args.dataset, "test")
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
               f"{seconds[names[1]] / seconds[names[0]]:.3f} "
               f"(CPU time {cpu[names[1]] / cpu[names[0]]:.3f})", flush=True)
     load_after = os.getloadavg()
-    fields = ("prediction", "radius", "level", "shared", "estimator_samples", "radius_estimator")
+    fields = ("prediction", "radius", "level", "shared", "estimator_samples", "radius_estimator",
+              "samples", "count_estimator", "radius_classifier")
     cat = {f: torch.cat([getattr(r, f) for r in parts[names[1]]]) for f in fields}
 
     def accuracy(results):
@@ -169,6 +172,9 @@ def main(argv=None) -> int:
                          f"{cat['estimator_samples'][at].double().mean():,.0f} |")
     lines.append(f"| all | {x.shape[0]} | {int(cat['shared'].sum())} | "
                  f"{cat['estimator_samples'].double().mean():,.0f} |")
+    if not args.shared_noise:  # standard RS draws n0 + n per input
+        ratio = cat["samples"].double().sum() / ((N0 + args.n) * x.shape[0])
+        lines += ["", f"Samples over standard RS: {ratio:.4f}."]
     rows = [(names[1], accuracy(parts[names[1]]))]
     if args.shared_noise:  # the estimator's votes, hence R_ve, are the same by construction
         rows.append((names[0], accuracy(parts[names[0]])))
@@ -187,6 +193,8 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.save:
+        torch.save(dict(cat, label=y), args.save)
     return 0
 
 

@@ -7,8 +7,9 @@ import scipy.stats
 import torch
 
 import dualrs_fast as drs
-from dualrs_fast.estimator_rounds import (checkpoint_alphas, first_useful_checkpoint,
-                                          target_schedule)
+from dualrs_fast.estimator_rounds import (DEFAULT_ROUNDS, ESTIMATOR_FUTILITY_ALPHA,
+                                          EstimatorBounds, checkpoint_alphas,
+                                          first_useful_checkpoint, target_schedule)
 from dualrs_fast.noise import Stream
 from dualrs_fast.sampling import Draw, count_votes
 
@@ -228,3 +229,155 @@ def test_bad_rounds_raise():
     for rounds in (0, -1, 1.5):
         with pytest.raises((ValueError, TypeError)):
             _dual(estimator).certify(x, n0=5, n=50, estimator_rounds=rounds)
+
+
+# The futility stop (estimator_rounds.EstimatorBounds.futile, estimator_futility_alpha).
+
+class _MiddleBand(torch.nn.Module):
+    """Three levels by where x falls along a unit direction u: level 1 within +-width of 0,
+    level 0 below, 2 above. At u.x = 0 with noise sigma, level 1 gets 2 Phi(width / sigma) - 1
+    of the votes and the others half the rest each."""
+
+    def __init__(self, dim, width):
+        super().__init__()
+        w = torch.randn(dim, generator=torch.Generator().manual_seed(3))
+        self.u, self.width = w / w.norm(), width
+
+    def forward(self, x):
+        z = x.reshape(x.shape[0], -1) @ self.u.to(x.dtype)
+        return torch.stack([-(z + self.width), self.width - z.abs(), z - self.width], 1)
+
+
+def _split_estimator_case():
+    """An estimator voting 30 / 40 / 30 over three levels (so it picks level 1 and R_ve
+    abstains at n: 40 of its votes for the level, 60 against), and experts that certify
+    (far from their hyperplanes), so the estimator draws its rounds."""
+    sigmas, dim = (0.25, 0.5, 1.0), int(np.prod(SHAPE))
+    width = float(scipy.stats.norm.ppf(0.7))            # 2 Phi(width) - 1 = 0.4 at sigma 1
+    estimator = _MiddleBand(dim, width)
+    x = torch.rand(24, dim, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    x = (x - (x @ estimator.u.double())[:, None] * estimator.u.double()).float().reshape(
+        24, *SHAPE)
+    experts = {s: _linear(10 + k, b=40.0) for k, s in enumerate(sigmas)}
+    return drs.DualSmoothing(estimator, experts, sigmas=sigmas), x
+
+
+def _optimistic_final_abstains(count, drawn, n, final_alpha, futility_alpha):
+    """scipy: c + u (n - m) votes, u = Beta(c + 1, m - c).ppf(1 - futility_alpha), abstain
+    at n at the last checkpoint's share."""
+    u = np.where(count == drawn, 1.0, scipy.stats.beta.ppf(1 - futility_alpha, count + 1,
+                                                          np.maximum(drawn - count, 1)))
+    optimistic = np.minimum(np.floor(count + u * (n - drawn)), n)
+    return scipy.stats.beta.ppf(final_alpha, optimistic, n - optimistic + 1) < 0.5
+
+
+def test_futility_stops_an_estimator_that_splits_its_votes():
+    dual, x = _split_estimator_case()
+    kw = dict(n0=50, n=4000, alpha=0.001, seed=0)
+    on = dual.certify(x, **kw)
+    off = dual.certify(x, estimator_futility_alpha=None, **kw)
+    assert (on.radius_classifier > 0).all()           # the classifier certifies: rounds run
+    assert (on.prediction == drs.ABSTAIN).all() and (off.prediction == drs.ABSTAIN).all()
+    assert (off.estimator_samples == 4000).all()
+    # each input stops at a checkpoint before n where its schedule has one (the sigma 1
+    # expert's R_cls at its reach gives a one-checkpoint schedule, [n]), by the documented
+    # rule, recomputed with scipy
+    alpha_ve, _ = dual.alphas(0.001)
+    schedules = [target_schedule(float(r), 4000, DEFAULT_ROUNDS, alpha_ve, dual.estimator_sigma)
+                 for r in on.radius_classifier]
+    stopped = on.estimator_samples < 4000
+    assert stopped.tolist() == [len(s) > 1 for s in schedules] and stopped.sum() > 12
+    assert on.estimator_samples[stopped].double().mean() < 4000 / 10
+    for i in torch.nonzero(stopped).reshape(-1).tolist():
+        final = checkpoint_alphas(alpha_ve, len(schedules[i]))[-1]
+        c, m = int(on.count_estimator[i]), int(on.estimator_samples[i])
+        assert m in schedules[i] and _optimistic_final_abstains(c, m, 4000, final,
+                                                                ESTIMATOR_FUTILITY_ALPHA)
+
+
+def _confident_cases():
+    """Estimators that certify: every vote for the level (R_ve >= R_cls at the first
+    checkpoint), and inputs 0.3-1.5 from the estimator's hyperplane (R_ve binds, rates
+    >= 0.72)."""
+    far = _linear(1, b=40.0)
+    experts = {s: _linear(10 + k) for k, s in enumerate(SIGMAS)}
+    near = _linear(1)
+    distances = torch.cat([torch.linspace(-1.5, -0.3, 12), torch.linspace(0.3, 1.5, 12)])
+    return [(_dual(far, experts),
+             inputs_at_distances(experts[SIGMAS[1]], torch.linspace(0.05, 0.3, 16), SHAPE,
+                                 seed=6)),
+            (_dual(near, {s: _linear(10 + k, b=40.0) for k, s in enumerate(SIGMAS)}),
+             inputs_at_distances(near, distances, SHAPE, seed=9))]
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_futility_stop_changes_nothing_where_the_estimator_is_confident(case):
+    dual, x = _confident_cases()[case]
+    kw = dict(n0=50, n=3000, alpha=0.001, seed=1)
+    on, off = dual.certify(x, **kw), dual.certify(x, estimator_futility_alpha=None, **kw)
+    assert (on.prediction != drs.ABSTAIN).sum() > 10
+    for field in ("prediction", "radius", "radius_estimator", "radius_classifier", "level",
+                  "count_estimator", "estimator_samples", "estimator_alpha", "samples"):
+        assert torch.equal(getattr(on, field), getattr(off, field)), field
+
+
+def _soundness_case():
+    """test_sequential_certificates_are_sound's inputs, close to the estimator's hyperplane."""
+    estimator = _linear(1)
+    experts = {s: _linear(10 + k, b=0.2) for k, s in enumerate(SIGMAS)}
+    x = inputs_at_distances(estimator, torch.linspace(-0.6, 0.6, 400), SHAPE, seed=5)
+    return estimator, experts, x, dict(n0=16, n=256, alpha=0.2, batch_size=4096, seed=11)
+
+
+@pytest.mark.parametrize("futility_alpha", [ESTIMATOR_FUTILITY_ALPHA, 0.3])
+def test_certificates_with_the_futility_stop_are_sound(futility_alpha):
+    estimator, experts, x, kw = _soundness_case()
+    r = _dual(estimator, experts).certify(x, estimator_futility_alpha=futility_alpha, **kw)
+    bad, certified = _failures(estimator, experts, x, r)
+    assert certified > x.shape[0] / 4 and bad / x.shape[0] <= kw["alpha"]
+    stopped = (r.level == drs.ABSTAIN) & (r.estimator_samples > 0) & (r.estimator_samples < 256)
+    assert stopped.sum() >= 10
+
+
+def _removes_only(on, off):
+    """The futility stop's effect on the same noise: an input certified with it has off's
+    certificate and drew the same samples; an input where they differ abstains with it and
+    drew fewer estimator samples."""
+    same = on.estimator_samples == off.estimator_samples
+    for field in ("prediction", "radius", "radius_estimator", "count_estimator"):
+        assert torch.equal(getattr(on, field)[same], getattr(off, field)[same]), field
+    assert (on.prediction[~same] == drs.ABSTAIN).all() and (on.radius[~same] == 0).all()
+    assert (on.estimator_samples[~same] < off.estimator_samples[~same]).all()
+    assert (on.radius <= off.radius).all()
+    return int((~same).sum())
+
+
+def test_futility_stop_only_removes_certificates_on_the_same_noise():
+    estimator, experts, x, kw = _soundness_case()
+    dual = _dual(estimator, experts)
+    off = dual.certify(x, estimator_futility_alpha=None, **kw)
+    assert _removes_only(dual.certify(x, estimator_futility_alpha=0.3, **kw), off) >= 10
+    removed = (off.prediction != drs.ABSTAIN) & (
+        dual.certify(x, estimator_futility_alpha=0.3, **kw).prediction == drs.ABSTAIN)
+    assert removed.sum() >= 1                       # an aggressive level does remove some
+
+
+def test_same_noise_check_catches_a_stop_that_adds_certificates(monkeypatch):
+    # Power: a rule stopping wherever R_ve is positive keeps a bound that the full schedule
+    # would have lost; _removes_only sees it.
+    estimator, experts, x, kw = _soundness_case()
+    dual = _dual(estimator, experts)
+    off = dual.certify(x, estimator_futility_alpha=None, **kw)
+    monkeypatch.setattr(EstimatorBounds, "futile",
+                        lambda self, members, n, alpha, level: ~self.abstains[members])
+    with pytest.raises(AssertionError):
+        _removes_only(dual.certify(x, **kw), off)
+
+
+def test_bad_futility_alpha_raises():
+    estimator = _linear(1)
+    x = torch.rand(2, *SHAPE)
+    for level, error in ((0.0, ValueError), (1.0, ValueError), (-0.1, ValueError),
+                         ("0.1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="estimator_futility_alpha"):
+            _dual(estimator).certify(x, n0=5, n=50, estimator_futility_alpha=level)
