@@ -104,6 +104,7 @@ class Votes:
         logits = data["logits_top"][rows].astype(np.float32)  # (M, N0 + N, 10)
         z = logits - logits.max(-1, keepdims=True)
         self.probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        self.cls, self.conf = self.probs.argmax(-1), self.probs.max(-1)  # per noisy sample
 
     def _correct(self, pred, radius):
         return np.where(pred == self.y, radius, 0.0)
@@ -111,8 +112,8 @@ class Votes:
     def dual(self, sample_levels):
         """Dual RS (one estimator round, shared pass at 1.0) for per-sample levels (M, N0+N):
         (radius capped, radius uncapped, level (-1 abstain), R_ve)."""
-        sel = np.stack([np.bincount(row, minlength=len(SIGMAS)) for row in sample_levels[:, :N0]])
-        est = np.stack([np.bincount(row, minlength=len(SIGMAS)) for row in sample_levels[:, N0:]])
+        onehot = sample_levels[..., None] == np.arange(len(SIGMAS))
+        sel, est = onehot[:, :N0].sum(1), onehot[:, N0:].sum(1)
         level = sel.argmax(1)
         count = est[np.arange(self.n), level]
         r_ve = R_VE_OF_COUNT[count]
@@ -129,11 +130,10 @@ def class_map_levels(probs, groups):
     return (probs @ membership).argmax(-1)
 
 
-def threshold_levels(probs, high, low, threshold):
+def threshold_levels(v, high, low, threshold):
     """Per predicted class c: level high[c] when the softmax confidence >= threshold[c],
     else low[c] (a per-input router on the same free forward pass)."""
-    cls = probs.argmax(-1)
-    conf = probs.max(-1)
+    cls, conf = v.cls, v.conf
     return np.where(conf >= np.asarray(threshold)[cls], np.asarray(high)[cls],
                     np.asarray(low)[cls])
 
@@ -207,17 +207,19 @@ def search_class_maps(v: Votes, maps, capped: bool, chunk=4096):
     return scores
 
 
-def fit_thresholds(v: Votes, groups, grid=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+def fit_thresholds(v: Votes, groups, capped=True, grid=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
                    sweeps=2):
-    """Coordinate ascent over classes of (high, low, threshold) on the capped Dual RS mean."""
+    """Coordinate ascent over classes of (high, low, threshold) on the Dual RS mean radius
+    (capped, or the routed classifier's radius alone)."""
+    which = 0 if capped else 1
     high, low, thr = list(groups), list(groups), [0.0] * 10
-    best = v.dual(threshold_levels(v.probs, high, low, thr))[0].mean()
+    best = v.dual(threshold_levels(v, high, low, thr))[which].mean()
     for _ in range(sweeps):
         for c in range(10):
             for h, l, t in itertools.product(range(len(SIGMAS)), range(len(SIGMAS)), grid):
                 trial = [list(high), list(low), list(thr)]
                 trial[0][c], trial[1][c], trial[2][c] = h, l, t
-                score = v.dual(threshold_levels(v.probs, *trial))[0].mean()
+                score = v.dual(threshold_levels(v, *trial))[which].mean()
                 if score > best + 1e-9:
                     best, (high, low, thr) = score, trial
     return high, low, thr, best
@@ -314,25 +316,63 @@ def analyse(data, fit, dual_check):
     high, low = [int(h) for h in high], [int(l) for l in low]
     print(f"  fitted in {time.perf_counter() - t:.0f} s: high {high} low {low} threshold {thr}; "
           f"fit capped {score:.3f}")
-    capped, uncapped, level, r_ve = val_v.dual(threshold_levels(val_v.probs, high, low, thr))
+    capped, uncapped, level, r_ve = val_v.dual(threshold_levels(val_v, high, low, thr))
     summary("per-class thresholds", val_v, capped, uncapped, level)
+    breakdown("per-class thresholds", val_v, capped, level, r_ve)
+    c, _, lvl, rv = val_v.dual(class_map_levels(val_v.probs, best_map))
+    breakdown("best capped class map", val_v, c, lvl, rv)
+    t = time.perf_counter()
+    uh, ul, ut, uscore = fit_thresholds(fit_v, best_map, capped=False)
+    print(f"  fitted uncapped in {time.perf_counter() - t:.0f} s: high {[int(h) for h in uh]} "
+          f"low {[int(l) for l in ul]} threshold {ut}; fit uncapped {uscore:.3f}")
+    c, u, lvl, rv = val_v.dual(threshold_levels(val_v, uh, ul, ut))
+    summary("per-class thresholds fitted uncapped", val_v, c, u, lvl)
+    breakdown("per-class thresholds fitted uncapped", val_v, c, lvl, rv)
     for glob in (0.5, 0.7, 0.9):
         for lo in (0, 1):
-            lv = threshold_levels(val_v.probs, [TOP] * 10, [lo] * 10, [glob] * 10)
-            c, u, lvl, _ = val_v.dual(lv)
+            lv = threshold_levels(val_v, [TOP] * 10, [lo] * 10, [glob] * 10)
+            c, u, lvl, rv = val_v.dual(lv)
             summary(f"1.0 if confidence >= {glob} else {SIGMAS[lo]:g}", val_v, c, u, lvl)
+            breakdown(f"    (t = {glob}, low {SIGMAS[lo]:g})", val_v, c, lvl, rv)
+            off = (lvl >= 0) & (lvl != TOP)
+            print(f"      R_ve routed off 1.0, quantiles 10/25/50/75/90%: " + " / ".join(
+                f"{q:.2f}" for q in np.percentile(rv[off], [10, 25, 50, 75, 90])))
     routed_off = level.__ge__(0) & (level != TOP)
     if routed_off.any():
         print(f"  R_ve on inputs routed off 1.0 ({int(routed_off.sum())}): quantiles 10/25/50/75/90% "
               + " / ".join(f"{q:.2f}" for q in np.percentile(r_ve[routed_off], [10, 25, 50, 75, 90])))
     misrouting(val_v)
-    if dual_check:
+    if dual_check:  # the confidence router that routes per input: 1.0 if confident, else 0.5
+        high, low, thr = [TOP] * 10, [1] * 10, [0.5] * 10
         rows = np.arange(fit, min(m, fit + dual_check))
         sub = Votes(data, rows)
-        c, u, _, _ = sub.dual(threshold_levels(sub.probs, high, low, thr))
+        c, u, _, _ = sub.dual(threshold_levels(sub, high, low, thr))
         print(f"  offline simulation on the same {len(rows)}: capped {c.mean():.3f} uncapped {u.mean():.3f}")
         dual_check_fn(data, rows, high, low, thr)
     return dict(best_map=best_map, thresholds=(high, low, thr), targets=targets)
+
+
+def breakdown(name, v: Votes, capped, level, r_ve):
+    """A router's radius against routing everything to 1.0 (at alpha/2): what it wins on the
+    inputs whose best level is off 1.0, what it loses on the others, and on the gain inputs
+    it sends off 1.0 the R_ve it certifies against the R_ve they need (their routed radius)."""
+    oracle, top = v.radius.max(0), v.radius[TOP]
+    gain_in = (v.radius.argmax(0) != TOP) & (oracle > top)
+    delta = capped - top
+    sent = gain_in & (level >= 0) & (level != TOP)
+    needed = v.radius[np.maximum(level, 0), np.arange(v.n)]
+    med = lambda a: float(np.median(a)) if a.size else 0.0
+    print(f"  {name}: vs all-to-1.0 {delta.mean():+.3f} = on the {int(gain_in.sum())} gain inputs "
+          f"{delta[gain_in].sum() / v.n:+.3f} (oracle {(oracle - top)[gain_in].sum() / v.n:+.3f}) "
+          f"+ elsewhere {delta[~gain_in].sum() / v.n:+.3f}; gain inputs sent off 1.0 "
+          f"{int(sent.sum())}: R_ve median {med(r_ve[sent]):.2f} vs needed {med(needed[sent]):.2f}, "
+          f"R_ve >= needed on {int((r_ve[sent] >= needed[sent]).sum())}; others sent off 1.0 "
+          f"{int((~gain_in & (level >= 0) & (level != TOP)).sum())}")
+    kept = ~gain_in & (level == TOP)
+    print(f"      elsewhere: R_ve cap on the {int(kept.sum())} kept at 1.0 "
+          f"{(capped - top)[kept].sum() / v.n:+.3f}, sent off 1.0 "
+          f"{delta[~gain_in & (level >= 0) & (level != TOP)].sum() / v.n:+.3f}, estimator "
+          f"abstains {delta[~gain_in & (level < 0)].sum() / v.n:+.3f}")
 
 
 def misrouting(v: Votes):
