@@ -2,6 +2,7 @@
 """Issue #18: can Dual RS beat the best single sigma on Fashion-MNIST by half the oracle gain?
 
     python -P scripts/fashion_router_study.py collect --start 0 --stop 150   # per-input data
+    python -P scripts/fashion_router_study.py collect --start 0 --stop 150 --sigma-ve 2  # optional
     python -P scripts/fashion_router_study.py analyse                        # every number
 
 Validation images: Fashion-MNIST training positions 20,000.. of the permutation the experts
