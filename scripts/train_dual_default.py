@@ -14,6 +14,20 @@ paper's learned estimator (``training.train_dual``: soft radius labels, class ba
 consistency 40 + entropy 0.5, one round: the experts stay the committed ones) instead of
 the class-group map.
 
+Issue #18 (can Dual RS reach best single sigma + half the oracle router's gain on
+Fashion-MNIST?): no, measured by ``scripts/fashion_router_study.py`` on 610 training images
+the experts never saw (positions 20,000..20,609; fit 305 / validate 305; n = 2,000). On the
+validation half sigma 1.0 certifies 1.046, the oracle 1.147 (gain 0.101), so the target is
+1.096; the best of all 3^10 class maps fitted on the other half is the constant (every class
+to 1.0: 1.037, sigma 1.0 at alpha/2), the best uncapped map reaches 1.048 (capped 1.010), and
+even the map tuned on the validation half itself 1.066; per-input routers on the 1.0 expert's
+softmax confidence reach 1.051-1.055 uncapped but 0.62-0.96 capped, and at sigma_ve = 2
+(R_ve reach 5.34) the fitted one is the constant again (0.508-1.037 capped). The gain sits on 35% of
+the inputs (0.30 each, where the 1.0 expert is unsure: top-class vote share 0.64 against 0.97),
+sending a sigma-1.0 input off 1.0 costs 0.55-0.98, and a confidence router's R_ve caps the
+inputs it keeps at 1.0. Numbers and commands: docs/dual-rs.md, "Can a router recover half the
+oracle's gain on Fashion-MNIST?". The Fashion default stays the committed class map.
+
 Everything goes through ``training.train_estimator`` (``dualrs train --estimator`` calls it
 too), against the committed classifiers at 0.25, 0.5, 1.0 (kept fixed), on the default MNIST-5k
 training split (4000 images); the test split is never touched. Labels are the paper's: each
