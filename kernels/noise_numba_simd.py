@@ -50,7 +50,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .noise_numba import _CHUNK, _philox_row, run_noise_kernel
+from .noise_numba import (_CHUNK, _fine_terms, _philox_row, _refined_terms, _refines,
+                          run_noise_kernel)
 
 _ONE, _TWO, _HALF = 1.0, 2.0, 0.5
 _TWO_POW_21 = 2.0**21
@@ -197,6 +198,21 @@ def _minus_two_log(u):
     ``_log`` scaled by a power of 2 (exact), with the -2 folded into its inputs (2f, 2s,
     4s**2, coefficients / 4**k) instead of a last multiplication."""
     k, f = _log_reduce(u)
+    return _minus_two_log_kf(k, f)
+
+
+@numba.njit(inline="always")
+def _minus_two_log_fine(u, v):
+    """-2 log(u) given v = 1 - u to full precision too (float64 inputs' radius): where the
+    reduction keeps k = 0 (u in [sqrt(1/2), 1]), f = u - 1 is taken as -v, the series then
+    being log1p(-v) (no rounding of 1 + f to correct: f is given)."""
+    k, f = _log_reduce(u)
+    return _minus_two_log_kf(k, -v if k == 0 else f)
+
+
+@numba.njit(inline="always")
+def _minus_two_log_kf(k, f):
+    """-2 (k ln 2 + log1p(f)), |f| <= 0.42: ``_minus_two_log`` after the reduction."""
     hfsq = _HALF * f * f
     two_f = f + f
     two_s = two_f / (_TWO + f)
@@ -236,14 +252,33 @@ def _cos_sin(th):
 
 
 @numba.njit(inline="always")
-def _box_muller_row(bits, n_blocks, z):
+def _normal_pair(minus_two_log_u, th_hi, th_lo):
+    """Box-Muller: the two normals of radius sqrt(-2 log u) and angle 2 pi u1(th_hi, th_lo)."""
+    rad = math.sqrt(minus_two_log_u)
+    c, s = _cos_sin(_TWO_PI * _unit(th_hi, th_lo))
+    return rad * c, rad * s
+
+
+@numba.njit(inline="always")
+def _box_muller_row(bits, n_blocks, z, fine, c1, c2, c3, k0, k1):
     """z[0, b], z[1, b] = the two normals of block b (elements 2b and 2b + 1): two
-    contiguous rows, which LLVM vectorises (interleaved stores into one row it would not)."""
-    for b in range(n_blocks):
-        rad = math.sqrt(_minus_two_log(_unit(bits[0, b], bits[1, b])))
-        c, s = _cos_sin(_TWO_PI * _unit(bits[2, b], bits[3, b]))
-        z[0, b] = rad * c
-        z[1, b] = rad * s
+    contiguous rows, which LLVM vectorises (interleaved stores into one row it would not).
+    ``fine`` (float64 inputs): the radius of ``philox_torch.fine_radius_terms``, vectorised
+    outside its refined tails, then a scalar pass over the blocks it redraws (1 in 128);
+    (c1, c2, c3, k0, k1): the row's counter words and key, for the refinement words."""
+    if not fine:
+        for b in range(n_blocks):
+            z[0, b], z[1, b] = _normal_pair(_minus_two_log(_unit(bits[0, b], bits[1, b])),
+                                            bits[2, b], bits[3, b])
+    else:
+        for b in range(n_blocks):
+            u, v = _fine_terms(bits[0, b], bits[1, b])
+            z[0, b], z[1, b] = _normal_pair(_minus_two_log_fine(u, v), bits[2, b], bits[3, b])
+        for b in range(n_blocks):
+            if _refines(bits[0, b]):
+                u, v = _refined_terms(bits[0, b], b, c1, c2, c3, k0, k1)
+                z[0, b], z[1, b] = _normal_pair(_minus_two_log_fine(u, v), bits[2, b],
+                                                bits[3, b])
 
 
 @numba.njit(inline="always")
@@ -263,7 +298,8 @@ def _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity):
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, out):
+def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, fine,
+                       out):
     n_rows = out.shape[0]
     dim = x.shape[1]
     n_blocks = (dim + 1) // 2
@@ -274,9 +310,9 @@ def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest
         for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
             i = row_input[r]
             s = sigma[i]
-            _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
-                        np.uint32(row_stream[r]), k0, k1)
-            _box_muller_row(bits, n_blocks, z)
+            c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
+            _philox_row(bits, n_blocks, c1, c2, c3, k0, k1)
+            _box_muller_row(bits, n_blocks, z, fine, c1, c2, c3, k0, k1)
             _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity)
 
 
