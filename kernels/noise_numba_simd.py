@@ -252,33 +252,46 @@ def _cos_sin(th):
 
 
 @numba.njit(inline="always")
-def _normal_pair(minus_two_log_u, th_hi, th_lo):
-    """Box-Muller: the two normals of radius sqrt(-2 log u) and angle 2 pi u1(th_hi, th_lo)."""
-    rad = math.sqrt(minus_two_log_u)
+def _box_muller_row(bits, n_blocks, z):
+    """z[0, b], z[1, b] = the two normals of block b (elements 2b and 2b + 1): two
+    contiguous rows, which LLVM vectorises (interleaved stores into one row it would not)."""
+    for b in range(n_blocks):
+        rad = math.sqrt(_minus_two_log(_unit(bits[0, b], bits[1, b])))
+        c, s = _cos_sin(_TWO_PI * _unit(bits[2, b], bits[3, b]))
+        z[0, b] = rad * c
+        z[1, b] = rad * s
+
+
+@numba.njit(inline="always")
+def _fine_pair(u, v, th_hi, th_lo):
+    """The two normals of float64 inputs' radius uniform (u, v = 1 - u) and angle words."""
+    rad = math.sqrt(_minus_two_log_fine(u, v))
     c, s = _cos_sin(_TWO_PI * _unit(th_hi, th_lo))
     return rad * c, rad * s
 
 
+@numba.njit(nogil=True, cache=True)
+def _refined_pair(r0, th_hi, th_lo, b, c1, c2, c3, k0, k1):
+    """The normals of refined block b (``_refined_terms``): scalar, rare, not inlined."""
+    u, v = _refined_terms(r0, b, c1, c2, c3, k0, k1)
+    return _fine_pair(u, v, th_hi, th_lo)
+
+
 @numba.njit(inline="always")
-def _box_muller_row(bits, n_blocks, z, fine, c1, c2, c3, k0, k1):
-    """z[0, b], z[1, b] = the two normals of block b (elements 2b and 2b + 1): two
-    contiguous rows, which LLVM vectorises (interleaved stores into one row it would not).
-    ``fine`` (float64 inputs): the radius of ``philox_torch.fine_radius_terms``, vectorised
-    outside its refined tails, then a scalar pass over the blocks it redraws (1 in 128);
-    (c1, c2, c3, k0, k1): the row's counter words and key, for the refinement words."""
-    if not fine:
-        for b in range(n_blocks):
-            z[0, b], z[1, b] = _normal_pair(_minus_two_log(_unit(bits[0, b], bits[1, b])),
-                                            bits[2, b], bits[3, b])
-    else:
-        for b in range(n_blocks):
-            u, v = _fine_terms(bits[0, b], bits[1, b])
-            z[0, b], z[1, b] = _normal_pair(_minus_two_log_fine(u, v), bits[2, b], bits[3, b])
-        for b in range(n_blocks):
-            if _refines(bits[0, b]):
-                u, v = _refined_terms(bits[0, b], b, c1, c2, c3, k0, k1)
-                z[0, b], z[1, b] = _normal_pair(_minus_two_log_fine(u, v), bits[2, b],
-                                                bits[3, b])
+def _box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1):
+    """``_box_muller_row`` for float64 inputs: the radius of
+    ``philox_torch.fine_radius_terms``, vectorised outside its refined tails, then the blocks
+    it redraws (1 in 1024) one by one; (c1, c2, c3, k0, k1): the row's counter words and key,
+    for the refinement words. Functions of their own, not inlined: inlined into the kernel
+    beside the float32 path, they made LLVM's code for that path 1.5x slower."""
+    _allow_512_bit_vectors()
+    for b in range(n_blocks):
+        u, v = _fine_terms(bits[0, b], bits[1, b])
+        z[0, b], z[1, b] = _fine_pair(u, v, bits[2, b], bits[3, b])
+    for b in range(n_blocks):
+        if _refines(bits[0, b]):
+            z[0, b], z[1, b] = _refined_pair(bits[0, b], bits[2, b], bits[3, b], b, c1, c2, c3,
+                                             k0, k1)
 
 
 @numba.njit(inline="always")
@@ -298,8 +311,7 @@ def _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity):
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, fine,
-                       out):
+def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity, out):
     n_rows = out.shape[0]
     dim = x.shape[1]
     n_blocks = (dim + 1) // 2
@@ -310,10 +322,31 @@ def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest
         for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
             i = row_input[r]
             s = sigma[i]
+            _philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
+                        np.uint32(row_stream[r]), k0, k1)
+            _box_muller_row(bits, n_blocks, z)
+            _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _noisy_rows_kernel_fine(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity,
+                            out):
+    """``_noisy_rows_kernel`` for float64 inputs (their radius, ``_box_muller_row_fine``): a
+    kernel of its own, as a float64 branch in the float32 kernel made LLVM's code for the
+    float32 rows 1.5x slower."""
+    n_rows = out.shape[0]
+    dim = x.shape[1]
+    n_blocks = (dim + 1) // 2
+    for chunk in numba.prange((n_rows + _CHUNK - 1) // _CHUNK):
+        _allow_512_bit_vectors()  # marks the function that holds this loop body
+        bits = np.empty((4, n_blocks), np.uint32)
+        z = np.empty((2, n_blocks), np.float64)
+        for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
+            i = row_input[r]
             c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
             _philox_row(bits, n_blocks, c1, c2, c3, k0, k1)
-            _box_muller_row(bits, n_blocks, z, fine, c1, c2, c3, k0, k1)
-            _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity)
+            _box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1)
+            _add_scaled_pairs(out, r, x, i, sigma[i], z, dim, dest, identity)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -376,5 +409,5 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor,
                     row_j: torch.Tensor, dest=None) -> None:
     """Same contract as ``noise_numba.noisy_rows_into``."""
-    run_noise_kernel(_noisy_rows_kernel, out, x_flat, sigma, ids, seed, row_input, row_stream,
-                     row_j, dest)
+    run_noise_kernel((_noisy_rows_kernel, _noisy_rows_kernel_fine), out, x_flat, sigma, ids, seed,
+                     row_input, row_stream, row_j, dest)

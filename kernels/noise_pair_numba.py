@@ -15,8 +15,10 @@ import torch
 
 from .noise_numba import _CHUNK, _add_scaled_row, _philox_row
 from .noise_numba import _box_muller_row as libm_box_muller_row
+from .noise_numba import _box_muller_row_fine as libm_box_muller_row_fine
 from .noise_numba_simd import _add_scaled_pairs, _allow_512_bit_vectors
 from .noise_numba_simd import _box_muller_row as simd_box_muller_row
+from .noise_numba_simd import _box_muller_row_fine as simd_box_muller_row_fine
 from .philox_torch import check_row_dtypes, split_seed
 
 
@@ -38,11 +40,17 @@ def _noisy_row_pairs_kernel(x, sigma_a, sigma_b, ids, k0, k1, row_input, row_str
             c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
             _philox_row(bits, n_blocks, c1, c2, c3, k0, k1)
             if simd:
-                simd_box_muller_row(bits, n_blocks, z, fine, c1, c2, c3, k0, k1)
+                if fine:
+                    simd_box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1)
+                else:
+                    simd_box_muller_row(bits, n_blocks, z)
                 _add_scaled_pairs(out_a, r, x, i, sigma_a[i], z, dim, dest, identity)
                 _add_scaled_pairs(out_b, r, x, i, sigma_b[i], z, dim, dest, identity)
             else:
-                libm_box_muller_row(bits, n_blocks, z_flat, fine, c1, c2, c3, k0, k1)
+                if fine:
+                    libm_box_muller_row_fine(bits, n_blocks, z_flat, c1, c2, c3, k0, k1)
+                else:
+                    libm_box_muller_row(bits, n_blocks, z_flat)
                 _add_scaled_row(out_a, r, x, i, sigma_a[i], z_flat, dim, dest, identity)
                 _add_scaled_row(out_b, r, x, i, sigma_b[i], z_flat, dim, dest, identity)
 

@@ -19,13 +19,14 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .philox_torch import (PHILOX_ROUNDS, REFINE_COUNTER, REFINE_SCALE, REFINE_SHIFT,
-                           check_row_dtypes, split_seed)
+                           REFINE_TOP, check_row_dtypes, split_seed)
 
 BLOCK = 256  # Philox counters per program (512 elements)
 # float64 inputs' radius (``philox_torch.fine_radius_terms``), as constants Triton may read
 _REFINE_COUNTER = tl.constexpr(REFINE_COUNTER)
 _REFINE_SHIFT = tl.constexpr(REFINE_SHIFT)
 _REFINE_SCALE = tl.constexpr(REFINE_SCALE)
+_REFINE_TOP = tl.constexpr(REFINE_TOP)
 
 
 @triton.jit
@@ -125,7 +126,7 @@ def _row_block(x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr
     r0, r1, r2, r3 = _philox(c0, zero + c1, zero + c2, zero + c3, k0.to(tl.uint32),
                              k1.to(tl.uint32), N_ROUNDS)
     if FINE:
-        # every block's refinement words, used by 1 in 128: a vector op has no rare branch
+        # every block's refinement words, used by 1 in 1024: a vector op has no rare branch
         q0, q1, q2, q3 = _philox(c0 | _REFINE_COUNTER, zero + c1, zero + c2, zero + c3,
                                  k0.to(tl.uint32), k1.to(tl.uint32), N_ROUNDS)
     else:
@@ -150,8 +151,8 @@ def _unit64_f64(hi, lo):
 @triton.jit
 def _minus_two_log_fine(r0, r1, q0, q1, q2, q3, LIBDEVICE: tl.constexpr):
     """-2 log(u) of ``philox_torch.fine_radius_terms`` (float64 inputs): u and v = 1 - u from
-    64 bits, the small one redrawn from the refinement words q where r0's top 8 bits are all
-    0 or all 1; -2 log1p(-v) in r0's upper half."""
+    64 bits, the small one redrawn from the refinement words q where r0's top 11 bits are
+    all 0 or all 1; -2 log1p(-v) in r0's upper half."""
     u = _unit64_f64(r0, r1)
     v = _unit64_f64(~r0, ~r1)
     top = r0 >> _REFINE_SHIFT
@@ -159,8 +160,8 @@ def _minus_two_log_fine(r0, r1, q0, q1, q2, q3, LIBDEVICE: tl.constexpr):
     tail = q2.to(tl.float64) + tail * 2.3283064365386963e-10
     tail = q1.to(tl.float64) + tail * 2.3283064365386963e-10
     w = (q0.to(tl.float64) + tail * 2.3283064365386963e-10) * 2.3283064365386963e-10 * _REFINE_SCALE
-    u = tl.where(top == 0, w, tl.where(top == 255, 1.0 - w, u))
-    v = tl.where(top == 255, w, tl.where(top == 0, 1.0 - w, v))
+    u = tl.where(top == 0, w, tl.where(top == _REFINE_TOP, 1.0 - w, u))
+    v = tl.where(top == _REFINE_TOP, w, tl.where(top == 0, 1.0 - w, v))
     return -2.0 * tl.where(r0 >= 0x80000000, _log1p(-v, LIBDEVICE), _log(u, LIBDEVICE))
 
 

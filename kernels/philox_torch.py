@@ -1,7 +1,8 @@
 """Plain-PyTorch reference of the counter-based Gaussian noise (the specification).
 
 Slow (int64 arithmetic emulating uint32), used by tests and as the fallback on devices
-without a fused kernel. Every other backend must reproduce it up to float64 rounding in
+without a fused kernel. float64 inputs' radius: ``fine_radius_terms`` (``gaussian_noise``'s
+``fine``). Every other backend must reproduce it up to float64 rounding in
 log / sin / cos (for float32 inputs: bit for bit, but for the rare x + sigma * z within a few
 float64 ulps of a float32 rounding boundary).
 """
@@ -21,8 +22,9 @@ TWO_PI = 2.0 * math.pi
 TWO_POW_M32 = 2.0**-32
 TWO_POW_M64 = 2.0**-64
 REFINE_COUNTER = 1 << 31        # refinement words of block b: Philox at counter b + 2**31
-REFINE_SHIFT = 24               # refine where the top 8 bits of r0 are all 0 or all 1 ...
-REFINE_SCALE = 2.0**-8          # ... i.e. u or 1 - u below 2**-8: redrawn as 2**-8 u'
+REFINE_SHIFT = 21               # refine where the top 11 bits of r0 are all 0 or all 1 ...
+REFINE_TOP = (1 << (32 - REFINE_SHIFT)) - 1
+REFINE_SCALE = 2.0**-11         # ... i.e. u or 1 - u below 2**-11: redrawn as 2**-11 u'
 MAX_ROW_LENGTH = 2**32          # block indices b < 2**31 stay clear of REFINE_COUNTER
 
 
@@ -78,18 +80,20 @@ def fine_radius_terms(r0, r1, q0, q1, q2, q3):
     precision, so that -log(u) shows no lattice at float64 resolution (issue 20).
 
     u and v are the 64 bits of (r0, r1) and their complement, each rounded once, so v is not
-    the 2**-53 grid of 1 - fl(u). Where the top 8 bits of r0 are all 0 (u < 2**-8) or all 1
-    (v < 2**-8), that 64-bit grid would show in turn: the small one of u and v is redrawn as
-    2**-8 u' with u' the 128-bit uniform of the block's refinement words (q0, q1, q2, q3),
-    Philox at counter (b + 2**31, j, id, s), and the other is fl(1 - it). Exact under the law
-    of u: u is uniform on (0, 2**-8) given the top 8 bits. ``upper`` (r0's top bit): take
+    the 2**-53 grid of 1 - fl(u). Above 2**-11 a float64 spans an even number of steps of
+    2**-64 and the grid (W + 1/2) 2**-64 has no ties: each float64 gets exactly the
+    probability of a continuous uniform rounded once. Where the top 11 bits of r0 are all 0
+    (u < 2**-11) or all 1 (v < 2**-11) the 64-bit grid would show: the small one of u and v
+    is redrawn as 2**-11 u' with u' the 128-bit uniform of the block's refinement words (q0,
+    q1, q2, q3), Philox at counter (b + 2**31, j, id, s), and the other is fl(1 - it). Exact
+    under the law of u: u is uniform on (0, 2**-11) given the top 11 bits. ``upper`` (r0's top bit): take
     -log1p(-v), else -log(u); every backend uses the same u, v, up to its log's rounding."""
     u = uint32_pair_to_unit_double64(r0, r1)
     v = uint32_pair_to_unit_double64(MASK32 - r0, MASK32 - r1)
     top = r0 >> REFINE_SHIFT
     w = uint32_quad_to_unit_double(q0, q1, q2, q3) * REFINE_SCALE
-    u = torch.where(top == 0, w, torch.where(top == 255, 1.0 - w, u))
-    v = torch.where(top == 255, w, torch.where(top == 0, 1.0 - w, v))
+    u = torch.where(top == 0, w, torch.where(top == REFINE_TOP, 1.0 - w, u))
+    v = torch.where(top == REFINE_TOP, w, torch.where(top == 0, 1.0 - w, v))
     return u, v, r0 >= 1 << 31
 
 

@@ -59,8 +59,8 @@ def radius_lattice_score(rows: torch.Tensor, background: int, sigma: float,
     return _score(_grid_distance(-torch.expm1(-t), RADIUS_SPACING), t < RADIUS_MAX_T, per_row)
 
 
-# the tail of the radius: u = e**-t below about 2**-8 (t > 5.5, 1 pair in 250), where
-# float64 inputs' radius uniform is redrawn from the refinement words
+# the tail of the radius: u = e**-t below about 2**-8 (t > 5.5, 1 pair in 250), reaching
+# below 2**-11, where float64 inputs' radius uniform is redrawn from the refinement words
 TAIL_T_MIN = 5.5
 
 

@@ -377,7 +377,7 @@ def _simd_rows_at_default_width(x, sigma, ids, k0, k1, row_input, row_stream, ro
         i = row_input[r]
         c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
         noise_numba_simd._philox_row(bits, n_blocks, c1, c2, c3, k0, k1)
-        noise_numba_simd._box_muller_row(bits, n_blocks, z, True, c1, c2, c3, k0, k1)  # float64
+        noise_numba_simd._box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1)  # float64
         noise_numba_simd._add_scaled_pairs(out, r, x, i, sigma[i], z, x.shape[1], dest, True)
 
 
