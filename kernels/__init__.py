@@ -26,7 +26,8 @@ lattice for float64 inputs (issues 10 and 20). In float64 it sits far below floa
 resolution, so a float32 input's noisy value is, to any test we could write, fl32(x + sigma z)
 with z exactly Gaussian (``tests/test_noise_distinguishers.py``). For float64 inputs the 53-bit
 uniforms would show at float64 resolution (1 - u near 1 on the 2**-53 grid, u near 0 on the
-grid's midpoints, read from the radius by a model that knows sigma), hence their finer radius;
+grid's midpoints, read from the radius by a model that knows sigma), hence their finer radius
+(the angle keeps its 53-bit uniform, whose grid shows near the axes: docs/threat-model.md);
 float32 inputs' noise is unchanged by it (refinement words are drawn for float64 inputs
 only; rows are at most 2**32 elements, so block indices stay below 2**31).
 

@@ -79,6 +79,18 @@ def radius_lattice_score_f64(rows: torch.Tensor, background: int, sigma: float,
     return _score(d, torch.ones_like(d, dtype=torch.bool), per_row=False)
 
 
+def angle_axis_score_f64(rows: torch.Tensor, background: int, width: float = 0.01) -> float:
+    """Needs neither sigma nor the seed: pairs whose angle th = atan2(x1, x0) lies within
+    ``width`` above 0 (the angle uniform near 0), th / (2 pi) against the 2**-53 grid, in long
+    double. The angle's relative precision there exceeds the uniform's."""
+    v = rows.reshape(len(rows), -1)[:, :background].numpy().astype(np.longdouble)
+    v0, v1 = v[:, 0::2], v[:, 1::2]
+    keep = (v0 > 0) & (v1 > 0) & (v1 < width * v0)
+    m = np.arctan(v1[keep] / v0[keep]) / (2 * np.pi) * np.longdouble(2.0**53)
+    d = torch.from_numpy(np.abs(m - np.round(m)).astype(np.float64))
+    return _score(d, torch.ones_like(d, dtype=torch.bool), per_row=False)
+
+
 def background_input(dim: int, background: int, seed: int = 0) -> torch.Tensor:
     """(1, dim) float32: zeros in the first ``background`` coordinates, pixels after."""
     x = torch.rand(1, dim, generator=torch.Generator().manual_seed(seed))
