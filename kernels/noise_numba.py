@@ -10,6 +10,8 @@ processed in parallel, in chunks of ``_CHUNK`` rows per task; each row goes in t
 2. Box-Muller with the C library's ``log`` and ``sin``/``cos`` in float64, then
    ``x + sigma * z`` written to the row, through ``dest`` for channels_last batches.
 
+float64 inputs run ``_noisy_rows_kernel_fine``: the radius of
+``philox_torch.fine_radius_terms`` (64-bit uniforms, tails redrawn from a second Philox block).
 Pass 2 is bound by the scalar libm calls (``noise_numba_simd`` evaluates them as vectorised
 polynomials). Releases the GIL (``nogil``) so it may run beside other Python threads.
 """

@@ -9,7 +9,9 @@ branch-free float64 polynomials (Horner steps as fused multiply-adds, ``llvm.fma
 LLVM vectorises (AVX2: 4 lanes; AVX-512: 8, see ``_allow_512_bit_vectors``), so the whole row
 -- Philox, Box-Muller, x + sigma * z -- runs in SIMD registers.
 
-- uniforms: k = hi 2**21 + lo // 2**11 and (k + 1/2) 2**-53 as two exact FMAs.
+- uniforms: k = hi 2**21 + lo // 2**11 and (k + 1/2) 2**-53 as two exact FMAs; float64
+  inputs' radius (``philox_torch.fine_radius_terms``) from 64 bits and their complement,
+  log1p(-v) through the same series, in a kernel of their own (``_noisy_rows_kernel_fine``).
 - log(u), u in (0, 1]: u = 2**k * (1 + f) with 1 + f in about [sqrt(1/2), sqrt(2)) (exact
   bit manipulation on the high word), then log(1 + f) = f - (f**2/2 - s (f**2/2 + R)) with
   s = f / (2 + f), |s| <= 0.172 and R = 2 s**2/3 + 2 s**4/5 + ... (the series of
@@ -281,10 +283,9 @@ def _refined_pair(r0, th_hi, th_lo, b, c1, c2, c3, k0, k1):
 def _box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1):
     """``_box_muller_row`` for float64 inputs: the radius of
     ``philox_torch.fine_radius_terms``, vectorised outside its refined tails, then the blocks
-    it redraws (1 in 1024) one by one; (c1, c2, c3, k0, k1): the row's counter words and key,
-    for the refinement words. Functions of their own, not inlined: inlined into the kernel
-    beside the float32 path, they made LLVM's code for that path 1.5x slower."""
-    _allow_512_bit_vectors()
+    it redraws (1 in 1024) one by one through ``_refined_pair`` (not inlined: inlined, its
+    scalar Philox cost the vectorised loop far more than it computes); (c1, c2, c3, k0, k1):
+    the row's counter words and key, for the refinement words."""
     for b in range(n_blocks):
         u, v = _fine_terms(bits[0, b], bits[1, b])
         z[0, b], z[1, b] = _fine_pair(u, v, bits[2, b], bits[3, b])
