@@ -16,7 +16,11 @@ rare float64 near-ties, for float64 inputs up to the last bits of log/sin/cos:
   fallback on other devices.
 
 float32 noise would be recognisable from one noisy row (issue 20): the noise is float64 for
-every input dtype.
+every input dtype. float64 inputs' radius is drawn to float64's full relative precision
+(64-bit uniforms, their tails redrawn from a second Philox block, ``kernels/__init__.py``), so
+a model that knows sigma finds no lattice of the uniforms in the radius at float64
+resolution; float32 inputs' noise is unchanged by it. (float64 inputs' angle still shows its
+53-bit grid near the axes: ``docs/threat-model.md``.)
 """
 import functools
 import os

@@ -10,11 +10,26 @@ noise of element ``e`` of sample ``j`` of input ``id`` in stream ``s`` under ``s
     noise = z[e % 2]
     out = dtype(float64(x) + float64(sigma) * noise)            # rounded once to x's dtype
 
-for float32 and float64 inputs alike. Noise drawn in float32 would leave structure a model
-can read from one noisy row: the Box-Muller angle of a pair of coordinates on the float32
-lattice, x_noisy - x on a float32 lattice for float64 inputs (issues 10 and 20). In float64
-it sits far below float32's resolution, so a float32 input's noisy value is, to any test we
-could write, fl32(x + sigma z) with z exactly Gaussian (``tests/test_noise_distinguishers.py``).
+for float32 inputs. float64 inputs take the radius uniform to float64's full relative
+precision instead (``philox_torch.fine_radius_terms``), the angle as above:
+
+    u = fl((r0 * 2**32 + r1 + 0.5) * 2**-64),  v = fl(1 - that) from the complemented words
+    if r0 >> 21 in (0, 2047):               # u < 2**-11 or v < 2**-11: 1 block in 1024
+        q0..q3 = Philox4x32-10(counter=(e // 2 + 2**31, j, id, s), same key)
+        w = 2**-11 * (0.q0 q1 q2 q3 + 2**-129)  # 128 bits, Horner in 2**-32, float64
+        (u, v) = (w, fl(1 - w)) if r0 >> 24 == 0 else (fl(1 - w), w)
+    rad = sqrt(-2 * (log1p(-v) if r0 >= 2**31 else log(u)))
+
+Noise drawn in float32 would leave structure a model can read from one noisy row: the
+Box-Muller angle of a pair of coordinates on the float32 lattice, x_noisy - x on a float32
+lattice for float64 inputs (issues 10 and 20). In float64 it sits far below float32's
+resolution, so a float32 input's noisy value is, to any test we could write, fl32(x + sigma z)
+with z exactly Gaussian (``tests/test_noise_distinguishers.py``). For float64 inputs the 53-bit
+uniforms would show at float64 resolution (1 - u near 1 on the 2**-53 grid, u near 0 on the
+grid's midpoints, read from the radius by a model that knows sigma), hence their finer radius
+(the angle keeps its 53-bit uniform, whose grid shows near the axes: docs/threat-model.md);
+float32 inputs' noise is unchanged by it (refinement words are drawn for float64 inputs
+only; rows are at most 2**32 elements, so block indices stay below 2**31).
 
 Noise is a pure function of (seed, id, stream, j, e):
 results never depend on batch size, on how inputs are packed into a batch, or on the device.

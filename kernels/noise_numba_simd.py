@@ -9,7 +9,9 @@ branch-free float64 polynomials (Horner steps as fused multiply-adds, ``llvm.fma
 LLVM vectorises (AVX2: 4 lanes; AVX-512: 8, see ``_allow_512_bit_vectors``), so the whole row
 -- Philox, Box-Muller, x + sigma * z -- runs in SIMD registers.
 
-- uniforms: k = hi 2**21 + lo // 2**11 and (k + 1/2) 2**-53 as two exact FMAs.
+- uniforms: k = hi 2**21 + lo // 2**11 and (k + 1/2) 2**-53 as two exact FMAs; float64
+  inputs' radius (``philox_torch.fine_radius_terms``) from 64 bits and their complement,
+  log1p(-v) through the same series, in a kernel of their own (``_noisy_rows_kernel_fine``).
 - log(u), u in (0, 1]: u = 2**k * (1 + f) with 1 + f in about [sqrt(1/2), sqrt(2)) (exact
   bit manipulation on the high word), then log(1 + f) = f - (f**2/2 - s (f**2/2 + R)) with
   s = f / (2 + f), |s| <= 0.172 and R = 2 s**2/3 + 2 s**4/5 + ... (the series of
@@ -50,7 +52,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .noise_numba import _CHUNK, _philox_row, run_noise_kernel
+from .noise_numba import (_CHUNK, _fine_terms, _philox_row, _refined_terms, _refines,
+                          run_noise_kernel)
 
 _ONE, _TWO, _HALF = 1.0, 2.0, 0.5
 _TWO_POW_21 = 2.0**21
@@ -197,6 +200,21 @@ def _minus_two_log(u):
     ``_log`` scaled by a power of 2 (exact), with the -2 folded into its inputs (2f, 2s,
     4s**2, coefficients / 4**k) instead of a last multiplication."""
     k, f = _log_reduce(u)
+    return _minus_two_log_kf(k, f)
+
+
+@numba.njit(inline="always")
+def _minus_two_log_fine(u, v):
+    """-2 log(u) given v = 1 - u to full precision too (float64 inputs' radius): where the
+    reduction keeps k = 0 (u in [sqrt(1/2), 1]), f = u - 1 is taken as -v, the series then
+    being log1p(-v) (no rounding of 1 + f to correct: f is given)."""
+    k, f = _log_reduce(u)
+    return _minus_two_log_kf(k, -v if k == 0 else f)
+
+
+@numba.njit(inline="always")
+def _minus_two_log_kf(k, f):
+    """-2 (k ln 2 + log1p(f)), |f| <= 0.42: ``_minus_two_log`` after the reduction."""
     hfsq = _HALF * f * f
     two_f = f + f
     two_s = two_f / (_TWO + f)
@@ -247,6 +265,37 @@ def _box_muller_row(bits, n_blocks, z):
 
 
 @numba.njit(inline="always")
+def _fine_pair(u, v, th_hi, th_lo):
+    """The two normals of float64 inputs' radius uniform (u, v = 1 - u) and angle words."""
+    rad = math.sqrt(_minus_two_log_fine(u, v))
+    c, s = _cos_sin(_TWO_PI * _unit(th_hi, th_lo))
+    return rad * c, rad * s
+
+
+@numba.njit(nogil=True, cache=True)
+def _refined_pair(r0, th_hi, th_lo, b, c1, c2, c3, k0, k1):
+    """The normals of refined block b (``_refined_terms``): scalar, rare, not inlined."""
+    u, v = _refined_terms(r0, b, c1, c2, c3, k0, k1)
+    return _fine_pair(u, v, th_hi, th_lo)
+
+
+@numba.njit(inline="always")
+def _box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1):
+    """``_box_muller_row`` for float64 inputs: the radius of
+    ``philox_torch.fine_radius_terms``, vectorised outside its refined tails, then the blocks
+    it redraws (1 in 1024) one by one through ``_refined_pair`` (not inlined: inlined, its
+    scalar Philox cost the vectorised loop far more than it computes); (c1, c2, c3, k0, k1):
+    the row's counter words and key, for the refinement words."""
+    for b in range(n_blocks):
+        u, v = _fine_terms(bits[0, b], bits[1, b])
+        z[0, b], z[1, b] = _fine_pair(u, v, bits[2, b], bits[3, b])
+    for b in range(n_blocks):
+        if _refines(bits[0, b]):
+            z[0, b], z[1, b] = _refined_pair(bits[0, b], bits[2, b], bits[3, b], b, c1, c2, c3,
+                                             k0, k1)
+
+
+@numba.njit(inline="always")
 def _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity):
     """``noise_numba._add_scaled_row`` for z in two rows: element e takes z[e % 2, e // 2]."""
     half = dim // 2
@@ -278,6 +327,27 @@ def _noisy_rows_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest
                         np.uint32(row_stream[r]), k0, k1)
             _box_muller_row(bits, n_blocks, z)
             _add_scaled_pairs(out, r, x, i, s, z, dim, dest, identity)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _noisy_rows_kernel_fine(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, identity,
+                            out):
+    """``_noisy_rows_kernel`` for float64 inputs (their radius, ``_box_muller_row_fine``): a
+    kernel of its own, as a float64 branch in the float32 kernel made LLVM's code for the
+    float32 rows 1.5x slower."""
+    n_rows = out.shape[0]
+    dim = x.shape[1]
+    n_blocks = (dim + 1) // 2
+    for chunk in numba.prange((n_rows + _CHUNK - 1) // _CHUNK):
+        _allow_512_bit_vectors()  # marks the function that holds this loop body
+        bits = np.empty((4, n_blocks), np.uint32)
+        z = np.empty((2, n_blocks), np.float64)
+        for r in range(chunk * _CHUNK, min(n_rows, (chunk + 1) * _CHUNK)):
+            i = row_input[r]
+            c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
+            _philox_row(bits, n_blocks, c1, c2, c3, k0, k1)
+            _box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1)
+            _add_scaled_pairs(out, r, x, i, sigma[i], z, dim, dest, identity)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -340,5 +410,5 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor,
                     row_j: torch.Tensor, dest=None) -> None:
     """Same contract as ``noise_numba.noisy_rows_into``."""
-    run_noise_kernel(_noisy_rows_kernel, out, x_flat, sigma, ids, seed, row_input, row_stream,
-                     row_j, dest)
+    run_noise_kernel((_noisy_rows_kernel, _noisy_rows_kernel_fine), out, x_flat, sigma, ids, seed,
+                     row_input, row_stream, row_j, dest)

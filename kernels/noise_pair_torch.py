@@ -17,7 +17,8 @@ def noisy_row_pairs(x: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tenso
     """(rows at sigma_a, rows at sigma_b), each shaped like ``philox_torch.noisy_rows``'s."""
     flat = x.reshape(x.shape[0], -1)
     row_input = torch.as_tensor(row_input, dtype=torch.int64, device=x.device)
-    noise = gaussian_noise(seed, ids[row_input], row_stream, row_j, flat.shape[1], device=x.device)
+    noise = gaussian_noise(seed, ids[row_input], row_stream, row_j, flat.shape[1], device=x.device,
+                           fine=flat.dtype == torch.float64)
     base = flat[row_input].to(torch.float64)
 
     def at(sigma):

@@ -21,14 +21,15 @@ def _noisy_row_pairs_kernel(x_ptr, sigma_a_ptr, sigma_b_ptr, ids_ptr, row_input_
                             row_stream_ptr, row_j_ptr, out_a_ptr, out_b_ptr, k0, k1, dim,
                             x_row_stride, out_row_stride, channels, hw,
                             CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
-                            N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
-    x_row, out_a_row, s_a, b, r0, r1, r2, r3 = _row_block(
+                            N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr,
+                            FINE: tl.constexpr):
+    x_row, out_a_row, s_a, b, words = _row_block(
         x_ptr, out_a_ptr, sigma_a_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
-        x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
+        x_row_stride, out_row_stride, BLOCK, N_ROUNDS, FINE)
     r = tl.program_id(0).to(tl.int64)
     out_b_row = out_b_ptr + r * out_row_stride
     s_b = tl.load(sigma_b_ptr + tl.load(row_input_ptr + r))
-    z0, z1 = _box_muller(r0, r1, r2, r3, BLOCK, LIBDEVICE)
+    z0, z1 = _box_muller(words, BLOCK, LIBDEVICE, FINE)
     e = 2 * b.to(tl.int64)
     _store(x_row, out_a_row, s_a, z0, e, dim, channels, hw, CHANNELS_LAST)
     _store(x_row, out_a_row, s_a, z1, e + 1, dim, channels, hw, CHANNELS_LAST)
@@ -53,4 +54,4 @@ def noisy_row_pairs_into(out_a: torch.Tensor, out_b: torch.Tensor, x_flat: torch
         x_flat, sigma_a.to(torch.float64), sigma_b.to(torch.float64), ids, row_input, row_stream,
         row_j, out_a, out_b, k0, k1, out_a.shape[1], x_flat.stride(0), out_a.stride(0), channels,
         hw, CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK, N_ROUNDS=PHILOX_ROUNDS,
-        LIBDEVICE=not INTERPRETED)
+        LIBDEVICE=not INTERPRETED, FINE=x_flat.dtype == torch.float64)

@@ -18,9 +18,15 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .philox_torch import PHILOX_ROUNDS, check_row_dtypes, split_seed
+from .philox_torch import (PHILOX_ROUNDS, REFINE_COUNTER, REFINE_SCALE, REFINE_SHIFT,
+                           REFINE_TOP, check_row_dtypes, split_seed)
 
 BLOCK = 256  # Philox counters per program (512 elements)
+# float64 inputs' radius (``philox_torch.fine_radius_terms``), as constants Triton may read
+_REFINE_COUNTER = tl.constexpr(REFINE_COUNTER)
+_REFINE_SHIFT = tl.constexpr(REFINE_SHIFT)
+_REFINE_SCALE = tl.constexpr(REFINE_SCALE)
+_REFINE_TOP = tl.constexpr(REFINE_TOP)
 
 
 @triton.jit
@@ -64,6 +70,18 @@ def _log(x, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
+def _log1p(x, LIBDEVICE: tl.constexpr):
+    """log(1 + x); interpreted (no libdevice): log(y) x / (y - 1) with y = fl(1 + x), which
+    cancels y's rounding (Goldberg), within a few ulps."""
+    if LIBDEVICE:
+        return libdevice.log1p(x)
+    else:
+        y = 1.0 + x
+        d = y - 1.0
+        return tl.where(d == 0.0, x, tl.log(y) * (x / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
 def _sqrt_f64(x, LIBDEVICE: tl.constexpr):
     """IEEE float64 sqrt (tl.sqrt_rn takes float32 only)."""
     if LIBDEVICE:
@@ -90,9 +108,12 @@ def _sin(x, LIBDEVICE: tl.constexpr):
 
 @triton.jit
 def _row_block(x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0,
-               k1, x_row_stride, out_row_stride, BLOCK: tl.constexpr, N_ROUNDS: tl.constexpr):
+               k1, x_row_stride, out_row_stride, BLOCK: tl.constexpr, N_ROUNDS: tl.constexpr,
+               FINE: tl.constexpr):
     """The program's row r (axis 0) and Philox blocks b (axis 1): its input and output rows,
-    sigma, b, and the four Philox words of counter (b, j, id, stream)."""
+    sigma, b, the four Philox words of counter (b, j, id, stream) and, with ``FINE`` (float64
+    inputs), the four refinement words of counter (b + 2**31, j, id, stream) (else the first
+    four again, unused)."""
     r = tl.program_id(0).to(tl.int64)
     i = tl.load(row_input_ptr + r)
     s = tl.load(sigma_ptr + i)
@@ -104,7 +125,14 @@ def _row_block(x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr
     zero = c0 * 0
     r0, r1, r2, r3 = _philox(c0, zero + c1, zero + c2, zero + c3, k0.to(tl.uint32),
                              k1.to(tl.uint32), N_ROUNDS)
-    return x_ptr + i * x_row_stride, out_ptr + r * out_row_stride, s, b, r0, r1, r2, r3
+    if FINE:
+        # every block's refinement words, used by 1 in 1024: a vector op has no rare branch
+        q0, q1, q2, q3 = _philox(c0 | _REFINE_COUNTER, zero + c1, zero + c2, zero + c3,
+                                 k0.to(tl.uint32), k1.to(tl.uint32), N_ROUNDS)
+    else:
+        q0, q1, q2, q3 = r0, r1, r2, r3
+    return (x_ptr + i * x_row_stride, out_ptr + r * out_row_stride, s, b,
+            (r0, r1, r2, r3, q0, q1, q2, q3))
 
 
 @triton.jit
@@ -115,9 +143,37 @@ def _unit_f64(hi, lo):
 
 
 @triton.jit
-def _box_muller(r0, r1, r2, r3, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
-    """The float64 normals (elements 2b, 2b + 1) of the Philox words of blocks b."""
-    rad = _sqrt_f64(-2.0 * _log(_unit_f64(r0, r1), LIBDEVICE), LIBDEVICE)
+def _unit64_f64(hi, lo):
+    """fl((hi 2**32 + lo + 1/2) 2**-64) (``philox_torch.uint32_pair_to_unit_double64``)."""
+    return hi.to(tl.float64) * 2.3283064365386963e-10 + (lo.to(tl.float64) + 0.5) * 5.421010862427522e-20
+
+
+@triton.jit
+def _minus_two_log_fine(r0, r1, q0, q1, q2, q3, LIBDEVICE: tl.constexpr):
+    """-2 log(u) of ``philox_torch.fine_radius_terms`` (float64 inputs): u and v = 1 - u from
+    64 bits, the small one redrawn from the refinement words q where r0's top 11 bits are
+    all 0 or all 1; -2 log1p(-v) in r0's upper half."""
+    u = _unit64_f64(r0, r1)
+    v = _unit64_f64(~r0, ~r1)
+    top = r0 >> _REFINE_SHIFT
+    tail = q3.to(tl.float64) + 0.5  # u' = 0.q0 q1 q2 q3 (+ 1/2), Horner in 2**-32
+    tail = q2.to(tl.float64) + tail * 2.3283064365386963e-10
+    tail = q1.to(tl.float64) + tail * 2.3283064365386963e-10
+    w = (q0.to(tl.float64) + tail * 2.3283064365386963e-10) * 2.3283064365386963e-10 * _REFINE_SCALE
+    u = tl.where(top == 0, w, tl.where(top == _REFINE_TOP, 1.0 - w, u))
+    v = tl.where(top == _REFINE_TOP, w, tl.where(top == 0, 1.0 - w, v))
+    return -2.0 * tl.where(r0 >= 0x80000000, _log1p(-v, LIBDEVICE), _log(u, LIBDEVICE))
+
+
+@triton.jit
+def _box_muller(words, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr, FINE: tl.constexpr):
+    """The float64 normals (elements 2b, 2b + 1) of the Philox words of blocks b (``words``
+    of ``_row_block``); ``FINE``: the radius of float64 inputs."""
+    r0, r1, r2, r3, q0, q1, q2, q3 = words
+    if FINE:
+        rad = _sqrt_f64(_minus_two_log_fine(r0, r1, q0, q1, q2, q3, LIBDEVICE), LIBDEVICE)
+    else:
+        rad = _sqrt_f64(-2.0 * _log(_unit_f64(r0, r1), LIBDEVICE), LIBDEVICE)
     # float64 2 pi as a float64 tensor: a bare literal could be rounded to float32
     th = tl.full([BLOCK], 6.283185307179586, tl.float64) * _unit_f64(r2, r3)
     return rad * _cos(th, LIBDEVICE), rad * _sin(th, LIBDEVICE)
@@ -127,13 +183,13 @@ def _box_muller(r0, r1, r2, r3, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
 def _noisy_rows_kernel(x_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr,
                        out_ptr, k0, k1, dim, x_row_stride, out_row_stride, channels, hw,
                        CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
-                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr):
+                       N_ROUNDS: tl.constexpr, LIBDEVICE: tl.constexpr, FINE: tl.constexpr):
     """2 float64 normals per Philox block (``philox_torch``); sigma float64, x and out float32
-    or float64."""
-    x_row, out_row, s, b, r0, r1, r2, r3 = _row_block(
+    or float64 (``FINE``)."""
+    x_row, out_row, s, b, words = _row_block(
         x_ptr, out_ptr, sigma_ptr, ids_ptr, row_input_ptr, row_stream_ptr, row_j_ptr, k0, k1,
-        x_row_stride, out_row_stride, BLOCK, N_ROUNDS)
-    z0, z1 = _box_muller(r0, r1, r2, r3, BLOCK, LIBDEVICE)
+        x_row_stride, out_row_stride, BLOCK, N_ROUNDS, FINE)
+    z0, z1 = _box_muller(words, BLOCK, LIBDEVICE, FINE)
     e = 2 * b.to(tl.int64)
     _store(x_row, out_row, s, z0, e, dim, channels, hw, CHANNELS_LAST)
     _store(x_row, out_row, s, z1, e + 1, dim, channels, hw, CHANNELS_LAST)
@@ -183,7 +239,8 @@ def noisy_rows_into(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
     _noisy_rows_kernel[grid](x_flat, sigma.to(torch.float64), ids, row_input, row_stream, row_j,
                              out, k0, k1, out.shape[1], x_flat.stride(0), out.stride(0), channels,
                              hw, CHANNELS_LAST=channels_last_shape is not None, BLOCK=BLOCK,
-                             N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED)
+                             N_ROUNDS=PHILOX_ROUNDS, LIBDEVICE=not INTERPRETED,
+                             FINE=x_flat.dtype == torch.float64)
 
 
 def launch_layout(x_flat: torch.Tensor, outs, channels_last_shape):

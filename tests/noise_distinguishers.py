@@ -59,13 +59,34 @@ def radius_lattice_score(rows: torch.Tensor, background: int, sigma: float,
     return _score(_grid_distance(-torch.expm1(-t), RADIUS_SPACING), t < RADIUS_MAX_T, per_row)
 
 
+# the tail of the radius: u = e**-t below about 2**-8 (t > 5.5, 1 pair in 250), reaching
+# below 2**-11, where float64 inputs' radius uniform is redrawn from the refinement words
+TAIL_T_MIN = 5.5
+
+
 def radius_lattice_score_f64(rows: torch.Tensor, background: int, sigma: float,
-                             t_max: float = 0.01) -> float:
-    """The radius test at float64 resolution (float64 rows, sigma known): 1 - e**-t against
-    the 2**-53 grid of the engine's uniforms, computed in long double (64-bit mantissa)."""
+                             t_max: float = 0.01, tail: bool = False) -> float:
+    """The radius test at float64 resolution (float64 rows, sigma known): 1 - e**-t (small
+    radii, t < t_max) or, with ``tail``, u = e**-t itself (large radii, t > TAIL_T_MIN)
+    against the 2**-53 grid of 53-bit uniforms, computed in long double (64-bit mantissa)."""
     v = rows.reshape(len(rows), -1)[:, :background].numpy().astype(np.longdouble)
     t = (v[:, 0::2] ** 2 + v[:, 1::2] ** 2) / np.longdouble(2 * sigma * sigma)
-    m = -np.expm1(-t[t < t_max]) * np.longdouble(2.0**53)
+    if tail:
+        m = np.exp(-t[t > TAIL_T_MIN]) * np.longdouble(2.0**53)
+    else:
+        m = -np.expm1(-t[t < t_max]) * np.longdouble(2.0**53)
+    d = torch.from_numpy(np.abs(m - np.round(m)).astype(np.float64))
+    return _score(d, torch.ones_like(d, dtype=torch.bool), per_row=False)
+
+
+def angle_axis_score_f64(rows: torch.Tensor, background: int, width: float = 0.01) -> float:
+    """Needs neither sigma nor the seed: pairs whose angle th = atan2(x1, x0) lies within
+    ``width`` above 0 (the angle uniform near 0), th / (2 pi) against the 2**-53 grid, in long
+    double. The angle's relative precision there exceeds the uniform's."""
+    v = rows.reshape(len(rows), -1)[:, :background].numpy().astype(np.longdouble)
+    v0, v1 = v[:, 0::2], v[:, 1::2]
+    keep = (v0 > 0) & (v1 > 0) & (v1 < width * v0)
+    m = np.arctan(v1[keep] / v0[keep]) / (2 * np.pi) * np.longdouble(2.0**53)
     d = torch.from_numpy(np.abs(m - np.round(m)).astype(np.float64))
     return _score(d, torch.ones_like(d, dtype=torch.bool), per_row=False)
 
@@ -95,6 +116,15 @@ def gaussian_rows(x: torch.Tensor, sigma: float, rows: int, seed: int) -> torch.
     """fl32(x + sigma z), z from numpy's float64 normal generator, rounded once."""
     z = np.random.default_rng(seed).standard_normal((rows, x.shape[1]))
     return torch.from_numpy(x.double().numpy() + sigma * z).to(x.dtype)
+
+
+def old_float64_rows(x: torch.Tensor, sigma: float, rows: int, seed: int) -> torch.Tensor:
+    """float64 rows of the noise float64 inputs had before their finer radius: 53-bit
+    uniforms (float32 inputs' noise, unrounded), at ``engine_rows``'s counters."""
+    z = philox_torch.gaussian_noise(seed, torch.zeros(rows, dtype=torch.int64),
+                                    torch.ones(rows, dtype=torch.int64), torch.arange(rows),
+                                    x.shape[1])
+    return x.double() + sigma * z
 
 
 def old_float32_rows(x: torch.Tensor, sigma: float, rows: int, seed: int) -> torch.Tensor:

@@ -241,6 +241,28 @@ def test_triton_float64_noise_matches_reference_and_numba(shape):
         assert torch.equal(nhwc.view(R, h, w, c).permute(0, 3, 1, 2).reshape(R, -1), got)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_refined_blocks_match_the_reference(dtype):
+    # float64 inputs' radius uniform redrawn in its tails (issue 20): blocks refined on both
+    # sides, single and pair kernels; float32 rows stay the 53-bit noise's, bit for bit
+    from test_float64_fine_noise import big_case, refined_blocks, unrefined_radius
+    x, sigma, ids, ri, rs, rj = big_case(dtype, rows=48, dim=1024)
+    lower, upper = refined_blocks(ids, ri, rs, rj, 1024, seed=0xDEADBEEFCAFEF00D)
+    assert int(lower.sum()) > 4 and int(upper.sum()) > 4   # 13 and 8
+    seed = 0xDEADBEEFCAFEF00D
+    ref = philox_torch.noisy_rows(x, sigma, ids, seed, ri, rs, rj)
+    got, a, b = (torch.full_like(ref, float("nan")) for _ in range(3))
+    K["noise_triton"].noisy_rows_into(got, x, sigma, ids, seed, ri, rs, rj)
+    K["noise_pair_triton"].noisy_row_pairs_into(a, b, x, sigma, sigma * 2, ids, seed, ri, rs, rj)
+    assert_same_noise(got, ref)
+    assert torch.equal(a, got)
+    if dtype == torch.float64:   # and the refinement moved those blocks' radii
+        z = (ref - x[ri]) / sigma[ri].unsqueeze(1)
+        moved = (torch.sqrt(z[:, 0::2] ** 2 + z[:, 1::2] ** 2)
+                 - unrefined_radius(ids, ri, rs, rj, 1024, seed=seed)).abs()
+        assert float((moved[lower | upper] > 1e-6).float().mean()) > 0.95
+
+
 def test_triton_float32_lattice_model_gets_no_certificate_for_float64_inputs():
     import dualrs_fast as drs
     from test_float64_noise import SIGMA, Float32LatticeDetector, _image_like_float64

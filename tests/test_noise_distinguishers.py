@@ -22,9 +22,10 @@ import torch
 import dualrs_fast as drs
 from dualrs_fast import sampling
 from dualrs_fast.compat import Smooth
-from noise_distinguishers import (angle_lattice_score, background_input, engine_rows,
-                                  gaussian_rows, old_float32_rows, radius_lattice_score,
-                                  radius_lattice_score_f64)
+from noise_distinguishers import (angle_axis_score_f64, angle_lattice_score, background_input,
+                                  engine_rows,
+                                  gaussian_rows, old_float32_rows, old_float64_rows,
+                                  radius_lattice_score, radius_lattice_score_f64)
 from test_float64_noise import _Level0
 
 CPU_BACKENDS = ["numba", "numba-simd", "torch"]
@@ -145,22 +146,43 @@ def test_the_recogniser_gets_no_false_certificate_through_dual_smoothing(x, back
     assert r.level.tolist() == [0] and r.prediction.tolist() == [0]
 
 
-# ---- float64 inputs: a known limitation (docs/threat-model.md)
+# ---- float64 inputs: the radius at float64 resolution (docs/threat-model.md)
 
 needs_long_double = pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60,
                                        reason="needs an 80-bit long double")
+F64_ROWS = 256   # 76,800 pairs: about 770 with t < 0.01 and 300 in the tail
 
 
 @needs_long_double
-def test_the_float64_radius_test_passes_genuine_float64_noise(x):
-    assert abs(radius_lattice_score_f64(gaussian_rows(x.double(), SIGMA, 64, 3), BACKGROUND,
-                                        SIGMA)) < Z
+@pytest.mark.parametrize("tail", [False, True])
+def test_the_float64_radius_tests_pass_genuine_and_catch_53_bit_uniforms(x, tail):
+    genuine = gaussian_rows(x.double(), SIGMA, F64_ROWS, 3)
+    assert abs(radius_lattice_score_f64(genuine, BACKGROUND, SIGMA, tail=tail)) < Z
+    # float64 inputs' noise before issue 20: 1 - u on the grid (z about -45), u on its
+    # midpoints (k + 1/2) 2**-53 (z about +30)
+    old = old_float64_rows(x, SIGMA, F64_ROWS, 3)
+    assert abs(radius_lattice_score_f64(old, BACKGROUND, SIGMA, tail=tail)) > 4 * Z
+
+
+@needs_long_double
+@pytest.mark.parametrize("tail", [False, True])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_inputs_show_no_radius_lattice_at_float64_resolution(x, backend, tail):
+    # small radii (1 - u near 0) and large ones (u near 0), the refined tails among them
+    rows = engine_rows(backend, x.double(), SIGMA, F64_ROWS, 3)
+    assert abs(radius_lattice_score_f64(rows, BACKGROUND, SIGMA, tail=tail)) < Z
+
+
+@needs_long_double
+def test_the_float64_angle_test_passes_genuine_noise(x):
+    assert abs(angle_axis_score_f64(gaussian_rows(x.double(), SIGMA, F64_ROWS, 3),
+                                    BACKGROUND)) < Z
 
 
 @needs_long_double
 @pytest.mark.xfail(strict=True, reason="not defended (docs/threat-model.md): float64 inputs' "
-                   "noise shows the 2**-53 grid of its uniforms to a model that knows sigma")
+                   "Box-Muller angle 2 pi u, u of 53 bits, shows its grid near the axes")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_float64_inputs_show_no_radius_lattice_at_float64_resolution(x, backend):
-    rows = engine_rows(backend, x.double(), SIGMA, 64, 3)   # measured: z about -24
-    assert abs(radius_lattice_score_f64(rows, BACKGROUND, SIGMA)) < Z
+def test_float64_inputs_show_no_angle_lattice_near_the_axes(x, backend):
+    rows = engine_rows(backend, x.double(), SIGMA, F64_ROWS, 3)   # measured: z about +21
+    assert abs(angle_axis_score_f64(rows, BACKGROUND)) < Z

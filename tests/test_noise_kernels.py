@@ -124,24 +124,32 @@ def test_channels_last_destination_is_a_permutation_of_the_same_noise():
 
 import math  # noqa: E402
 
-from dualrs_fast.kernels.noise_numba import _philox  # noqa: E402
+from dualrs_fast.kernels.noise_numba import (_fine_terms, _philox, _refined_terms,  # noqa: E402
+                                             _refines)
 
 
 @numba.njit
-def _one_pass_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, out):
-    """The specification written as one loop (one Philox call and Box-Muller per block)."""
+def _one_pass_kernel(x, sigma, ids, k0, k1, row_input, row_stream, row_j, dest, fine, out):
+    """The specification written as one loop (one Philox call and Box-Muller per block;
+    ``fine``: float64 inputs' radius, ``philox_torch.fine_radius_terms``)."""
     dim = x.shape[1]
     for r in range(out.shape[0]):
         i = row_input[r]
         s = np.float64(sigma[i])
         for b in range((dim + 1) // 2):
-            r0, r1, r2, r3 = _philox(np.uint32(b), np.uint32(row_j[r]), np.uint32(ids[i]),
-                                     np.uint32(row_stream[r]), k0, k1)
+            c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
+            r0, r1, r2, r3 = _philox(np.uint32(b), c1, c2, c3, k0, k1)
             u0 = (np.float64((np.uint64(r0) << np.uint64(21)) | (np.uint64(r1) >> np.uint64(11)))
                   + 0.5) * 2.0**-53
             u1 = (np.float64((np.uint64(r2) << np.uint64(21)) | (np.uint64(r3) >> np.uint64(11)))
                   + 0.5) * 2.0**-53
             rad = math.sqrt(-2.0 * math.log(u0))
+            if fine:
+                if _refines(r0):
+                    u, v = _refined_terms(r0, b, c1, c2, c3, k0, k1)
+                else:
+                    u, v = _fine_terms(r0, r1)
+                rad = math.sqrt(-2.0 * (math.log1p(-v) if r0 >= 2**31 else math.log(u)))
             th = 2.0 * math.pi * u1
             e = 2 * b
             out[r, dest[e]] = np.float64(x[i, e]) + s * (rad * math.cos(th))
@@ -169,7 +177,8 @@ def test_numba_kernel_is_bit_identical_to_the_one_pass_kernel(dim, dtype, permut
     k0, k1 = philox_torch.split_seed(seed)
     _one_pass_kernel(x.numpy(), sigma.numpy(), ids.numpy(), np.uint32(k0), np.uint32(k1),
                      ri.numpy(), rs.numpy(), rj.numpy(),
-                     (torch.arange(dim) if dest is None else dest).numpy(), want.numpy())
+                     (torch.arange(dim) if dest is None else dest).numpy(),
+                     dtype == torch.float64, want.numpy())
     assert torch.equal(got, want)
 
 
@@ -366,9 +375,9 @@ def _simd_rows_at_default_width(x, sigma, ids, k0, k1, row_input, row_stream, ro
     dest = np.zeros(1, np.int64)
     for r in range(out.shape[0]):
         i = row_input[r]
-        noise_numba_simd._philox_row(bits, n_blocks, np.uint32(row_j[r]), np.uint32(ids[i]),
-                                     np.uint32(row_stream[r]), k0, k1)
-        noise_numba_simd._box_muller_row(bits, n_blocks, z)
+        c1, c2, c3 = np.uint32(row_j[r]), np.uint32(ids[i]), np.uint32(row_stream[r])
+        noise_numba_simd._philox_row(bits, n_blocks, c1, c2, c3, k0, k1)
+        noise_numba_simd._box_muller_row_fine(bits, n_blocks, z, c1, c2, c3, k0, k1)  # float64
         noise_numba_simd._add_scaled_pairs(out, r, x, i, sigma[i], z, x.shape[1], dest, True)
 
 
