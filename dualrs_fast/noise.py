@@ -22,6 +22,7 @@ a model that knows sigma finds no lattice of the uniforms in the radius at float
 resolution; float32 inputs' noise is unchanged by it. (float64 inputs' angle still shows its
 53-bit grid near the axes: ``docs/threat-model.md``.)
 """
+import contextlib
 import functools
 import os
 from enum import IntEnum
@@ -96,6 +97,24 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+@contextlib.contextmanager
+def numba_threads_like_torch():
+    """Run a parallel numba kernel on torch's thread count and leave torch's as it was.
+
+    numba's OpenMP threading layer shares torch's OpenMP runtime: a kernel launch set the
+    process's OpenMP thread count to numba's (NUMBA_NUM_THREADS, every core), so after one
+    noisy batch torch.set_num_threads(1) (the CLI's --threads, each --procs worker's share of
+    the cores) was silently undone and the workers oversubscribed the CPU."""
+    import numba
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def fill_noisy_rows(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor,
                     seed: int, row_input: torch.Tensor, row_stream: torch.Tensor, row_j: torch.Tensor,
                     dest: Optional[torch.Tensor], backend: str,
@@ -108,11 +127,13 @@ def fill_noisy_rows(out: torch.Tensor, x_flat: torch.Tensor, sigma: torch.Tensor
     """
     if backend == "numba":
         from .kernels.noise_numba import noisy_rows_into
-        noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j, dest)
+        with numba_threads_like_torch():
+            noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j, dest)
         return
     if backend == "numba-simd":
         from .kernels.noise_numba_simd import noisy_rows_into
-        noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j, dest)
+        with numba_threads_like_torch():
+            noisy_rows_into(out, x_flat, sigma, ids, seed, row_input, row_stream, row_j, dest)
         return
     if backend == "triton":
         if dest is not None and channels_last_shape is None:
@@ -145,8 +166,9 @@ def fill_noisy_row_pairs(out_a: torch.Tensor, out_b: torch.Tensor, x_flat: torch
     counters (the pair kernels, ``kernels/noise_pair_*.py``)."""
     if backend in ("numba", "numba-simd"):
         from .kernels.noise_pair_numba import noisy_row_pairs_into
-        noisy_row_pairs_into(out_a, out_b, x_flat, sigma_a, sigma_b, ids, seed, row_input,
-                             row_stream, row_j, dest, backend=backend)
+        with numba_threads_like_torch():
+            noisy_row_pairs_into(out_a, out_b, x_flat, sigma_a, sigma_b, ids, seed, row_input,
+                                 row_stream, row_j, dest, backend=backend)
         return
     if backend == "triton":
         if dest is not None and channels_last_shape is None:

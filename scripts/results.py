@@ -34,7 +34,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -173,9 +172,9 @@ def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                "unknown")
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return (f"{cpu}, {nproc} cores, torch {torch.__version__}, Python "
-            f"{platform.python_version()}, "
+    # not `nproc`: it reports OMP_NUM_THREADS where that is set
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads used, "
+            f"torch {torch.__version__}, Python {platform.python_version()}, "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 

@@ -1,6 +1,8 @@
 """What the engine refuses before it would sample (issue 10): batch-dependent models, sample
 counts that wrap the 32-bit counter, sigma within float rounding of the input, integer
 logits, duplicate ids, options a DualSmoothing ignores, experts of different widths."""
+import os
+
 import pytest
 import torch
 
@@ -266,3 +268,25 @@ def test_experts_of_different_widths_are_refused_even_if_one_level_is_used():
         dual.certify(torch.rand(2, D), n0=4, n=8, seed=0)
     with pytest.raises(ValueError, match="same number of classes"):
         dual.predict(torch.rand(2, D), n=8, seed=0)
+
+
+def test_the_numba_kernels_keep_torchs_thread_count_in_a_fresh_process():
+    """numba's OpenMP layer shares torch's runtime: a kernel launch used to reset torch to
+    every core after torch.set_num_threads(1) (the CLI's --threads, --procs workers)."""
+    import subprocess
+    import sys
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "import numba, dualrs_fast as drs\n"
+            "from dualrs_fast.models import load_default_classifier\n"
+            "from dualrs_fast.data import load_default_split\n"
+            "x = load_default_split()[2][:2]\n"
+            "for backend in ('numba-simd', 'numba'):\n"
+            "    drs.certify(load_default_classifier(0.5), x, sigma=0.5, n0=10, n=100,\n"
+            "                alpha=0.001, seed=0, noise_backend=backend)\n"
+            "    assert torch.get_num_threads() == 1, (backend, torch.get_num_threads())\n"
+            "    assert numba.get_num_threads() == 1, (backend, numba.get_num_threads())\n"
+            "print('ok')\n")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
