@@ -173,9 +173,24 @@ def machine():
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                "unknown")
     # not `nproc`: it reports OMP_NUM_THREADS where that is set
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads used, "
+    return (f"{cpu}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}, "
             f"torch {torch.__version__}, Python {platform.python_version()}, "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def timing_note(chunk: int, repeats: int, n: int) -> str:
+    if chunk <= 0:
+        return "No wall-time ratios (--timing-inputs 0)."
+    return (f"The wall-time ratios are medians of {repeats} interleaved calls on the first "
+            f"{chunk} inputs at n = {n:,}.")
+
+
+def busy_note(load_before) -> str:
+    """Times taken on a machine busier than its cores are not timing results."""
+    if load_before[0] <= (os.cpu_count() or 1):
+        return ""
+    return ("\nThe machine was busy (1-min load average above the core count): the wall-time "
+            "columns are not timing results; idle ratios are in docs/dual_rs_cost.md.")
 
 
 def _load(averages) -> str:
@@ -267,8 +282,7 @@ def main(argv=None) -> int:
 Test images {args.start}..{args.start + x.shape[0] - 1} of {args.dataset}'s test split, n0 = {N0}, alpha =
 {ALPHA}, seed {SEED}; written by `{command}` ({total / 60:.0f} min) on
 {machine()}; load average (1/5/15 min) before {_load(load_before)}, after {_load(os.getloadavg())}.
-Radii in pixel-scale l2. The wall-time ratios are medians of {args.timing_repeats}
-interleaved calls on the first {chunk} inputs at n = {args.budgets[0]:,}.
+Radii in pixel-scale l2. {timing_note(chunk, args.timing_repeats, args.budgets[0])}{busy_note(load_before)}
 
 {tables}
 
