@@ -9,7 +9,7 @@
 
 Test images 0..n_test-1 of the dataset's test split (``data.load_dataset``; mnist5k: the
 embedded split; noise keyed by the test index, seed 0, n0 = 100, alpha = 0.001, batch_size
-1000), in chunks of CHUNK inputs. Per chunk, standard RS with the dataset's sigma 0.5 expert
+1000), in chunks of CHUNK inputs (``--chunk``). Per chunk, standard RS with the dataset's sigma 0.5 expert
 and the dataset's default Dual RS (``models.load_default_dual(dataset=...)``, default
 options) are timed back to back, their order alternating between chunks, so that a shared
 machine's changing load hits both alike (each called once on two inputs before, untimed, so
@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--shared-noise", action="store_true",
                    help="time the plain procedure with separate against shared noise")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk", type=int, default=CHUNK,
+                   help="inputs per certify call (Dual RS's fixed costs are per call and pass)")
     p.add_argument("--out", type=Path)
     p.add_argument("--save", type=Path,
                    help="torch.save the measured call's per-input fields (to compare runs)")
@@ -126,8 +128,8 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     seconds, cpu = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)  # CPU: process time
     parts = {name: [] for name in names}
-    for k, start in enumerate(range(0, x.shape[0], CHUNK)):
-        xs, ids_s = x[start:start + CHUNK], ids[start:start + CHUNK]
+    for k, start in enumerate(range(0, x.shape[0], args.chunk)):
+        xs, ids_s = x[start:start + args.chunk], ids[start:start + args.chunk]
         for name, call in (calls if k % 2 == 0 else calls[::-1]):
             t, c = time.perf_counter(), time.process_time()
             parts[name].append(call(xs, ids_s))
