@@ -48,8 +48,10 @@ SCHEDULE = "cosine"
 NOISY_EVAL_REPEATS = 10
 #: dataset -> (training images used, epochs, noise draws of the test evaluation): mnist5k's 4000 images x 60 epochs; Fashion-MNIST's
 #: first N_TRAIN of a fixed permutation (seed 0) of its 60,000, fewer epochs (2 CPU cores).
+#: Full MNIST: the same 20,000 images, 10 epochs (Fashion's 4 left the sigma = 1.0 expert at
+#: 0.80 test accuracy under noise, below mnist5k's 0.83 from 4,000 images x 60 epochs).
 DATASET_RECIPES = {"mnist5k": (None, EPOCHS, NOISY_EVAL_REPEATS),
-                   "fashion-mnist": (20_000, 4, 2), "mnist": (20_000, 4, 2)}
+                   "fashion-mnist": (20_000, 4, 2), "mnist": (20_000, 10, 2)}
 
 
 def training_images(dataset: str, n_train):
