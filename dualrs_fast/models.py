@@ -479,8 +479,9 @@ def load_default_classifier(sigma: float = 0.25, arch: str = _DEFAULT_ARCH,
                             map_location: str | torch.device = "cpu", *,
                             dataset: str = DEFAULT_DATASET) -> nn.Module:
     """The committed classifier of ``dataset`` trained with Gaussian noise augmentation at
-    ``sigma``: SmallCNNs trained on the default MNIST-5k split (``scripts/train_default.py``)
-    or on Fashion-MNIST (``scripts/train_default.py --dataset fashion-mnist``). Returned in
+    ``sigma``: SmallCNNs trained on the default MNIST-5k split (``scripts/train_default.py``),
+    on Fashion-MNIST (``scripts/train_default.py --dataset fashion-mnist``) or on full MNIST
+    (``--dataset mnist``). Returned in
     eval mode with its training metadata as ``model.meta``."""
     available = available_default_sigmas(arch, dataset=dataset)
     match = [s for s in available if math.isclose(s, float(sigma), rel_tol=0.0, abs_tol=1e-6)]
@@ -516,8 +517,10 @@ ESTIMATOR_ARCHS: tuple[str, ...] = ("class_group", "small_cnn")
 #: classifier, chosen on the validation split (``scripts/train_dual_default.py``).
 DEFAULT_ESTIMATOR_ARCH = "class_group"
 #: Each dataset's default estimator (fashion-mnist: the learned one collapsed to a constant
-#: router, docs/dual-rs.md "Results on Fashion-MNIST").
-DEFAULT_ESTIMATORS: dict[str, str] = {"mnist5k": "class_group", "fashion-mnist": "class_group"}
+#: router, docs/dual-rs.md "Results on Fashion-MNIST"; mnist: docs/dual-rs.md "Results on full
+#: MNIST").
+DEFAULT_ESTIMATORS: dict[str, str] = {"mnist5k": "class_group", "fashion-mnist": "class_group",
+                                      "mnist": "class_group"}
 
 
 def estimator_weights_path(arch: str = DEFAULT_ESTIMATOR_ARCH, *,

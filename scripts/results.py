@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""The committed results tables (results/RESULTS.md for mnist5k, results/FASHION_MNIST.md) and
-figures (docs/dual_rs.png, docs/dual_rs_fashion_mnist.png): certified accuracy of standard RS
+"""The committed results tables (results/RESULTS.md for mnist5k, results/FASHION_MNIST.md,
+results/MNIST.md for full MNIST) and figures (docs/dual_rs.png, docs/dual_rs_fashion_mnist.png,
+docs/dual_rs_mnist.png): certified accuracy of standard RS
 at each single sigma, the multiscale cascade and Dual RS on held-out test images, same models,
 same n0, n and alpha, at two budgets.
 
-    make results            # both datasets (~35 minutes each on 2 idle cores)
+    make results            # the three datasets (~35 minutes each on 2 idle cores)
     python scripts/results.py --dataset fashion-mnist --n-test 200 --budgets 2000
     python scripts/results.py --n-test 20 --budgets 500 --out /tmp/r.md --plot /tmp/r.png   # quick check
 

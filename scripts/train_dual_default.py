@@ -6,8 +6,10 @@ validation split.
     python scripts/train_dual_default.py --validate   # the comparison below (~10 min on 2 cores)
     python scripts/train_dual_default.py --dataset fashion-mnist              # weights/fashion-mnist/
     python scripts/train_dual_default.py --dataset fashion-mnist --arch small_cnn   # the paper's
+    python scripts/train_dual_default.py --dataset mnist              # weights/mnist/ (full MNIST)
 
-Fashion-MNIST (``--dataset fashion-mnist``): the committed Fashion-MNIST experts, labels on
+Fashion-MNIST (``--dataset fashion-mnist``; full MNIST, ``--dataset mnist``, the same way): the
+committed experts of that dataset, labels on
 FIT_IMAGES training images the experts never saw (positions 20,000.. of the permutation
 ``scripts/train_default.py`` draws its first 20,000 from). ``--arch small_cnn`` trains the
 paper's learned estimator (``training.train_dual``: soft radius labels, class balance,
