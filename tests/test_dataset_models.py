@@ -86,7 +86,7 @@ def test_dual_rs_sends_mixed_levels_through_one_forward_pass():
     assert all(c == list(SIGMAS) for c in counting.calls[1:]), counting.calls
 
 
-@pytest.mark.parametrize("dataset", ["fashion-mnist"])
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist"])
 def test_committed_models_per_dataset(dataset):
     assert models.available_default_sigmas(dataset=dataset) == list(SIGMAS)
     x, y = load_dataset(dataset, "test")
@@ -94,7 +94,8 @@ def test_committed_models_per_dataset(dataset):
     for sigma in SIGMAS:
         model = models.load_default_classifier(sigma, dataset=dataset)
         assert model.meta["sigma"] == sigma and "train_time_s" in model.meta
-        # an untrained model scores ~0.1; the committed ones ~0.6-0.8 under their noise
+        # an untrained model scores ~0.1; the committed ones ~0.6-0.8 (fashion-mnist) and
+        # ~0.9-0.98 (mnist) under their noise
         assert evaluate_accuracy(model, x, y, sigma=sigma, seed=1) > 0.5
     assert not torch.equal(models.load_default_classifier(0.5).classifier[1].weight,
                            models.load_default_classifier(0.5, dataset=dataset)
@@ -115,7 +116,8 @@ def test_unknown_dataset_weights_are_refused():
         models.load_default_conditioned(dataset="mnist5k")
 
 
-def test_command_line_uses_the_datasets_own_models(tmp_path, capsys):
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist"])
+def test_command_line_uses_the_datasets_own_models(dataset, tmp_path, capsys):
     import json
 
     from cli_helpers import dualrs, rows
@@ -123,13 +125,13 @@ def test_command_line_uses_the_datasets_own_models(tmp_path, capsys):
     quick = ["--n0", "20", "--n", "100", "--alpha", "0.01", "--seed", "0", "--quiet"]
     for name, extra in (("standard", ["--sigma", "0.5"]), ("dual", ["--dual"])):
         log = tmp_path / f"{name}.tsv"
-        code, _, err = dualrs(capsys, "certify", "--dataset", "fashion-mnist", "--max", 2,
+        code, _, err = dualrs(capsys, "certify", "--dataset", dataset, "--max", 2,
                               *extra, *quick, "--out", log)
         assert code == 0, err
         assert [int(r[1]) for r in rows(log)[1:]] == \
-            load_dataset("fashion-mnist", "test")[1][:2].tolist()
+            load_dataset(dataset, "test")[1][:2].tolist()
     config = json.loads((tmp_path / "standard.tsv.args.json").read_text())
     text = json.dumps(config)
-    expert = models.load_default_classifier(0.5, dataset="fashion-mnist")
-    assert fingerprint(expert) in text  # the fashion-mnist expert, not mnist5k's
+    expert = models.load_default_classifier(0.5, dataset=dataset)
+    assert fingerprint(expert) in text  # the dataset's own expert, not mnist5k's
     assert fingerprint(models.load_default_classifier(0.5)) not in text
