@@ -42,7 +42,7 @@ demo: $(STAMP)
 	$(PY) -P -m dualrs_fast demo
 
 # Certified accuracy of standard RS at each sigma, the cascade, Dual RS and the oracle router
-# on held-out images of mnist5k, fashion-mnist and full mnist (each ~35 min on 2 idle cores).
+# on held-out images of mnist5k, fashion-mnist and full mnist (35-46 min each on 2 cores).
 # `make results` / `make bench` write under runs/; the update-* targets rewrite the committed
 # tables and figures (results/, docs/, bench/RESULTS.md).
 results: $(STAMP) $(DATA_STAMP)
