@@ -11,6 +11,8 @@ Order of the passes: the estimator's selection samples choose every input's leve
 - inputs routed to a level whose expert the estimator derives from (``derived_estimator``:
   e.g. the class-group estimator over the sigma 1.0 expert) get both certifications from one
   pass of that expert over shared noise (R_ve over all n_estimator samples at alpha_ve);
+  the others take that expert's class from the same selection votes where it is confident
+  (``estimator_class_share``) and then draw no selection samples of their own;
 - the others run their classifier, then the estimator's estimation samples in rounds that
   stop once R_ve >= R_cls, or once the estimator evidently cannot certify (its futility stop)
   (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator samples before the
@@ -28,8 +30,8 @@ import torch
 
 from . import log_rows
 from .bounds import certified_radius
-from .derived_estimator import (ESTIMATE_STREAM, SELECT_STREAM, JointVotes, derivation,
-                                same_function, split_joint)
+from .derived_estimator import (ESTIMATE_STREAM, ESTIMATOR_CLASS_SHARE, SELECT_STREAM,
+                                JointVotes, derivation, same_function, split_joint)
 from .estimator_rounds import (DEFAULT_ROUNDS, ESTIMATOR_FUTILITY_ALPHA, EstimatorBounds,
                                target_schedule, within_alpha)
 from .level_passes import level_counts
@@ -62,6 +64,9 @@ class DualCertifyResult(CertifyResult):
     estimator_rounds: int = 1               # checkpoints in the estimator's schedules at most
     shared: torch.Tensor = None             # (B,) bool: estimator and classifier votes came
                                             # from one pass (``derived_estimator``)
+    estimator_class: torch.Tensor = None    # (B,) bool: the class was chosen from the
+                                            # estimator's selection votes (every shared input;
+                                            # others by ``estimator_class_share``)
     samples: torch.Tensor = None            # (B,) noisy samples drawn, estimator and
                                             # classifier together (standard RS: n0 + n)
 
@@ -243,6 +248,7 @@ class DualSmoothing:
                 estimator_rounds: int = DEFAULT_ROUNDS, share_pass: bool = True,
                 share_noise: bool = False,
                 estimator_futility_alpha: Optional[float] = ESTIMATOR_FUTILITY_ALPHA,
+                estimator_class_share: Optional[float] = ESTIMATOR_CLASS_SHARE,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
@@ -271,6 +277,11 @@ class DualSmoothing:
         rate would abstain at the last checkpoint (``estimator_rounds``: the futility stop; it
         can only turn a certificate into an abstention, with small probability). None: no
         futility stop (every such input draws its whole schedule).
+        estimator_class_share: where a level is shared, an input routed to another level
+        whose selection votes of that expert (the first min(n0, n0_estimator) samples) give
+        its top class at least this share takes that class and draws no selection samples
+        of its own (``r.estimator_class``; sound: ``derived_estimator``). None: every such
+        input selects its class with n0 samples of its own classifier. Not with share_noise.
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -282,6 +293,8 @@ class DualSmoothing:
         rounds = check_positive_int("estimator_rounds", estimator_rounds)
         futility = None if estimator_futility_alpha is None else check_open_unit(
             "estimator_futility_alpha", estimator_futility_alpha)
+        class_share = None if estimator_class_share is None else check_open_unit(
+            "estimator_class_share", estimator_class_share)
         if share_noise and rounds != 1:
             raise ValueError("share_noise needs estimator_rounds=1: the sequential estimator "
                              "plans its checkpoints from R_cls, which would depend on the "
@@ -325,9 +338,12 @@ class DualSmoothing:
             routed = own[~ve.abstains[own]]
         # one engine pass: the shared inputs' joint votes and the routed inputs' classifiers
         on_pass = routed[:0] if share_noise else routed
-        for members, cls, sigma_members in run.level_pass(ve, shared, on_pass, n0, n, n_ve,
-                                                          alpha_ve, alpha_cls):
+        borrows = run.estimator_classes(on_pass, class_share)
+        for members, cls, sigma_members in run.level_pass(ve, shared, on_pass, borrows, n0, n,
+                                                          n_ve, alpha_ve, alpha_cls):
             keep(members, cls, sigma_members)
+        borrowed = torch.zeros(batch, dtype=torch.bool)
+        borrowed[on_pass[borrows]] = True
         if rounds > 1:  # the estimator where the classifier certified, stopping at R_cls
             wanted = routed[prediction[routed] != ABSTAIN]
             schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,
@@ -343,7 +359,7 @@ class DualSmoothing:
         sigma[estimator_abstains] = math.nan
         samples = n0_ve + torch.where(
             is_shared, max(n, n_ve) + max(0, n0 - n0_ve),
-            ve.drawn + torch.isin(torch.arange(batch), routed).long() * (n0 + n))
+            ve.drawn + torch.isin(torch.arange(batch), routed).long() * (n0 + n) - borrowed * n0)
         radius_ve = float32_rounded_down(ve.radius.numpy())
         radius_cls = radius_cls.float()
         return DualCertifyResult(
@@ -354,7 +370,8 @@ class DualSmoothing:
             level=torch.where(estimator_abstains, ABSTAIN, ve.level),
             count_estimator=ve.count, n_estimator=n_ve,
             estimator_samples=ve.drawn.clone(), estimator_alpha=ve.alpha.clone(),
-            estimator_rounds=ve.rounds, shared=is_shared, samples=samples, seed=seed)
+            estimator_rounds=ve.rounds, shared=is_shared, estimator_class=is_shared | borrowed,
+            samples=samples, seed=seed)
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
                 seed: Optional[int] = None, *, ids=None,
@@ -469,16 +486,25 @@ class _CertifyRun:
         self.class_selection, self.selection_drawn = classes[0], n0_ve
         return EstimatorBounds(levels.sum(0).argmax(1).cpu(), self.dual.estimator_sigma)
 
+    def estimator_classes(self, routed, share: Optional[float]) -> torch.Tensor:
+        """(len(routed),) bool: which routed inputs take the derived expert's top class from
+        their selection votes (it holds at least ``share`` of them)."""
+        if share is None or self.joint is None or not routed.numel():
+            return torch.zeros(routed.numel(), dtype=torch.bool)
+        votes = self.class_selection[routed.to(self.class_selection.device)].cpu()
+        return votes.max(1).values >= share * votes.sum(1)
+
     def shared_inputs(self, level: torch.Tensor) -> torch.Tensor:
         if self.shared_level is None:
             return torch.zeros(0, dtype=torch.int64)
         return torch.nonzero(level == self.shared_level).reshape(-1)
 
-    def level_pass(self, ve: EstimatorBounds, shared, routed, n0: int, n: int, n_ve: int,
-                   alpha_ve: float, alpha_cls: float):
+    def level_pass(self, ve: EstimatorBounds, shared, routed, borrows, n0: int, n: int,
+                   n_ve: int, alpha_ve: float, alpha_cls: float):
         """One engine pass (``level_passes``) for the ``shared`` inputs' joint votes and the
         ``routed`` inputs' classifier votes (n0 selection and n estimation samples at their
-        sigma). A shared input draws max(n, n_ve) estimation samples (the classifier counts
+        sigma; no selection samples where ``borrows``: their selection votes are the derived
+        expert's, ``estimator_classes``). A shared input draws max(n, n_ve) estimation samples (the classifier counts
         the first n, the estimator the first n_ve) and the class selection samples beyond
         n0_ve if n0 > n0_ve; its R_ve goes to ``ve``. -> [(members, the classifier's
         CertifyResult, their sigmas)] for the shared and the routed inputs."""
@@ -491,11 +517,13 @@ class _CertifyRun:
 
         def per_input(shared_value, routed_value):  # a draw's samples for each member
             return torch.where(on_shared, shared_value, routed_value)
+        own_selection = torch.cat([torch.zeros(shared.numel(), dtype=torch.int64),
+                                   torch.where(borrows, 0, n0)])
         start = self.selection_drawn if shared.numel() else 0
         draws = [Draw(ESTIMATE_STREAM, per_input(first, 0)),
                  Draw(ESTIMATE_STREAM, per_input(most - first, 0), start=first),
                  Draw(SELECT_STREAM, per_input(extra, 0), start=start),
-                 Draw(Stream.SELECT, per_input(0, n0)), Draw(Stream.ESTIMATE, per_input(0, n))]
+                 Draw(Stream.SELECT, own_selection), Draw(Stream.ESTIMATE, per_input(0, n))]
         level = ve.level[members]
         classes, levels = level_counts(
             self.dual, self.xb[members], self.ids[members], level, draws, seed=self.seed,
@@ -516,6 +544,11 @@ class _CertifyRun:
         if routed.numel():
             mine = torch.arange(shared.numel(), members.numel(), device=classes.device)
             sigma = torch.tensor(self.dual.sigmas, dtype=torch.float64)[ve.level[routed]]
-            out.append((routed, certify_counts(classes[3][mine], classes[4][mine], n, alpha_cls,
+            selected = classes[3][mine]
+            if borrows.any():
+                selected = selected.clone()
+                selected[borrows.to(selected.device)] = self.class_selection[
+                    routed[borrows].to(self.class_selection.device)].to(selected)
+            out.append((routed, certify_counts(selected, classes[4][mine], n, alpha_cls,
                                                sigma), sigma))
         return out

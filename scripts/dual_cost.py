@@ -16,7 +16,7 @@ machine's changing load hits both alike (each called once on two inputs before, 
 that neither pays a first call's kernel compiling or cache loading); the ratio is total Dual time over total standard
 time. Certificates do not depend on the chunking (noise keyed by test index, every decision
 per input). Certified accuracy is compared with the default Dual RS row of the dataset's
-results table (results/RESULTS.md, results/FASHION_MNIST.md) at the same n when the run
+results table (results/RESULTS.md, FASHION_MNIST.md, MNIST.md) at the same n when the run
 covers the same images.
 
 --shared-noise times Dual RS's plain procedure (estimator_rounds=1, share_pass=False: the
@@ -45,7 +45,7 @@ N0, ALPHA, SEED, BATCH, CHUNK, STANDARD_SIGMA = 100, 0.001, 0, 1000, 50, 0.5
 
 
 #: each dataset's results table (written by scripts/results.py)
-RESULTS = {"mnist5k": "RESULTS.md", "fashion-mnist": "FASHION_MNIST.md"}
+RESULTS = {"mnist5k": "RESULTS.md", "fashion-mnist": "FASHION_MNIST.md", "mnist": "MNIST.md"}
 
 
 def reference_accuracy(results_md: Path, n: int, arch: str, n_test: int):
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
               f"(CPU time {cpu[names[1]] / cpu[names[0]]:.3f})", flush=True)
     load_after = os.getloadavg()
     fields = ("prediction", "radius", "level", "shared", "estimator_samples", "radius_estimator",
-              "samples", "count_estimator", "radius_classifier")
+              "samples", "count_estimator", "radius_classifier", "estimator_class")
     cat = {f: torch.cat([getattr(r, f) for r in parts[names[1]]]) for f in fields}
 
     def accuracy(results):
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
                + (f" --n-test {args.n_test}" if args.n_test != 500 else "")
                + (f" --dataset {args.dataset}" if args.dataset != "mnist5k" else "")
                + (" --shared-noise" if args.shared_noise else "")
-               + (f" --threads {args.threads}" if args.threads != 2 else ""))
+               + (f" --threads {args.threads}" if args.threads != 2 else "")
+               + (f" --chunk {args.chunk}" if args.chunk != CHUNK else ""))
     lines = [f"### n = {args.n:,}", "", compared + ".", "",
              f"Test images 0..{x.shape[0] - 1}; {cpu_name()}, {os.cpu_count()} cores, "
              f"{args.threads} threads; load average (1/5/15 min) before "
@@ -164,15 +165,17 @@ def main(argv=None) -> int:
              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {seconds[name]:.0f} | {seconds[name] / seconds[names[0]]:.3f} | "
               f"{cpu[name]:.0f} | {cpu[name] / cpu[names[0]]:.3f} |" for name in names]
-    lines += ["", "| level | inputs | shared pass | estimator samples / input (mean) |",
-              "| --- | --- | --- | --- |"]
+    borrowed = cat["estimator_class"] & ~cat["shared"]  # class from the estimator, own level
+    lines += ["", "| level | inputs | shared pass | class from the estimator's selection, "
+              "not shared | estimator samples / input (mean) |", "| --- | --- | --- | --- | --- |"]
     for level in range(-1, len(dual.sigmas)):
         at = cat["level"] == level
         if at.any():
             name = "abstain" if level < 0 else f"σ = {dual.sigmas[level]:g}"
             lines.append(f"| {name} | {int(at.sum())} | {int((cat['shared'] & at).sum())} | "
+                         f"{int((borrowed & at).sum())} | "
                          f"{cat['estimator_samples'][at].double().mean():,.0f} |")
-    lines.append(f"| all | {x.shape[0]} | {int(cat['shared'].sum())} | "
+    lines.append(f"| all | {x.shape[0]} | {int(cat['shared'].sum())} | {int(borrowed.sum())} | "
                  f"{cat['estimator_samples'].double().mean():,.0f} |")
     if not args.shared_noise:  # standard RS draws n0 + n per input
         ratio = cat["samples"].double().sum() / ((N0 + args.n) * x.shape[0])

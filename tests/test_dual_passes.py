@@ -73,10 +73,12 @@ class Passes:
         monkeypatch.setattr(sampling, "_count_heads", counting)
 
 
-def _per_expert_level_pass(self, ve, shared, routed, n0, n, n_ve, alpha_ve, alpha_cls):
+def _per_expert_level_pass(self, ve, shared, routed, borrows, n0, n, n_ve, alpha_ve,
+                           alpha_cls):
     """main's passes, kept here only: the shared inputs' joint pass, then one classifier
     pass per expert (``_CertifyRun.shared_pass`` and ``DualSmoothing._classifier_counts``
-    before the level passes)."""
+    before the level passes); the ``borrows`` inputs take the derived expert's selection
+    votes and draw no selection samples of their own."""
     out, kw = [], dict(seed=self.seed, batch_size=self.batch_size)
     if shared.numel():
         first, most = min(n, n_ve), max(n, n_ve)
@@ -99,11 +101,14 @@ def _per_expert_level_pass(self, ve, shared, routed, n0, n, n_ve, alpha_ve, alph
         counts = None
         for k in level.unique().tolist():
             at = torch.nonzero(level == k).reshape(-1)
+            own_selection = torch.where(borrows[at], 0, n0)
             c = count_votes(self.dual.routes[k], self.xb[routed[at]], sigma[at],
-                            [Draw(Stream.SELECT, n0), Draw(Stream.ESTIMATE, n)],
+                            [Draw(Stream.SELECT, own_selection), Draw(Stream.ESTIMATE, n)],
                             ids=self.ids[routed[at]], pass_sigma=True, **kw)
             counts = c.new_zeros((2, routed.numel(), c.shape[2])) if counts is None else counts
             counts[:, at] = c
+        if borrows.any():
+            counts[0, borrows] = self.class_selection[routed[borrows]].to(counts)
         out.append((routed, certify_counts(counts[0], counts[1], n, alpha_cls, sigma), sigma))
     return out
 
@@ -166,6 +171,7 @@ def test_certify_equals_the_per_expert_passes(monkeypatch, dtype, rounds, derive
     assert set(r.level.tolist()) == {-1, 0, 1, 2}
     assert ((r.prediction == drs.ABSTAIN) & (r.level >= 0)).any()
     assert bool(r.shared.any()) == derived
+    assert bool((r.estimator_class & ~r.shared).any()) == derived   # and the borrowed class
     assert one_pass == passes.count - 2       # three (joint, 0.25, 0.5; or 3 experts) -> one
 
 
