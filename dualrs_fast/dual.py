@@ -504,9 +504,9 @@ class _CertifyRun:
         """One engine pass (``level_passes``) for the ``shared`` inputs' joint votes and the
         ``routed`` inputs' classifier votes (n0 selection and n estimation samples at their
         sigma; no selection samples where ``borrows``: their selection votes are the derived
-        expert's, ``estimator_classes``). A shared input draws max(n, n_ve) estimation samples (the classifier counts
-        the first n, the estimator the first n_ve) and the class selection samples beyond
-        n0_ve if n0 > n0_ve; its R_ve goes to ``ve``. -> [(members, the classifier's
+        expert's, ``estimator_classes``). A shared input draws max(n, n_ve) estimation
+        samples (the classifier counts the first n, the estimator the first n_ve) and the
+        class selection samples beyond n0_ve if n0 > n0_ve; its R_ve goes to ``ve``. -> [(members, the classifier's
         CertifyResult, their sigmas)] for the shared and the routed inputs."""
         members = torch.cat([shared, routed])
         if not members.numel():
@@ -544,9 +544,8 @@ class _CertifyRun:
         if routed.numel():
             mine = torch.arange(shared.numel(), members.numel(), device=classes.device)
             sigma = torch.tensor(self.dual.sigmas, dtype=torch.float64)[ve.level[routed]]
-            selected = classes[3][mine]
+            selected = classes[3][mine]  # a copy (index tensor): safe to overwrite rows
             if borrows.any():
-                selected = selected.clone()
                 selected[borrows.to(selected.device)] = self.class_selection[
                     routed[borrows].to(self.class_selection.device)].to(selected)
             out.append((routed, certify_counts(selected, classes[4][mine], n, alpha_cls,

@@ -63,7 +63,7 @@ def _tie_case():
     return _inputs(np.zeros(N_TIE), -far, far, far, seed=2)
 
 
-def _tie_failures(monkeypatch=None):
+def _tie_failures():
     dual = _dual(groups=(0, 0, 1), own=TwoPlanes(0, 1))
     x = _tie_case()
     r = _run(dual, x, n0=n_TIE, n=n_TIE, estimator_class_share=0.01)
