@@ -32,8 +32,8 @@ from . import log_rows
 from .bounds import certified_radius
 from .derived_estimator import (ESTIMATE_STREAM, ESTIMATOR_CLASS_SHARE, SELECT_STREAM,
                                 JointVotes, derivation, same_function, split_joint)
-from .estimator_rounds import (DEFAULT_ROUNDS, ESTIMATOR_FUTILITY_ALPHA, EstimatorBounds,
-                               target_schedule, within_alpha)
+from .estimator_rounds import (DEFAULT_ROUNDS, ESTIMATOR_FUTILITY_ALPHA, ESTIMATOR_SLACK,
+                               EstimatorBounds, target_schedule, within_alpha)
 from .level_passes import level_counts
 from .noise import Stream
 from .sampling import Draw, count_votes, model_device
@@ -42,7 +42,7 @@ from .shared_noise import certify_on_shared_noise
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
 from .validation import (as_input_batch, check_alpha, check_ids, check_model_input_dtype,
-                         check_open_unit, check_positive_int, check_sample_count, check_seed,
+                         check_nonnegative, check_open_unit, check_positive_int, check_sample_count, check_seed,
                          check_sigma)
 
 
@@ -249,6 +249,7 @@ class DualSmoothing:
                 share_noise: bool = False,
                 estimator_futility_alpha: Optional[float] = ESTIMATOR_FUTILITY_ALPHA,
                 estimator_class_share: Optional[float] = ESTIMATOR_CLASS_SHARE,
+                estimator_slack: Optional[float] = ESTIMATOR_SLACK,
                 progress: Optional[bool] = None) -> DualCertifyResult:
         """Certify x (one input or a batch). The estimator uses n0_estimator / n_estimator
         samples (default n0 / n) at estimator_sigma; the classifier n0 / n at s(x).
@@ -282,6 +283,11 @@ class DualSmoothing:
         its top class at least this share takes that class and draws no selection samples
         of its own (``r.estimator_class``; sound: ``derived_estimator``). None: every such
         input selects its class with n0 samples of its own classifier. Not with share_noise.
+        estimator_slack: with estimator_rounds > 1, an input whose estimator certifies at a
+        checkpoint stops drawing once, at the level vote rate its samples show, the rest of
+        its schedule would raise its radius by at most this many estimator sigmas
+        (``estimator_rounds``: the slack stop; inputs with R_ve < R_cls, which otherwise draw
+        every sample, give up about that much radius). None: no slack stop.
 
         seed: None (default) draws a fresh secret seed from the OS, returned as ``r.seed``
         (pass it back to reproduce the result); an explicit seed is deterministic."""
@@ -295,6 +301,8 @@ class DualSmoothing:
             "estimator_futility_alpha", estimator_futility_alpha)
         class_share = None if estimator_class_share is None else check_open_unit(
             "estimator_class_share", estimator_class_share)
+        slack = None if estimator_slack is None else check_nonnegative("estimator_slack",
+                                                                       estimator_slack)
         if share_noise and rounds != 1:
             raise ValueError("share_noise needs estimator_rounds=1: the sequential estimator "
                              "plans its checkpoints from R_cls, which would depend on the "
@@ -348,7 +356,8 @@ class DualSmoothing:
             wanted = routed[prediction[routed] != ABSTAIN]
             schedules = [target_schedule(float(radius_cls[i]), n_ve, rounds, alpha_ve,
                                          self.estimator_sigma) for i in wanted.tolist()]
-            ve.run(run.estimator_votes, wanted, schedules, alpha_ve, radius_cls[wanted], futility)
+            ve.run(run.estimator_votes, wanted, schedules, alpha_ve, radius_cls[wanted], futility,
+                   slack)
 
         # Level -1 and sigma NaN where the estimator's abstention decides the outcome; where
         # the classifier abstained the estimator may not have run, and the level and sigma

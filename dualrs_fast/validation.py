@@ -45,6 +45,16 @@ def check_open_unit(name: str, value) -> float:
     return value
 
 
+def check_nonnegative(name: str, value) -> float:
+    """A finite float >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be a finite float >= 0, got {value}")
+    return value
+
+
 def check_alpha(alpha) -> float:
     return check_open_unit("alpha (failure probability)", alpha)
 

@@ -381,3 +381,114 @@ def test_bad_futility_alpha_raises():
                          ("0.1", TypeError), (True, TypeError)):
         with pytest.raises(error, match="estimator_futility_alpha"):
             _dual(estimator).certify(x, n0=5, n=50, estimator_futility_alpha=level)
+
+
+# The slack stop (estimator_rounds.EstimatorBounds.settled, estimator_slack).
+
+def _bound(count, drawn, alpha, sigma):
+    """scipy: R_ve of count votes of drawn at alpha, -1 where it abstains."""
+    p = scipy.stats.beta.ppf(alpha, count, drawn - count + 1) if count > 0 else 0.0
+    return sigma * scipy.stats.norm.ppf(p) if p >= 0.5 else -1.0
+
+
+def _expected_stops(dual, x, r, kw, slack):
+    """Per input: (estimation samples, R_ve) that the documented rules give, recomputed from
+    the estimator's level votes at each checkpoint of its schedule (count_votes on the
+    estimation stream's first m samples) with scipy bounds; futility stop off."""
+    alpha_ve, _ = dual.alphas(kw["alpha"])
+    sigma, n = dual.estimator_sigma, kw["n"]
+    expected = []
+    for i in range(x.shape[0]):
+        if int(r.level[i]) < 0 or float(r.radius_classifier[i]) <= 0:
+            expected.append(None)
+            continue
+        r_cls = float(r.radius_classifier[i])
+        schedule = target_schedule(r_cls, n, DEFAULT_ROUNDS, alpha_ve, sigma)
+        shares = checkpoint_alphas(alpha_ve, len(schedule))
+        votes = count_votes(dual.estimator, x[i:i + 1], torch.full((1,), sigma,
+                            dtype=torch.float64), [Draw(Stream.ESTIMATOR_ESTIMATE, m)
+                                                   for m in schedule],
+                            seed=kw["seed"], ids=torch.tensor([i]), batch_size=4096)
+        counts = votes[:, 0, int(r.level[i])].tolist()
+        for k, (c, m) in enumerate(zip(counts, schedule)):
+            radius = _bound(c, m, shares[k], sigma)
+            if radius >= r_cls or k == len(schedule) - 1:
+                break
+            final = max(_bound(min(c * n // m, n), n, shares[-1], sigma), 0.0)
+            if radius > 0 and min(final, r_cls) - radius <= slack * sigma:
+                break
+        expected.append((m, max(radius, 0.0)))
+    return expected
+
+
+def _slack_case():
+    """Inputs 0.3-1.5 from the estimator's hyperplane with experts far from theirs: R_ve binds,
+    and the estimator's rates (0.72-0.99) leave room for the stop."""
+    return _confident_cases()[1][0], _confident_cases()[1][1]
+
+
+@pytest.mark.parametrize("slack", [0.05, 0.3])
+def test_slack_stop_follows_the_documented_rule(slack):
+    dual, x = _slack_case()
+    kw = dict(n0=50, n=3000, alpha=0.001, seed=1)
+    r = dual.certify(x, ids=torch.arange(x.shape[0]), estimator_slack=slack,
+                     estimator_futility_alpha=None, **kw)
+    expected = _expected_stops(dual, x, r, kw, slack)
+    assert sum(e is not None for e in expected) > 10
+    for i, e in enumerate(expected):
+        if e is not None:
+            assert int(r.estimator_samples[i]) == e[0], i
+            assert float(r.radius_estimator[i]) == pytest.approx(e[1], rel=1e-6, abs=1e-6), i
+
+
+def test_slack_stop_saves_samples_and_gives_up_about_slack():
+    dual, x = _slack_case()
+    kw = dict(n0=50, n=3000, alpha=0.001, seed=1, ids=torch.arange(x.shape[0]))
+    on, off = dual.certify(x, estimator_slack=0.05, **kw), dual.certify(x, estimator_slack=None,
+                                                                         **kw)
+    stopped = on.estimator_samples < off.estimator_samples
+    assert stopped.sum() >= 5
+    assert on.estimator_samples.sum() < 0.9 * off.estimator_samples.sum()
+    for field in ("prediction", "radius", "radius_estimator", "estimator_samples"):
+        assert torch.equal(getattr(on, field)[~stopped], getattr(off, field)[~stopped]), field
+    assert (on.prediction == off.prediction).all()   # it only stops inputs that certify
+    loss = off.radius[stopped] - on.radius[stopped]
+    assert loss.mean() <= 2 * 0.05 * dual.estimator_sigma
+
+
+def test_slack_rule_check_catches_a_bound_at_the_wrong_share(monkeypatch):
+    # Power: a stop that reports the bound at the last checkpoint's (larger) share of alpha
+    # instead of the share of the checkpoint it stopped at.
+    dual, x = _slack_case()
+    kw = dict(n0=50, n=3000, alpha=0.001, seed=1)
+    real_add = EstimatorBounds.add
+
+    def add(self, members, level_counts, drawn, alpha):
+        real_add(self, members, level_counts, drawn, max(self.alpha.max().item(),
+                                                         torch.as_tensor(alpha).max().item()))
+    monkeypatch.setattr(EstimatorBounds, "add", add)
+    r = dual.certify(x, ids=torch.arange(x.shape[0]), estimator_slack=0.05,
+                     estimator_futility_alpha=None, **kw)
+    expected = _expected_stops(dual, x, r, kw, 0.05)
+    with pytest.raises(AssertionError):
+        for i, e in enumerate(expected):
+            if e is not None:
+                assert float(r.radius_estimator[i]) == pytest.approx(e[1], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("slack", [0.05, 1.0])
+def test_certificates_with_the_slack_stop_are_sound(slack):
+    estimator, experts, x, kw = _soundness_case()
+    r = _dual(estimator, experts).certify(x, estimator_slack=slack, **kw)
+    bad, certified = _failures(estimator, experts, x, r)
+    assert certified > x.shape[0] / 4 and bad / x.shape[0] <= kw["alpha"]
+    off = _dual(estimator, experts).certify(x, estimator_slack=None, **kw)
+    assert (r.estimator_samples < off.estimator_samples).sum() >= 10
+
+
+def test_bad_slack_raises():
+    x = torch.rand(2, *SHAPE)
+    for slack, error in ((-0.1, ValueError), (float("nan"), ValueError),
+                         (float("inf"), ValueError), ("0.1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="estimator_slack"):
+            _dual(_linear(1)).certify(x, n0=5, n=50, estimator_slack=slack)

@@ -47,7 +47,7 @@ INTERFACE = ("certify", "predict", "certify_radii", "log_columns", "log_cells", 
 def _shared_parameters(method):
     """(name, kind, default) of each parameter, up to the smoother's own extra options."""
     own = {"n0_estimator", "n_estimator", "estimator_rounds", "share_pass", "share_noise",
-           "estimator_futility_alpha", "estimator_class_share"}
+           "estimator_futility_alpha", "estimator_class_share", "estimator_slack"}
     return [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()
             if p.name not in own]
 
