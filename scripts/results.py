@@ -8,6 +8,7 @@ same n0, n and alpha, at two budgets.
     make results            # the three datasets (~35 minutes each on 2 idle cores)
     python scripts/results.py --dataset fashion-mnist --n-test 200 --budgets 2000
     python scripts/results.py --n-test 20 --budgets 500 --out /tmp/r.md --plot /tmp/r.png   # quick check
+    python scripts/results.py --rows dual   # after a change to Dual RS only (~12 min a dataset)
 
 Rows, for each budget n (N0 = 100 selection samples, alpha = 0.001, seed 0, noise keyed by the
 test index): standard RS with the committed classifier at sigma 0.25, 0.5 and 1.0
@@ -28,6 +29,11 @@ R_ve distribution: per Dual RS row, quantiles of the estimator's certified radiu
 inputs it routes, beside those of the routed classifier's R_cls, the share of correct inputs
 whose radius min(R_ve, R_cls) is set by R_ve, and the mean radius the same routing would reach
 without the cap (a diagnostic, not a certificate).
+
+--rows dual recomputes the Dual RS rows only (certified accuracy, their R_ve tables, their
+wall-time ratios against standard RS at sigma 0.5 timed anew) in the existing table at --out,
+keeps every other row (standard RS, cascade and oracle do not depend on Dual RS's code), says
+so in the header, and redraws the figure from the table.
 """
 from __future__ import annotations
 
@@ -115,6 +121,18 @@ def r_ve_summary(label, r, y):
             "uncapped_mean": float(uncapped)}
 
 
+def dual_rows(x, y, n, ids, methods):
+    """The Dual RS rows and R_ve summaries alone (--rows dual)."""
+    rows, summaries = [], []
+    for label, method in methods.items():
+        r, sec = timed(lambda: method.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
+                                              batch_size=BATCH))
+        summaries.append(r_ve_summary(label, r, y))
+        rows.append(row(label, r.radius, r.prediction == y, sec,
+                        levels=[int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]))
+    return rows, summaries
+
+
 def budget_rows(x, y, n, ids, methods):
     rows, oracle, summaries = [], [], []
     for label, method in methods.items():
@@ -198,29 +216,76 @@ def _load(averages) -> str:
     return " / ".join(f"{a:.1f}" for a in averages)
 
 
+def row_line(r, ratios) -> str:
+    levels = " / ".join(str(v) for v in r["levels"]) if "levels" in r else ""
+    ratio = f"{ratios[r['label']]:.2f}" if ratios and r["label"] in ratios else ""
+    seconds = f"{r['seconds']:.0f}" if r["seconds"] else ""
+    return (f"| {r['label']} | " + " | ".join(f"{a:.3f}" for a in r["acc"])
+            + f" | {r['mean']:.3f} | {levels} | {ratio} | {seconds} |")
+
+
 def markdown(rows, n, ratios):
     head = ("| method | " + " | ".join(f"r={r:g}" for r in RADII) + " | mean radius | "
             "inputs per level: abstain / 0.25 / 0.5 / 1.0 | wall-time ratio to standard σ=0.5 | "
             "wall s |")
     lines = [f"### n = {n:,}", "", head, "|" + "---|" * (len(RADII) + 5)]
-    for r in rows:
-        levels = " / ".join(str(v) for v in r["levels"]) if "levels" in r else ""
-        ratio = f"{ratios[r['label']]:.2f}" if ratios and r["label"] in ratios else ""
-        seconds = f"{r['seconds']:.0f}" if r["seconds"] else ""
-        lines.append(f"| {r['label']} | " + " | ".join(f"{a:.3f}" for a in r["acc"])
-                     + f" | {r['mean']:.3f} | {levels} | {ratio} | {seconds} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [row_line(r, ratios) for r in rows])
+
+
+def r_ve_line(r) -> str:
+    return (f"| {r['label']} | " + " / ".join(f"{v:.2f}" for v in r["ve"]) + " | "
+            + " / ".join(f"{v:.2f}" for v in r["cls"])
+            + f" | {r['capped']:.3f} | {r['uncapped_mean']:.3f} |")
 
 
 def r_ve_markdown(summaries, n):
     head = ("| Dual RS | R_ve quantiles 10/25/50/75/90% | R_cls quantiles 10/25/50/75/90% | "
             "correct inputs capped by R_ve | mean radius without the cap |")
     lines = [f"#### R_ve against the radii it caps, n = {n:,}", "", head, "|---|---|---|---|---|"]
-    for r in summaries:
-        lines.append(f"| {r['label']} | " + " / ".join(f"{v:.2f}" for v in r["ve"]) + " | "
-                     + " / ".join(f"{v:.2f}" for v in r["cls"])
-                     + f" | {r['capped']:.3f} | {r['uncapped_mean']:.3f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [r_ve_line(r) for r in summaries])
+
+
+def _replace_rows(text: str, lines: dict) -> str:
+    """text with each line that starts with a key's cell replaced by that key's line."""
+    out = []
+    for line in text.split("\n"):
+        label = line.split("|")[1].strip() if line.startswith("| ") else None
+        out.append(lines.get(label, line))
+    return "\n".join(out)
+
+
+def splice_dual_rows(text: str, budget_results: dict, ratios: dict, first_n: int) -> str:
+    """The table ``text`` with its Dual RS rows and R_ve tables replaced, per budget
+    (``budget_results``: n -> (Dual rows, R_ve summaries)); every other line kept."""
+    sections = text.split("\n### n = ")
+    for i, section in enumerate(sections[1:], 1):
+        n = int(section.split("\n", 1)[0].replace(",", ""))
+        if n not in budget_results:
+            continue
+        rows, summaries = budget_results[n]
+        main_part, _, r_ve_part = section.partition("\n#### R_ve")
+        main_part = _replace_rows(main_part, {r["label"]: row_line(
+            r, ratios if n == first_n else None) for r in rows})
+        r_ve_part = _replace_rows(r_ve_part, {r["label"]: r_ve_line(r) for r in summaries})
+        sections[i] = main_part + ("\n#### R_ve" + r_ve_part if r_ve_part else "")
+    missing = set(budget_results) - {int(s.split("\n", 1)[0].replace(",", ""))
+                                     for s in sections[1:]}
+    if missing:
+        raise SystemExit(f"--rows dual: the table has no section for n = {sorted(missing)}")
+    return "\n### n = ".join(sections)
+
+
+def parse_rows(text: str) -> dict:
+    """{n: [{"label", "acc"}]} of a table's main rows, for the figure."""
+    all_rows = {}
+    for section in text.split("\n### n = ")[1:]:
+        n = int(section.split("\n", 1)[0].replace(",", ""))
+        main_part = section.partition("\n#### R_ve")[0]
+        all_rows[n] = [{"label": cells[0], "acc": [float(c) for c in cells[1:1 + len(RADII)]]}
+                       for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                     for line in main_part.split("\n")
+                                     if line.startswith("| ") and not line.startswith("| method"))]
+    return all_rows
 
 
 def plot(all_rows, path):
@@ -255,6 +320,8 @@ def main(argv=None) -> int:
     p.add_argument("--timing-inputs", type=int, default=CHUNK, help="0: no wall-time ratios")
     p.add_argument("--out", type=Path, default=None, help="default: results/ per dataset")
     p.add_argument("--plot", type=Path, default=None, help="default: docs/ per dataset")
+    p.add_argument("--rows", choices=("all", "dual"), default="all",
+                   help="dual: recompute the Dual RS rows of the existing table at --out")
     args = p.parse_args(argv)
     out_name, plot_name = OUTPUTS[args.dataset]
     args.out = args.out or ROOT / "results" / out_name
@@ -265,6 +332,8 @@ def main(argv=None) -> int:
     ids = torch.arange(args.start, args.start + x.shape[0])  # noise keyed by the test index
     start, load_before = time.perf_counter(), os.getloadavg()
     methods = load_methods(args.dataset)
+    if args.rows == "dual":
+        return rewrite_dual_rows(args, x, y, ids, methods, start, load_before)
     chunk = args.timing_inputs
     ratios = (time_ratios(x[:chunk], ids[:chunk], args.budgets[0], methods, args.timing_repeats)
               if chunk > 0 else {})
@@ -293,6 +362,35 @@ Radii in pixel-scale l2. {timing_note(chunk, args.timing_repeats, args.budgets[0
     args.out.write_text(text)
     plot(all_rows, args.plot)
     print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+def rewrite_dual_rows(args, x, y, ids, methods, start, load_before) -> int:
+    """--rows dual: the Dual RS rows of the table at args.out recomputed, the rest kept."""
+    if not args.out.is_file():
+        raise SystemExit(f"--rows dual needs the existing table {args.out}")
+    text = args.out.read_text()
+    covered = f"Test images {args.start}..{args.start + x.shape[0] - 1} of {args.dataset}'s"
+    if covered not in text:
+        raise SystemExit(f"--rows dual: {args.out} does not cover the same images ({covered})")
+    dual = {label: m for label, m in methods.items() if label.startswith("Dual RS")}
+    chunk = args.timing_inputs
+    timed_methods = {STANDARD.format(0.5): methods[STANDARD.format(0.5)], **dual}
+    ratios = (time_ratios(x[:chunk], ids[:chunk], args.budgets[0], timed_methods,
+                          args.timing_repeats) if chunk > 0 else {})
+    results = {n: dual_rows(x, y, n, ids, dual) for n in args.budgets}
+    text = splice_dual_rows(text, results, ratios, args.budgets[0])
+    command = "python scripts/results.py " + " ".join(sys.argv[1:])
+    note = (f"Dual RS rows, their R_ve tables and wall-time ratios rewritten by `{command}` "
+            f"({(time.perf_counter() - start) / 60:.0f} min) on {machine()}; load average "
+            f"before {_load(load_before)}, after {_load(os.getloadavg())}. The other rows are "
+            f"from the run above.")
+    head, _, rest = text.partition("\n\n### n = ")
+    head = "\n".join(line for line in head.split("\n")
+                     if not line.startswith("Dual RS rows, their R_ve tables"))
+    args.out.write_text(head + "\n" + note + "\n\n### n = " + rest)
+    plot(parse_rows(args.out.read_text()), args.plot)
+    print(f"rewrote the Dual RS rows of {args.out} and redrew {args.plot}")
     return 0
 
 

@@ -1,10 +1,11 @@
 """scripts/fashion_router_study.py's offline Dual RS (issue #18): the constant router is the
 1.0 expert's certificate at alpha/2, and a confidence router sends unsure samples low."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fashion_router_study.py"
 pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="scripts/ not present")
@@ -12,10 +13,7 @@ pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="scripts/ not prese
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("fashion_router_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fashion_router_study")
 
 
 def votes(study, confident: bool):
