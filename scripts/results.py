@@ -41,6 +41,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -373,6 +374,10 @@ def rewrite_dual_rows(args, x, y, ids, methods, start, load_before) -> int:
     covered = f"Test images {args.start}..{args.start + x.shape[0] - 1} of {args.dataset}'s"
     if covered not in text:
         raise SystemExit(f"--rows dual: {args.out} does not cover the same images ({covered})")
+    threads = re.search(r"torch threads: (\d+)", text)
+    if threads and int(threads.group(1)) != args.threads:  # the wall s column must compare
+        raise SystemExit(f"--rows dual: {args.out} was written with {threads.group(1)} torch "
+                         f"threads; pass --threads {threads.group(1)}")
     dual = {label: m for label, m in methods.items() if label.startswith("Dual RS")}
     chunk = args.timing_inputs
     timed_methods = {STANDARD.format(0.5): methods[STANDARD.format(0.5)], **dual}

@@ -1,8 +1,10 @@
 """scripts/results.py --rows dual: the Dual RS rows and R_ve tables of a committed table are
 replaced and every other line is kept; the figure's rows are parsed back from the table."""
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from script_module import load_script
 
@@ -54,3 +56,15 @@ def test_splice_replaces_only_the_dual_rows(results):
 def test_splice_refuses_a_budget_the_table_lacks(results):
     with pytest.raises(SystemExit, match="n = \\[500\\]"):
         results.splice_dual_rows(TABLE.read_text(), {500: ([], [])}, {}, 500)
+
+
+@pytest.mark.parametrize("images,threads,message", [(20, 1, "does not cover the same images"),
+                                                    (500, 2, "pass --threads 1")])
+def test_rewrite_refuses_a_table_it_cannot_match(results, tmp_path, images, threads, message):
+    # the committed mnist5k table covers test images 0..499, written with one torch thread
+    table = tmp_path / "RESULTS.md"
+    table.write_text(TABLE.read_text())
+    args = types.SimpleNamespace(out=table, start=0, dataset="mnist5k", threads=threads)
+    with pytest.raises(SystemExit, match=message):
+        results.rewrite_dual_rows(args, torch.zeros(images, 1), None, None, {}, 0.0, None)
+    assert table.read_text() == TABLE.read_text()
