@@ -389,7 +389,7 @@ def rewrite_dual_rows(args, x, y, ids, methods, start, load_before) -> int:
     note = (f"Dual RS rows, their R_ve tables and wall-time ratios rewritten by `{command}` "
             f"({(time.perf_counter() - start) / 60:.0f} min) on {machine()}; load average "
             f"before {_load(load_before)}, after {_load(os.getloadavg())}. The other rows are "
-            f"from the run above.")
+            f"from the run above.{busy_note(load_before).replace(chr(10), ' ')}")
     head, _, rest = text.partition("\n\n### n = ")
     head = "\n".join(line for line in head.split("\n")
                      if not line.startswith("Dual RS rows, their R_ve tables"))
