@@ -14,7 +14,8 @@ Order of the passes: the estimator's selection samples choose every input's leve
   the others take that expert's class from the same selection votes where it is confident
   (``estimator_class_share``) and then draw no selection samples of their own;
 - the others run their classifier, then the estimator's estimation samples in rounds that
-  stop once R_ve >= R_cls, or once the estimator evidently cannot certify (its futility stop)
+  stop once R_ve >= R_cls, once the estimator evidently cannot certify (its futility stop),
+  or once the rest of the samples would raise R_ve by at most a slack (its slack stop)
   (``estimator_rounds``; ``estimator_rounds=1``: all n_estimator samples before the
   classifier, which then runs only where the estimator certified).
 The shared inputs' joint votes and every level's classifier share one engine pass
@@ -42,8 +43,8 @@ from .shared_noise import certify_on_shared_noise
 from .smoothing import (ABSTAIN, CertifyResult, certify_counts, float32_rounded_down,
                         predict_counts)
 from .validation import (as_input_batch, check_alpha, check_ids, check_model_input_dtype,
-                         check_nonnegative, check_open_unit, check_positive_int, check_sample_count, check_seed,
-                         check_sigma)
+                         check_nonnegative, check_open_unit, check_positive_int,
+                         check_sample_count, check_seed, check_sigma)
 
 
 @dataclass
