@@ -516,8 +516,9 @@ class _CertifyRun:
         sigma; no selection samples where ``borrows``: their selection votes are the derived
         expert's, ``estimator_classes``). A shared input draws max(n, n_ve) estimation
         samples (the classifier counts the first n, the estimator the first n_ve) and the
-        class selection samples beyond n0_ve if n0 > n0_ve; its R_ve goes to ``ve``. -> [(members, the classifier's
-        CertifyResult, their sigmas)] for the shared and the routed inputs."""
+        class selection samples beyond n0_ve if n0 > n0_ve; its R_ve goes to ``ve``.
+        -> [(members, the classifier's CertifyResult, their sigmas)] for the shared and the
+        routed inputs."""
         members = torch.cat([shared, routed])
         if not members.numel():
             return []

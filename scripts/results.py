@@ -122,16 +122,23 @@ def r_ve_summary(label, r, y):
             "uncapped_mean": float(uncapped)}
 
 
+def smoother_row(label, method, x, y, n, ids):
+    """A smoother's row (cascade or Dual RS) and, for Dual RS, its R_ve summary (else None)."""
+    r, sec = timed(lambda: method.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
+                                          batch_size=BATCH))
+    extra = {"levels": [int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]}
+    summary = None
+    if label.startswith("Dual RS"):
+        extra.update(estimator_samples=float(r.estimator_samples.double().mean()),
+                     r_ve_median=float(r.radius_estimator.median()))
+        summary = r_ve_summary(label, r, y)
+    return row(label, r.radius, r.prediction == y, sec, **extra), summary
+
+
 def dual_rows(x, y, n, ids, methods):
     """The Dual RS rows and R_ve summaries alone (--rows dual)."""
-    rows, summaries = [], []
-    for label, method in methods.items():
-        r, sec = timed(lambda: method.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
-                                              batch_size=BATCH))
-        summaries.append(r_ve_summary(label, r, y))
-        rows.append(row(label, r.radius, r.prediction == y, sec,
-                        levels=[int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]))
-    return rows, summaries
+    pairs = [smoother_row(label, method, x, y, n, ids) for label, method in methods.items()]
+    return [row for row, _ in pairs], [summary for _, summary in pairs]
 
 
 def budget_rows(x, y, n, ids, methods):
@@ -150,14 +157,10 @@ def budget_rows(x, y, n, ids, methods):
             r = certify_counts(counts[0], counts[1], n, ALPHA / 2, sigma)
             oracle.append(torch.where(r.prediction == y, r.radius.double(), 0.0))
             continue
-        r, sec = timed(lambda: method.certify(x, n0=N0, n=n, alpha=ALPHA, seed=SEED, ids=ids,
-                                              batch_size=BATCH))
-        extra = {"levels": [int((r.level == k).sum()) for k in range(-1, len(SIGMAS))]}
-        if label.startswith("Dual RS"):
-            extra.update(estimator_samples=float(r.estimator_samples.double().mean()),
-                         r_ve_median=float(r.radius_estimator.median()))
-            summaries.append(r_ve_summary(label, r, y))
-        rows.append(row(label, r.radius, r.prediction == y, sec, **extra))
+        smoother, summary = smoother_row(label, method, x, y, n, ids)
+        rows.append(smoother)
+        if summary is not None:
+            summaries.append(summary)
     singles = rows[:len(SIGMAS)]
     best = {"label": "*best single σ at each radius*",
             "acc": [max(r["acc"][i] for r in singles) for i in range(len(RADII))],
@@ -246,6 +249,11 @@ def r_ve_markdown(summaries, n):
     return "\n".join(lines + [r_ve_line(r) for r in summaries])
 
 
+def _budget(section: str) -> int:
+    """n of a table section (the text after "### n = ")."""
+    return int(section.split("\n", 1)[0].replace(",", ""))
+
+
 def _replace_rows(text: str, lines: dict) -> str:
     """text with each line that starts with a key's cell replaced by that key's line."""
     out = []
@@ -260,7 +268,7 @@ def splice_dual_rows(text: str, budget_results: dict, ratios: dict, first_n: int
     (``budget_results``: n -> (Dual rows, R_ve summaries)); every other line kept."""
     sections = text.split("\n### n = ")
     for i, section in enumerate(sections[1:], 1):
-        n = int(section.split("\n", 1)[0].replace(",", ""))
+        n = _budget(section)
         if n not in budget_results:
             continue
         rows, summaries = budget_results[n]
@@ -269,8 +277,7 @@ def splice_dual_rows(text: str, budget_results: dict, ratios: dict, first_n: int
             r, ratios if n == first_n else None) for r in rows})
         r_ve_part = _replace_rows(r_ve_part, {r["label"]: r_ve_line(r) for r in summaries})
         sections[i] = main_part + ("\n#### R_ve" + r_ve_part if r_ve_part else "")
-    missing = set(budget_results) - {int(s.split("\n", 1)[0].replace(",", ""))
-                                     for s in sections[1:]}
+    missing = set(budget_results) - {_budget(s) for s in sections[1:]}
     if missing:
         raise SystemExit(f"--rows dual: the table has no section for n = {sorted(missing)}")
     return "\n### n = ".join(sections)
@@ -280,7 +287,7 @@ def parse_rows(text: str) -> dict:
     """{n: [{"label", "acc"}]} of a table's main rows, for the figure."""
     all_rows = {}
     for section in text.split("\n### n = ")[1:]:
-        n = int(section.split("\n", 1)[0].replace(",", ""))
+        n = _budget(section)
         main_part = section.partition("\n#### R_ve")[0]
         all_rows[n] = [{"label": cells[0], "acc": [float(c) for c in cells[1:1 + len(RADII)]]}
                        for cells in ([c.strip() for c in line.strip("|").split("|")]
@@ -393,8 +400,9 @@ def rewrite_dual_rows(args, x, y, ids, methods, start, load_before) -> int:
     head, _, rest = text.partition("\n\n### n = ")
     head = "\n".join(line for line in head.split("\n")
                      if not line.startswith("Dual RS rows, their R_ve tables"))
-    args.out.write_text(head + "\n" + note + "\n\n### n = " + rest)
-    plot(parse_rows(args.out.read_text()), args.plot)
+    text = head + "\n" + note + "\n\n### n = " + rest
+    args.out.write_text(text)
+    plot(parse_rows(text), args.plot)
     print(f"rewrote the Dual RS rows of {args.out} and redrew {args.plot}")
     return 0
 

@@ -424,7 +424,7 @@ def _expected_stops(dual, x, r, kw, slack):
 def _slack_case():
     """Inputs 0.3-1.5 from the estimator's hyperplane with experts far from theirs: R_ve binds,
     and the estimator's rates (0.72-0.99) leave room for the stop."""
-    return _confident_cases()[1][0], _confident_cases()[1][1]
+    return _confident_cases()[1]
 
 
 @pytest.mark.parametrize("slack", [0.05, 0.3])
