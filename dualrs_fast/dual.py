@@ -54,8 +54,10 @@ class DualCertifyResult(CertifyResult):
     where the estimator's abstention decides, see the module docstring); count, p_lower and n
     are the classifier's (count and p_lower 0 where it was not run)."""
     radius_estimator: torch.Tensor = None   # (B,) R_ve, 0 where the estimator abstained
-    radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where the classifier abstained or was not run
-    level: torch.Tensor = None              # (B,) index into sigmas chosen by the estimator, -1 if it abstained
+    radius_classifier: torch.Tensor = None  # (B,) R_cls, 0 where the classifier abstained
+                                            # or was not run
+    level: torch.Tensor = None              # (B,) index into sigmas chosen by the estimator,
+                                            # -1 if it abstained
     count_estimator: torch.Tensor = None    # (B,) estimator votes for the chosen level among
                                             # its estimator_samples
     estimator_samples: torch.Tensor = None  # (B,) its estimation samples drawn (<= n_estimator)
