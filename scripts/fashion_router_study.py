@@ -46,10 +46,12 @@ FIRST = 20_000  # first permutation position the experts never saw
 OUT = Path("runs/fashion_router")
 
 
-def collect(start: int, stop: int, seed: int = 0) -> Path:
-    """Votes of every expert and the 1.0 expert's logits on images FIRST+start..FIRST+stop-1."""
+def collect(start: int, stop: int, seed: int = 0, experts=None) -> Path:
+    """Votes of every expert (default: the committed ones; else {sigma: model}) and the 1.0
+    expert's logits on images FIRST+start..FIRST+stop-1, stored under OUT."""
     X, y = permuted_train_slice("fashion-mnist", FIRST + start, FIRST + stop)
-    experts, _ = committed_experts(SIGMAS, "fashion-mnist")
+    if experts is None:
+        experts, _ = committed_experts(SIGMAS, "fashion-mnist")
     counts = np.zeros((len(SIGMAS), 2, X.shape[0], 10), dtype=np.int32)  # (level, sel/est, i, c)
     logits_top = np.zeros((X.shape[0], N0 + N, 10), dtype=np.float16)
     with torch.no_grad():
