@@ -516,9 +516,9 @@ ESTIMATOR_ARCHS: tuple[str, ...] = ("class_group", "small_cnn")
 #: The mnist5k default: a :class:`ClassGroupEstimator` over the committed sigma = 1.0
 #: classifier, chosen on the validation split (``scripts/train_dual_default.py``).
 DEFAULT_ESTIMATOR_ARCH = "class_group"
-#: Each dataset's default estimator (fashion-mnist: the learned one collapsed to a constant
-#: router, docs/dual-rs.md "Results on Fashion-MNIST"; mnist: docs/dual-rs.md "Results on full
-#: MNIST").
+#: Each dataset's default estimator (fashion-mnist: the learned one, rebuilt on 30,000 images,
+#: certifies 0.966 against the class map's 1.128 mean radius, docs/dual-rs.md "Results on
+#: Fashion-MNIST"; mnist: docs/dual-rs.md "Results on full MNIST").
 DEFAULT_ESTIMATORS: dict[str, str] = {"mnist5k": "class_group", "fashion-mnist": "class_group",
                                       "mnist": "class_group"}
 

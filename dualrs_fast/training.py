@@ -490,7 +490,8 @@ def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torc
                     temperature: float = 1.0, consistency: float = 40.0, entropy: float = 0.5,
                     balance: bool = True, rounds: int = 1, classifier_epochs: int = 0,
                     seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
-                    progress: bool = True, radii_cache=None, out=None):
+                    init_from_sigma: float | None = None, progress: bool = True,
+                    radii_cache=None, out=None):
     """Build or train a Dual RS variance estimator against the experts: the pipeline behind
     the committed estimator (``scripts/train_dual_default.py``) and ``dualrs train
     --estimator``. Both kinds start from the paper's soft labels, each level's estimated
@@ -505,10 +506,12 @@ def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torc
     initialised after ``torch.manual_seed(seed)`` and trained by ``train_dual`` (soft labels
     at ``temperature``, inputs with no positive radius dropped, class ``balance``,
     ``consistency`` and ``entropy`` terms; ``rounds`` rounds, experts fine-tuned
-    ``classifier_epochs`` epochs between rounds, in place). ``estimator_sigma`` defaults to
-    the largest sigma. ``experts``: {sigma: model}, increasing sigmas. ``expert_names`` and
-    ``data`` (e.g. ``default_split_data(len(X))``) describe the experts and the training
-    inputs in the metadata.
+    ``classifier_epochs`` epochs between rounds, in place); ``init_from_sigma`` starts it from
+    that expert's weights wherever a parameter's name and shape match (every layer but
+    the last between two SmallCNNs: features that already read images under noise).
+    ``estimator_sigma`` defaults to the largest sigma. ``experts``: {sigma: model},
+    increasing sigmas. ``expert_names`` and ``data`` (e.g. ``default_split_data(len(X))``)
+    describe the experts and the training inputs in the metadata.
 
     Returns ``(estimator in eval mode, radii (levels, N), meta)``; with ``out``, also writes
     the checkpoint (``models.save_checkpoint(out, estimator, arch, meta)``).
@@ -530,6 +533,9 @@ def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torc
     experts = dict(zip(sigmas, experts.values()))
     start = time.perf_counter()
     if arch == "class_group":
+        if init_from_sigma is not None:
+            raise ValueError("init_from_sigma does not apply to class_group (it is the "
+                             "largest level's expert)")
         if arch_kwargs:
             raise ValueError("arch_kwargs do not apply to class_group (its base is the largest "
                              "level's expert)")
@@ -550,11 +556,15 @@ def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torc
             estimator = build_model(arch, **kwargs)
         except TypeError as exc:
             raise ValueError(f"arch_kwargs {kwargs} do not fit {arch}: {exc}") from None
+        if init_from_sigma is not None:
+            copy_matching_weights(estimator, experts[_expert_sigma(experts, init_from_sigma)])
         _, estimator, radii = train_dual(
             experts, estimator, X, y, sigmas, estimator_sigma, rounds=rounds,
             classifier_epochs=classifier_epochs, estimator_epochs=epochs, seed=seed,
             progress=progress, radii_cache=radii_cache, batch_size=batch_size, lr=lr, **options)
         recipe = {"rounds": rounds, "classifier_epochs": classifier_epochs,
+                  **({} if init_from_sigma is None
+                     else {"init_from_sigma": float(init_from_sigma)}),
                   "estimator_epochs": epochs, "seed": seed, "batch_size": batch_size,
                   "lr": lr, "optimizer": "adam", "schedule": "cosine",
                   "labels": "soft radius", **options}
@@ -579,6 +589,27 @@ def train_estimator(experts: Mapping[float, nn.Module], X: torch.Tensor, y: torc
     if out is not None:
         save_checkpoint(out, estimator, arch, meta)
     return estimator, radii, meta
+
+
+def _expert_sigma(experts: Mapping[float, nn.Module], sigma: float) -> float:
+    for s in experts:
+        if abs(s - float(sigma)) < 1e-12:
+            return s
+    raise ValueError(f"init_from_sigma={sigma} is not one of the experts' sigmas "
+                     f"{list(experts)}")
+
+
+def copy_matching_weights(model: nn.Module, source: nn.Module) -> list[str]:
+    """Copy into ``model`` every parameter and buffer of ``source`` with the same name and
+    shape; returns the names copied (ValueError if none: the architectures do not match)."""
+    target = model.state_dict()
+    shared = {k: v for k, v in source.state_dict().items()
+              if k in target and target[k].shape == v.shape}
+    if not shared:
+        raise ValueError(f"{type(source).__name__} shares no parameter with "
+                         f"{type(model).__name__}")
+    model.load_state_dict(shared, strict=False)
+    return sorted(shared)
 
 
 class _SigmaFixed(nn.Module):

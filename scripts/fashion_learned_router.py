@@ -53,7 +53,8 @@ from dualrs_fast.bounds import certified_radius  # noqa: E402
 from dualrs_fast.data import permuted_train_slice  # noqa: E402
 from dualrs_fast.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from dualrs_fast.training import (LABEL_SAMPLES, cached_estimated_radii,  # noqa: E402
-                                  committed_experts, soft_level_targets, train_dual,
+                                  committed_experts, copy_matching_weights,
+                                  soft_level_targets, train_dual,
                                   train_soft_estimator)
 
 LABEL_FIRST, LABEL_IMAGES = 21_000, 10_000
@@ -77,9 +78,7 @@ def new_estimator(init: str) -> torch.nn.Module:
     torch.manual_seed(0)
     estimator = build_model("small_cnn", **{**expert.config, "num_classes": len(study.SIGMAS)})
     if init == "expert":  # every layer but the last from the 1.0 expert
-        state = {k: v for k, v in expert.state_dict().items()
-                 if not k.startswith("classifier.3.")}
-        estimator.load_state_dict(state, strict=False)
+        copy_matching_weights(estimator, expert)
     return estimator
 
 

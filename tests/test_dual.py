@@ -916,3 +916,47 @@ def test_train_dual_refuses_experts_that_are_never_right():
     with pytest.raises(ValueError, match="no training input has a positive estimated radius"):
         train_dual(experts, estimator, X, y, (0.25,), estimator_sigma=0.25, label_samples=4,
                    progress=False)
+
+
+def test_copy_matching_weights_copies_every_layer_but_the_mismatched_head():
+    from dualrs_fast.models import build_model
+    torch.manual_seed(0)
+    expert = build_model("small_cnn", num_classes=10)
+    estimator = build_model("small_cnn", num_classes=3)
+    head = estimator.classifier[3].weight.detach().clone()
+    copied = training.copy_matching_weights(estimator, expert)
+    assert "classifier.3.weight" not in copied and "features.0.weight" in copied
+    for name, p in estimator.state_dict().items():
+        if name in copied:
+            assert torch.equal(p, expert.state_dict()[name])
+    assert torch.equal(estimator.classifier[3].weight, head)  # 3 logits, not 10: kept
+    with pytest.raises(ValueError, match="shares no parameter"):
+        training.copy_matching_weights(estimator, torch.nn.Linear(3, 3))
+
+
+def test_train_estimator_starts_from_an_expert_and_records_it():
+    from dualrs_fast.data import load_mnist5k
+    from dualrs_fast.models import build_model
+    X, y = load_mnist5k()
+    X, y = X[::78][:48], y[::78][:48]
+    torch.manual_seed(0)
+    sigmas = (0.25, 0.5)
+    experts = {s: build_model("small_cnn", num_classes=10) for s in sigmas}
+    for k, s in enumerate(sigmas):
+        training.train_classifier(experts[s], X, y, s, epochs=3, batch_size=16, seed=k,
+                                  progress=False)
+        experts[s].eval()
+    common = dict(expert_names=["a", "b"], data="48 mnist5k images", arch="small_cnn",
+                  epochs=0, label_samples=8, progress=False)
+    estimator, _, meta = training.train_estimator(experts, X, y, init_from_sigma=0.5, **common)
+    assert meta["train_dual"]["init_from_sigma"] == 0.5
+    # zero epochs: the features are the 0.5 expert's exactly
+    assert torch.equal(estimator.features[0].weight, experts[0.5].features[0].weight)
+    plain, _, meta = training.train_estimator(experts, X, y, **common)
+    assert "init_from_sigma" not in meta["train_dual"]
+    assert not torch.equal(plain.features[0].weight, experts[0.5].features[0].weight)
+    with pytest.raises(ValueError, match="not one of the experts' sigmas"):
+        training.train_estimator(experts, X, y, init_from_sigma=1.0, **common)
+    with pytest.raises(ValueError, match="does not apply to class_group"):
+        training.train_estimator(experts, X, y, init_from_sigma=0.5,
+                                 **{**common, "arch": "class_group"})
