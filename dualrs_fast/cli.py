@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--estimator-sigma", type=_positive_float, default=None,
                    help="noise level of the estimator's training and smoothing (default: the "
                         "largest of --sigmas)")
+    e.add_argument("--init-from-sigma", type=_positive_float, default=None, metavar="S",
+                   help="a learned --arch: start from the expert at this sigma wherever a "
+                        "layer's name and shape match (default: random initialisation)")
     e.add_argument("--model", nargs="+", metavar="PATH",
                    help="the experts, one per --sigmas level: dualrs_fast checkpoints or "
                         "(with --allow-torchscript) TorchScript files, not plain state_dicts "
@@ -699,7 +702,8 @@ def run_train_estimator(args) -> int:
                    else _train_kwargs(arch, x, len(sigmas), args.arch_kwargs))
     _, _, meta = train_estimator(
         experts, x, y, expert_names=names, data=described, arch=arch, arch_kwargs=arch_kwargs,
-        estimator_sigma=args.estimator_sigma, epochs=args.epochs,
+        estimator_sigma=args.estimator_sigma, init_from_sigma=args.init_from_sigma,
+        epochs=args.epochs,
         label_samples=args.label_samples, label_n=args.label_n,
         seed=args.seed, batch_size=args.batch, lr=args.lr, progress=not args.quiet, out=args.out)
     # the summary, also with --quiet

@@ -268,6 +268,24 @@ def test_train_estimator_then_certify_with_it(toy, tmp_path, capsys):
     code, _, err = dualrs(capsys, "train", "--estimator", "--dataset", toy / "toy.pt",
                           "--sigmas", 0.25, 0.5, "--model", toy / "mlp.pt", "--out", est)
     assert code == 2 and "one --model per --sigmas level" in err
+    # --init-from-sigma: from an expert's layers where name and shape match (the toy MLP's
+    # hidden layer, not its 4-class head); zero epochs keep them as copied
+    warm = tmp_path / "warm.pt"
+    common = ("train", "--estimator", "--dataset", toy / "toy.pt", "--sigmas", 0.25, 0.5,
+              "--model", toy / "mlp.pt", toy / "mlp.pt", "--label-samples", 8, "--epochs", 0)
+    code, _, err = dualrs(capsys, *common, "--arch", "tiny_mlp", "--arch-kwargs",
+                          '{"hidden": 16}', "--init-from-sigma", 0.5, "--out", warm)
+    assert code == 0, err
+    expert, _ = load_checkpoint(toy / "mlp.pt")
+    model, meta = load_checkpoint(warm)
+    assert meta["train_dual"]["init_from_sigma"] == 0.5
+    assert torch.equal(model.net[1].weight, expert.net[1].weight)
+    assert model.net[3].weight.shape == (2, 16) != expert.net[3].weight.shape
+    code, _, err = dualrs(capsys, *common, "--arch", "tiny_mlp", "--init-from-sigma", 2,
+                          "--out", warm)
+    assert code == 2 and "not one of the experts' sigmas" in err
+    code, _, err = dualrs(capsys, *common, "--init-from-sigma", 0.5, "--out", warm)
+    assert code == 2 and "does not apply to class_group" in err
 
 
 def test_train_estimator_with_embedded_experts(tmp_path, capsys):
