@@ -37,7 +37,6 @@ sends inputs off 1.0 beats the constant one.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import sys
 import time
@@ -162,14 +161,6 @@ def estimator_logits(name, positions):
     return out, ckpt
 
 
-def at_estimator_sigma(v, sigma_ve):
-    """The study's Votes with R_ve at the estimator's sigma (its own samples, no shared pass)."""
-    v = copy.copy(v)
-    r, a = certified_radius(np.arange(study.N + 1), study.N, study.HALF_ALPHA, sigma_ve)
-    v.r_ve_of_count, v.abstains = np.asarray(r, np.float64), np.asarray(a, bool)
-    return v
-
-
 def ideal_low_experts(v, level, r_ve):
     """Dual RS mean radius if the 0.25 and 0.5 experts were perfect on every input routed to
     them (correct, unanimous votes: their reach at alpha / 2), the 1.0 expert as it is: an
@@ -181,7 +172,7 @@ def ideal_low_experts(v, level, r_ve):
     return np.minimum(r_cls, r_ve).mean()
 
 
-def level_set_radius(data, rows, levels, r_ve_of_count, abstains):
+def level_set_radius(data, rows, levels, sigma_ve):
     """Dual RS with level *sets*, every expert paid (a ceiling for certificates that pay more
     samples, not what DualSmoothing computes). Where the smoothed estimator's votes for a set
     L of levels exceed 1/2 at every point of a ball, its chosen level stays in L there; if every
@@ -201,7 +192,6 @@ def level_set_radius(data, rows, levels, r_ve_of_count, abstains):
     r_cls, ok_cls = zip(*(certified_radius(counts[j, 1, idx, cls], study.N, share, s)
                           for j, s in enumerate(study.SIGMAS)))
     r_cls, ok_cls = np.stack(r_cls), ~np.stack(ok_cls)
-    scale = float(r_ve_of_count[-1]) / float(study.R_VE_OF_COUNT[-1])  # sigma_ve
     best, certified = np.zeros(m), np.zeros(m, bool)
     for extra in (None, 0, 1, 2, "all"):
         member = np.zeros((m, levels_n), bool)
@@ -210,11 +200,11 @@ def level_set_radius(data, rows, levels, r_ve_of_count, abstains):
             member[:] = True
             r_ve, ok_ve = np.full(m, np.inf), np.ones(m, bool)
         elif extra is None:
-            r_ve, ok_ve = certified_radius(estimate[idx, top], study.N, share, scale)
+            r_ve, ok_ve = certified_radius(estimate[idx, top], study.N, share, sigma_ve)
             ok_ve = ~ok_ve
         else:
             member[:, extra] = True
-            r_ve, ok_ve = certified_radius((estimate * member).sum(1), study.N, share, scale)
+            r_ve, ok_ve = certified_radius((estimate * member).sum(1), study.N, share, sigma_ve)
             ok_ve = ~ok_ve & (top != extra)
         ok = ok_ve & np.where(member, ok_cls.T, True).all(1)
         radius = np.minimum(r_ve, np.where(member, r_cls.T, np.inf).min(1))
@@ -227,25 +217,25 @@ def level_set_radius(data, rows, levels, r_ve_of_count, abstains):
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
-def per_radius(label, radius, certified):
-    """Certified accuracy at RADII (radius >= r among certified correct inputs)."""
-    acc = [float((certified & (radius >= r)).mean()) for r in RADII]
-    print(f"      {label:<34}" + " ".join(f"{a:.3f}" for a in acc))
+def accuracy_at_radii(radius):
+    """Certified accuracy at RADII of correct inputs' radii (0 where wrong or abstaining; a
+    correct certificate has radius > 0)."""
+    return [float(((radius > 0) & (radius >= r)).mean()) for r in RADII]
 
 
 def radius_table(v, capped):
     """Per radius: each single sigma (at alpha), their maximum, the oracle, this router."""
     print("      certified accuracy at r = " + " / ".join(f"{r:g}" for r in RADII))
-    for k, sigma in enumerate(study.SIGMAS):  # a correct certificate has radius > 0
-        per_radius(f"sigma {sigma:g}", v.single[k], v.single[k] > 0)
-    best = np.max([[float(((r > 0) & (r >= t)).mean()) for t in RADII] for r in v.single], 0)
-    print(f"      {'best single at each radius':<34}" + " ".join(f"{a:.3f}" for a in best))
-    oracle = v.radius.max(0)
-    per_radius("oracle (alpha/2)", oracle, oracle > 0)
-    per_radius("this router", capped, capped > 0)
+    singles = [accuracy_at_radii(radius) for radius in v.single]
+    rows = [(f"sigma {sigma:g}", acc) for sigma, acc in zip(study.SIGMAS, singles)]
+    rows += [("best single at each radius", np.max(singles, 0)),
+             ("oracle (alpha/2)", accuracy_at_radii(v.radius.max(0))),
+             ("this router", accuracy_at_radii(capped))]
+    for label, acc in rows:
+        print(f"      {label:<34}" + " ".join(f"{a:.3f}" for a in acc))
 
 
-def report(label, v, levels, data=None, rows=None):
+def report(label, v, levels, data, rows):
     capped, uncapped, level, r_ve = v.dual(levels)
     study.summary(label, v, capped, uncapped, level)
     if label.startswith("[validation]"):
@@ -253,10 +243,9 @@ def report(label, v, levels, data=None, rows=None):
     study.breakdown(f"    ({label})", v, capped, level, r_ve)
     print(f"      with perfect 0.25 / 0.5 experts on what is routed to them: "
           f"{ideal_low_experts(v, level, r_ve):.3f}")
-    if data is not None:
-        sets, correct = level_set_radius(data, rows, levels, v.r_ve_of_count, v.abstains)
-        print(f"      level sets, every expert paid: {sets.mean():.3f} (certified accuracy at "
-              f"r = 0: {correct.mean():.3f}, plain: {(level >= 0).mean():.3f} routed)")
+    sets, correct = level_set_radius(data, rows, levels, v.estimator_sigma)
+    print(f"      level sets, every expert paid: {sets.mean():.3f} (certified accuracy at "
+          f"r = 0: {correct.mean():.3f}, plain: {(level >= 0).mean():.3f} routed)")
 
 
 def confidence_routers(fit):
@@ -281,7 +270,7 @@ def evaluate(name, fit):
     parts = {"validation": np.arange(fit, m)} if fit < m else {}
     if fit > 0:
         parts = {"fit": np.arange(fit), **parts}
-    views = {k: (at_estimator_sigma(study.Votes(data, rows), sigma_ve), logits[rows])
+    views = {k: (study.Votes(data, rows).with_estimator_sigma(sigma_ve), logits[rows])
              for k, rows in parts.items()}
     for part, (v, z) in views.items():
         best = v.single.mean(1).max()

@@ -130,19 +130,27 @@ class Votes:
         z = logits - logits.max(-1, keepdims=True)
         self.probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         self.cls, self.conf = self.probs.argmax(-1), self.probs.max(-1)  # per noisy sample
-        self.r_ve_of_count, self.abstains = R_VE_OF_COUNT, ABSTAINS  # estimator at sigma 1.0
+        self.estimator_sigma = 1.0  # the shared pass: R_ve at the 1.0 expert's sigma
+        self.r_ve_of_count, self.abstains = R_VE_OF_COUNT, ABSTAINS
+
+    def with_estimator_sigma(self, sigma_ve):
+        """The same inputs with R_ve certified at sigma_ve (an estimator with its own noise
+        samples: no shared pass; every classifier keeps its votes)."""
+        import copy
+        other = copy.copy(self)
+        r, a = certified_radius(np.arange(N + 1), N, HALF_ALPHA, sigma_ve)
+        other.estimator_sigma = float(sigma_ve)
+        other.r_ve_of_count, other.abstains = np.asarray(r, np.float64), np.asarray(a, bool)
+        return other
 
     def at_wider_sigma(self, logits_ve, sigma_ve):
         """The same inputs with the router's view replaced by the 1.0 expert under noise at
-        sigma_ve (its own samples: no shared pass; the 1.0 classifier keeps its votes)."""
-        import copy
-        wide = copy.copy(self)
+        sigma_ve (``with_estimator_sigma``, the router reading those logits)."""
+        wide = self.with_estimator_sigma(sigma_ve)
         z = logits_ve.astype(np.float32)
         z = np.exp(z - z.max(-1, keepdims=True))
         wide.probs = z / z.sum(-1, keepdims=True)
         wide.cls, wide.conf = wide.probs.argmax(-1), wide.probs.max(-1)
-        r, a = certified_radius(np.arange(N + 1), N, HALF_ALPHA, sigma_ve)
-        wide.r_ve_of_count, wide.abstains = np.asarray(r, np.float64), np.asarray(a, bool)
         return wide
 
     def _correct(self, pred, radius):

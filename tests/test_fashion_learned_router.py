@@ -42,8 +42,8 @@ def data_for(study, class_votes, y=3):
 def run(learned, data, levels, sigma_ve=1.0):
     study = learned.study
     rows = np.arange(len(data["y"]))
-    v = learned.at_estimator_sigma(study.Votes(data, rows), sigma_ve)
-    got, correct = learned.level_set_radius(data, rows, levels, v.r_ve_of_count, v.abstains)
+    v = study.Votes(data, rows).with_estimator_sigma(sigma_ve)
+    got, correct = learned.level_set_radius(data, rows, levels, v.estimator_sigma)
     assert ((got > 0) <= correct).all()
     return got, v, correct
 
@@ -95,7 +95,7 @@ def test_sets_with_an_abstaining_expert_and_wrong_classes_certify_nothing(learne
 def test_estimator_sigma_scales_r_ve(learned):
     study = learned.study
     data = data_for(study, [(1.0, 1.0, 1.0)])
-    v = learned.at_estimator_sigma(study.Votes(data, np.arange(1)), 2.0)
+    v = learned.study.Votes(data, np.arange(1)).with_estimator_sigma(2.0)
     assert v.r_ve_of_count[-1] == pytest.approx(radius(study.N, study.N, study.HALF_ALPHA, 2.0))
 
 
